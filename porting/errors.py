@@ -1,0 +1,9 @@
+"""Errors a user can hit. The CLI prints their message as one line and exits with code 2."""
+
+
+class UserError(Exception):
+    """Expected failure caused by input: the message names the file/key/value and the fix."""
+
+
+class SourceError(UserError):
+    """A state-dict source that cannot be opened or read."""

@@ -1,0 +1,451 @@
+"""State-dict sources: names, shapes and dtypes cheaply; tensors lazily.
+
+A source is opened from a spec string (see ``open_source``):
+
+- a path: ``.safetensors``, ``*.safetensors.index.json``, a ``.pt/.pth/.bin`` pickle (weights only),
+  a Diffusers component folder, a Diffusers repo (with ``component``), an official release folder;
+- ``hf:ORG/NAME[/SUBFOLDER]``: safetensors headers of a hub repo;
+- ``native:FAMILY-PRESET[/COMPONENT]``: the native model on the meta device;
+- ``class:MODULE.Class[@CONFIG.json]``: any importable ``nn.Module`` built on the meta device;
+- ``keys:FILE.txt``: a key listing (``name<TAB>[shape]`` per line, ``#`` comments).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from porting.errors import SourceError
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+_DTYPE_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+
+
+def dtype_name(dtype: torch.dtype | str) -> str:
+    if isinstance(dtype, str):
+        return dtype
+    return _DTYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # safetensors spelling: F32, BF16, ... ("?" when unknown)
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+class StateDictSource:
+    """Base class. Subclasses fill ``self._infos`` (ordered) and implement ``get``."""
+
+    description: str = ""
+
+    def __init__(self) -> None:
+        self._infos: dict[str, TensorInfo] = {}
+
+    @property
+    def infos(self) -> dict[str, TensorInfo]:
+        return self._infos
+
+    def keys(self) -> list[str]:
+        return list(self._infos)
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: v.shape for k, v in self._infos.items()}
+
+    def get(self, name: str) -> torch.Tensor:
+        raise SourceError(f"{self.description} holds key names only, no tensor data (wanted {name})")
+
+    def files(self) -> list[Path]:
+        """The files whose bytes this source reads (for provenance records)."""
+        return []
+
+    def __len__(self) -> int:
+        return len(self._infos)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._infos)
+
+
+# ----------------------------------------------------------------------------------------------
+# safetensors
+# ----------------------------------------------------------------------------------------------
+def read_safetensors_header(path: Path) -> dict:
+    """Parse and validate a safetensors header without reading tensor data."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise SourceError(f"{path}: truncated safetensors file ({size} bytes, no header); re-download it")
+            (n,) = struct.unpack("<Q", raw)
+            if n > size - 8 or n > 100_000_000:
+                raise SourceError(f"{path}: corrupt safetensors header (claims {n} header bytes, file has "
+                                  f"{size}); the file is truncated or not safetensors")
+            header = json.loads(f.read(n))
+    except OSError as e:
+        raise SourceError(f"{path}: cannot read ({e.strerror})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise SourceError(f"{path}: corrupt safetensors header (not JSON); the file is damaged or not safetensors") \
+            from None
+    if not isinstance(header, dict):
+        raise SourceError(f"{path}: corrupt safetensors header (not an object)")
+    data_len = size - 8 - n
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            start, end = meta["data_offsets"]
+            dtype = meta["dtype"]
+            _ = meta["shape"]
+        except (KeyError, TypeError, ValueError):
+            raise SourceError(f"{path}: corrupt safetensors header entry for {name!r}") from None
+        if end > data_len or start > end:
+            raise SourceError(f"{path}: tensor {name!r} lies past the end of the file (truncated download?)")
+        if dtype not in SAFETENSORS_DTYPES:
+            raise SourceError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
+    return header
+
+
+class SafetensorsSource(StateDictSource):
+    def __init__(self, path: str | Path):
+        super().__init__()
+        self.path = Path(path)
+        self.description = str(self.path)
+        header = read_safetensors_header(self.path)
+        entries = [(k, v) for k, v in header.items() if k != "__metadata__"]
+        entries.sort(key=lambda kv: kv[1]["data_offsets"][0])  # file order = writer's key order
+        for k, v in entries:
+            self._infos[k] = TensorInfo(k, tuple(v["shape"]), v["dtype"])
+        self._handle = None
+
+    def get(self, name: str) -> torch.Tensor:
+        if name not in self._infos:
+            raise SourceError(f"{self.path}: no tensor named {name!r}")
+        if self._handle is None:
+            from safetensors import safe_open
+
+            self._handle = safe_open(str(self.path), framework="pt")
+        return self._handle.get_tensor(name)
+
+    def files(self) -> list[Path]:
+        return [self.path]
+
+
+class ShardedSafetensorsSource(StateDictSource):
+    """A ``*.safetensors.index.json`` and the shards it names."""
+
+    def __init__(self, index_path: str | Path):
+        super().__init__()
+        self.path = Path(index_path)
+        self.description = str(self.path)
+        try:
+            index = json.loads(self.path.read_text())
+            weight_map = index["weight_map"]
+        except OSError as e:
+            raise SourceError(f"{self.path}: cannot read ({e.strerror})") from None
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise SourceError(f"{self.path}: not a safetensors index (needs a 'weight_map' object)") from None
+        folder = self.path.parent.resolve()
+        self._shards: dict[str, SafetensorsSource] = {}
+        self._where: dict[str, str] = {}
+        for shard in dict.fromkeys(weight_map.values()):
+            shard_path = (folder / shard).resolve()
+            if folder not in shard_path.parents:
+                raise SourceError(f"{self.path}: shard {shard!r} lies outside its folder; refusing to read it")
+            if not shard_path.is_file():
+                raise SourceError(f"{self.path}: names shard {shard!r}, which does not exist; "
+                                  "re-download the missing file")
+            self._shards[shard] = SafetensorsSource(shard_path)
+        for name, shard in weight_map.items():
+            src = self._shards[shard]
+            if name not in src.infos:
+                raise SourceError(f"{self.path}: index says {name!r} is in {shard}, but that shard lacks it")
+            self._infos[name] = src.infos[name]
+            self._where[name] = shard
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._shards[self._where[name]].get(name)
+
+    def files(self) -> list[Path]:
+        return [self.path] + [s.path for s in self._shards.values()]
+
+
+# ----------------------------------------------------------------------------------------------
+# pickles (weights only)
+# ----------------------------------------------------------------------------------------------
+class PickleSource(StateDictSource):
+    """``.pt/.pth/.bin`` read with ``torch.load(weights_only=True, mmap=True)``: tensors stay on disk."""
+
+    def __init__(self, path: str | Path):
+        super().__init__()
+        self.path = Path(path)
+        self.description = str(self.path)
+        if not self.path.is_file():
+            raise SourceError(f"{self.path}: no such file")
+        try:
+            obj = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            # legacy (non-zip) pickles cannot be mmap'd
+            if "mmap" not in str(e):
+                raise SourceError(f"{self.path}: not a loadable weights-only checkpoint "
+                                  f"({str(e).splitlines()[0]})") from None
+            obj = self._load_plain()
+        except Exception as e:  # noqa: BLE001 - the unpickler raises many types
+            raise SourceError(f"{self.path}: not a weights-only tensor checkpoint ({str(e).splitlines()[0]}); "
+                              "vidport never unpickles arbitrary objects") from None
+        if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+            obj = obj["state_dict"]
+        if not isinstance(obj, dict):
+            raise SourceError(f"{self.path}: holds a {type(obj).__name__}, not a dict of tensors")
+        bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+        if bad:
+            raise SourceError(f"{self.path}: entry {bad[0]!r} is not a tensor; expected a dict of tensors only")
+        self._tensors = obj
+        for k, v in obj.items():
+            self._infos[k] = TensorInfo(k, tuple(v.shape), dtype_name(v.dtype))
+
+    def _load_plain(self):
+        try:
+            return torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001
+            raise SourceError(f"{self.path}: not a weights-only tensor checkpoint ({str(e).splitlines()[0]})") \
+                from None
+
+    def get(self, name: str) -> torch.Tensor:
+        try:
+            return self._tensors[name]
+        except KeyError:
+            raise SourceError(f"{self.path}: no tensor named {name!r}") from None
+
+    def files(self) -> list[Path]:
+        return [self.path]
+
+
+# ----------------------------------------------------------------------------------------------
+# key listings and modules on the meta device
+# ----------------------------------------------------------------------------------------------
+class KeysFileSource(StateDictSource):
+    """A published key listing: ``name<TAB>[d0, d1, ...]`` per line, ``#`` comments."""
+
+    def __init__(self, path: str | Path):
+        super().__init__()
+        self.path = Path(path)
+        self.description = f"keys:{self.path}"
+        try:
+            lines = self.path.read_text().splitlines()
+        except OSError as e:
+            raise SourceError(f"{self.path}: cannot read key listing ({e.strerror})") from None
+        for lineno, line in enumerate(lines, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = line.split(None, 1)
+            try:
+                shape = tuple(json.loads(parts[1])) if len(parts) > 1 else ()
+            except (json.JSONDecodeError, TypeError):
+                raise SourceError(f"{self.path}:{lineno}: expected 'name<TAB>[shape]', got {line!r}") from None
+            self._infos[parts[0]] = TensorInfo(parts[0], shape, "?")
+
+
+class ModuleSource(StateDictSource):
+    """Parameters and persistent buffers of an ``nn.Module`` (usually on the meta device)."""
+
+    def __init__(self, module: torch.nn.Module, description: str):
+        super().__init__()
+        self.module = module
+        self.description = description
+        sd = module.state_dict(keep_vars=True)
+        for k, v in sd.items():
+            self._infos[k] = TensorInfo(k, tuple(v.shape), dtype_name(v.dtype))
+        self._sd = sd
+
+    def get(self, name: str) -> torch.Tensor:
+        t = self._sd[name]
+        if t.is_meta:
+            raise SourceError(f"{self.description} is built on the meta device; it has no data for {name}")
+        return t.detach()
+
+
+class TensorDictSource(StateDictSource):
+    """An in-memory ``{name: tensor}`` dict (tests, small models)."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], description: str = "<tensors>"):
+        super().__init__()
+        self.description = description
+        self._tensors = tensors
+        for k, v in tensors.items():
+            self._infos[k] = TensorInfo(k, tuple(v.shape), dtype_name(v.dtype))
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._tensors[name]
+
+
+def build_class(spec: str) -> torch.nn.Module:
+    """``MODULE.Class[@CONFIG.json]`` -> an instance on the meta device."""
+    target, _, config_path = spec.partition("@")
+    mod_name, _, cls_name = target.rpartition(".")
+    if not mod_name:
+        raise SourceError(f"class:{spec}: expected MODULE.Class[@CONFIG.json]")
+    try:
+        cls = getattr(importlib.import_module(mod_name), cls_name)
+    except (ImportError, AttributeError) as e:
+        raise SourceError(f"class:{spec}: cannot import {target} ({e})") from None
+    config = {}
+    if config_path:
+        try:
+            config = json.loads(Path(config_path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise SourceError(f"class:{spec}: cannot read config {config_path} ({e})") from None
+    try:
+        with torch.device("meta"):
+            return _instantiate(cls, config)
+    except Exception as e:  # noqa: BLE001 - any constructor failure is the user's spec
+        raise SourceError(f"class:{spec}: {cls_name} failed to build from that config "
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def _instantiate(cls, config: dict):
+    # diffusers models: from_config; transformers models: Config class then Model(config)
+    if hasattr(cls, "from_config") and hasattr(cls, "config_name"):
+        return cls.from_config({k: v for k, v in config.items()})
+    config_class = getattr(cls, "config_class", None)
+    if config_class is not None:
+        cfg = config_class(**{k: v for k, v in config.items() if not k.startswith("_")})
+        return cls(cfg)
+    return cls(**{k: v for k, v in config.items() if not k.startswith("_")})
+
+
+# ----------------------------------------------------------------------------------------------
+# directories and the hub
+# ----------------------------------------------------------------------------------------------
+WEIGHT_FILES = ("diffusion_pytorch_model", "model")
+
+
+def _weights_in_folder(folder: Path) -> StateDictSource | None:
+    for stem in WEIGHT_FILES:
+        index = folder / f"{stem}.safetensors.index.json"
+        if index.is_file():
+            return ShardedSafetensorsSource(index)
+        single = folder / f"{stem}.safetensors"
+        if single.is_file():
+            return SafetensorsSource(single)
+    singles = sorted(folder.glob("*.safetensors"))
+    if len(singles) == 1:
+        return SafetensorsSource(singles[0])
+    indexes = sorted(folder.glob("*.safetensors.index.json"))
+    if len(indexes) == 1:
+        return ShardedSafetensorsSource(indexes[0])
+    return None
+
+
+def open_directory(path: Path, component: str | None = None) -> StateDictSource:
+    """A Diffusers component folder, a Diffusers repo (``component`` picks one) or an official release."""
+    if (path / "model_index.json").is_file():
+        if not component:
+            comps = sorted(p.name for p in path.iterdir() if p.is_dir() and (p / "config.json").is_file())
+            raise SourceError(f"{path} is a Diffusers repo; pick a component with --component "
+                              f"({', '.join(comps)})")
+        sub = path / component
+        if not sub.is_dir():
+            raise SourceError(f"{path}: no component folder {component!r}")
+        return open_directory(sub)
+    from runtime.families import find_official_component
+
+    official = find_official_component(path, component)
+    if official is not None:
+        return open_source(str(official))
+    if component:
+        sub = path / component
+        if sub.is_dir():
+            return open_directory(sub)
+    src = _weights_in_folder(path)
+    if src is None:
+        raise SourceError(f"{path}: no safetensors weights or known release layout found in this folder")
+    return src
+
+
+def open_hub(spec: str) -> StateDictSource:
+    """``ORG/NAME[/SUBFOLDER]``: read only the safetensors headers of a hub repo."""
+    parts = spec.split("/")
+    if len(parts) < 2:
+        raise SourceError(f"hf:{spec}: expected hf:ORG/NAME[/SUBFOLDER]")
+    repo_id, subfolder = "/".join(parts[:2]), "/".join(parts[2:]) or None
+    try:
+        from huggingface_hub import get_safetensors_metadata
+
+        meta = get_safetensors_metadata(repo_id, filename=_hub_filename(repo_id, subfolder))
+    except Exception as e:  # noqa: BLE001 - offline and HTTP errors come in many types
+        raise SourceError(f"hf:{spec}: cannot reach the Hugging Face Hub ({type(e).__name__}); download the "
+                          "repo on a connected machine and pass its local folder instead") from None
+    src = StateDictSource()
+    src.description = f"hf:{spec}"
+    for file_meta in meta.files_metadata.values():
+        for name, info in file_meta.tensors.items():
+            src._infos[name] = TensorInfo(name, tuple(info.shape), info.dtype)
+    return src
+
+
+def _hub_filename(repo_id: str, subfolder: str | None) -> str:
+    from huggingface_hub import list_repo_files
+
+    files = list_repo_files(repo_id)
+    prefix = f"{subfolder}/" if subfolder else ""
+    for stem in WEIGHT_FILES:
+        for suffix in (".safetensors.index.json", ".safetensors"):
+            if f"{prefix}{stem}{suffix}" in files:
+                return f"{prefix}{stem}{suffix}"
+    raise SourceError(f"hf:{repo_id}/{subfolder or ''}: no safetensors weights in that repo folder")
+
+
+# ----------------------------------------------------------------------------------------------
+# the spec parser
+# ----------------------------------------------------------------------------------------------
+def open_source(spec: str, component: str | None = None) -> StateDictSource:
+    """Open a state-dict source from a spec string (module docstring lists the forms)."""
+    if spec.startswith("hf:"):
+        return open_hub(spec[3:])
+    if spec.startswith("native:"):
+        from runtime.families import native_meta_module
+
+        body = spec[len("native:"):]
+        name, _, comp = body.partition("/")
+        module = native_meta_module(name, comp or component or "transformer")
+        return ModuleSource(module, spec)
+    if spec.startswith("class:"):
+        return ModuleSource(build_class(spec[len("class:"):]), spec)
+    if spec.startswith("keys:"):
+        return KeysFileSource(spec[len("keys:"):])
+    path = Path(spec)
+    if not path.exists():
+        raise SourceError(f"{spec}: no such file or folder (or use a hf:/native:/class:/keys: spec)")
+    if path.is_dir():
+        return open_directory(path, component)
+    name = path.name
+    if name.endswith(".safetensors.index.json"):
+        return ShardedSafetensorsSource(path)
+    if name.endswith(".safetensors"):
+        return SafetensorsSource(path)
+    if name.endswith((".pt", ".pth", ".bin", ".ckpt")):
+        return PickleSource(path)
+    if name.endswith(".txt"):
+        return KeysFileSource(path)
+    raise SourceError(f"{spec}: unknown file type; expected .safetensors, .safetensors.index.json, "
+                      ".pt/.pth/.bin or a keys .txt listing")
+

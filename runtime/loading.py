@@ -1,0 +1,113 @@
+"""Strict loading of weights into native modules through a NameMap.
+
+Every target parameter must be produced exactly once with its exact shape, every source tensor must be
+used or declared dropped by the map; otherwise loading fails listing *all* missing, unexpected and
+shape-mismatched keys. Tensors are read one at a time from the source (safetensors are mmap'd).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from porting.errors import UserError
+from porting.namemap import NameMap
+from porting.sources import StateDictSource, open_source
+
+
+class StrictLoadError(UserError):
+    """Raised with the full list of problems (missing / unexpected / shape mismatch)."""
+
+    def __init__(self, what: str, missing, unexpected, mismatched, unmatched):
+        self.missing, self.unexpected, self.mismatched, self.unmatched = missing, unexpected, mismatched, unmatched
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected),
+                             ("shape mismatch", mismatched), ("matched by no map rule", unmatched)):
+            if items:
+                parts.append(f"{len(items)} {label}: " + ", ".join(items))
+        super().__init__(f"strict load of {what} failed: " + "; ".join(parts))
+
+
+def load_into(module: nn.Module, source: StateDictSource, name_map: NameMap | None = None, *,
+              device: torch.device | str | None = None, dtype_fn=None) -> set[str]:
+    """Load ``source`` into ``module`` (which may live on the meta device) through ``name_map``.
+
+    ``dtype_fn(name, tensor) -> dtype`` picks each parameter's dtype (default: keep the module's).
+    Returns the set of loaded target names. Raises StrictLoadError listing every problem.
+    """
+    name_map = name_map or NameMap.loads("rename ^(.*)$ -> \\1")
+    plan = name_map.plan(source.keys())
+    target_sd = module.state_dict(keep_vars=True)
+    source_shapes = source.shapes()
+
+    produced = plan.targets
+    missing = [k for k in target_sd if k not in produced]
+    unexpected = [k for k in produced if k not in target_sd]
+    mismatched = []
+    for k, op in produced.items():
+        if k in target_sd:
+            got = tuple(op.target_shape(source_shapes))
+            want = tuple(target_sd[k].shape)
+            if got != want:
+                mismatched.append(f"{k} (source {list(got)} vs model {list(want)})")
+    if missing or unexpected or mismatched or plan.unmatched:
+        raise StrictLoadError(source.description, missing, unexpected, mismatched, plan.unmatched)
+
+    loaded: set[str] = set()
+    for op in plan.ops:
+        tensor = op.compute(source.get)
+        current = target_sd[op.target]
+        dtype = dtype_fn(op.target, tensor) if dtype_fn else (
+            current.dtype if current.dtype.is_floating_point else tensor.dtype)
+        dev = device if device is not None else (current.device if not current.is_meta else "cpu")
+        _set_tensor(module, op.target, tensor.to(device=dev, dtype=dtype))
+        loaded.add(op.target)
+    return loaded
+
+
+def _set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    *path, leaf = name.split(".")
+    owner = module.get_submodule(".".join(path)) if path else module
+    old = getattr(owner, leaf)
+    if isinstance(old, nn.Parameter):
+        setattr(owner, leaf, nn.Parameter(value, requires_grad=False))
+    else:
+        owner._buffers[leaf] = value  # registered buffer
+
+
+def read_diffusers_config(folder: Path) -> dict:
+    cfg_path = Path(folder) / "config.json"
+    try:
+        return json.loads(cfg_path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{folder}: no config.json; expected a Diffusers-format component folder") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{cfg_path}: cannot read ({e})") from None
+
+
+def load_wan_transformer(folder: str | Path, *, dtype: torch.dtype = torch.float32,
+                         device: torch.device | str = "cpu", text_len: int = 512):
+    """A Diffusers-format ``transformer/`` folder -> native WanDiT, strictly, tensors streamed to ``device``."""
+    from runtime.models.wan import family
+    from runtime.models.wan.config import WanDiTConfig
+    from runtime.models.wan.model import KEEP_IN_FP32, WanDiT
+
+    folder = Path(folder)
+    cfg = read_diffusers_config(folder)
+    try:
+        config = WanDiTConfig.from_diffusers(cfg, text_len=text_len)
+    except (KeyError, ValueError) as e:
+        raise UserError(f"{folder / 'config.json'}: not a Wan T2V transformer config ({e})") from None
+    with torch.device("meta"):
+        model = WanDiT(config)
+    source = open_source(str(folder))
+    name_map = NameMap.load(family.DIFFUSERS_TO_NATIVE)
+
+    def pick(name, tensor):
+        return torch.float32 if any(f in name for f in KEEP_IN_FP32) else dtype
+
+    load_into(model, source, name_map, device=device, dtype_fn=pick)
+    return model.eval().requires_grad_(False)

@@ -1,0 +1,133 @@
+"""The Wan2.1 text-to-video family: presets, components, release layouts, maps, sampling defaults.
+
+Facts (file names, configs, defaults) come from the official release Wan-AI/Wan2.1-T2V-1.3B / 14B,
+its code (Wan-Video/Wan2.1 ``wan/configs``) and the Diffusers repos Wan-AI/Wan2.1-T2V-*-Diffusers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from porting.errors import UserError
+from runtime.models.wan.config import PRESETS as DIT_PRESETS
+from runtime.models.wan.config import WanDiTConfig
+
+NAME = "wan2.1-t2v"
+PRESETS = tuple(DIT_PRESETS)
+COMPONENTS = ("transformer", "vae", "text_encoder")
+HERE = Path(__file__).parent
+MAPS = HERE / "maps"
+REFERENCE_KEYS = HERE / "reference"
+
+# --- the official release layout -------------------------------------------------------------
+OFFICIAL_FILES = {
+    "transformer": "diffusion_pytorch_model.safetensors",  # or a sharded *.safetensors.index.json
+    "vae": "Wan2.1_VAE.pth",
+    "text_encoder": "models_t5_umt5-xxl-enc-bf16.pth",
+    "tokenizer": "google/umt5-xxl",
+}
+
+# --- official -> Diffusers maps (committed data written by `port diff-keys --write-map`) --------
+OFFICIAL_TO_DIFFUSERS = {c: MAPS / f"official_to_diffusers_{c}.map" for c in COMPONENTS}
+DIFFUSERS_TO_NATIVE = MAPS / "diffusers_to_native.map"
+
+# --- sampling defaults (official wan/configs/shared_config.py and wan_t2v_*.py) ----------------
+NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
+    "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"
+    "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+SAMPLING = {
+    "1.3b": {"height": 480, "width": 832, "num_frames": 81, "num_inference_steps": 50, "guidance_scale": 5.0,
+             "flow_shift": 5.0},
+    "14b": {"height": 720, "width": 1280, "num_frames": 81, "num_inference_steps": 50, "guidance_scale": 5.0,
+            "flow_shift": 5.0},
+    "tiny": {"height": 32, "width": 48, "num_frames": 5, "num_inference_steps": 3, "guidance_scale": 5.0,
+             "flow_shift": 5.0},
+}
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+# --- component configs --------------------------------------------------------------------------
+def dit_config(preset: str) -> WanDiTConfig:
+    return DIT_PRESETS[preset]
+
+
+def vae_config(preset: str) -> dict:
+    """diffusers AutoencoderKLWan config."""
+    base = {"base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_scales": [],
+            "temperal_downsample": [False, True, True], "dropout": 0.0}
+    if preset == "tiny":
+        base["base_dim"] = 8
+    return base
+
+
+def text_encoder_config(preset: str) -> dict:
+    """transformers UMT5 config of the umT5-xxl encoder (the same for 1.3B and 14B)."""
+    if preset == "tiny":
+        return {"vocab_size": 256, "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2, "num_heads": 4,
+                "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
+                "feed_forward_proj": "gated-gelu", "dropout_rate": 0.0, "layer_norm_epsilon": 1e-6,
+                "is_encoder_decoder": True, "tie_word_embeddings": False, "pad_token_id": 0,
+                "eos_token_id": 1, "decoder_start_token_id": 0}
+    return {"vocab_size": 256384, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24, "num_heads": 64,
+            "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
+            "feed_forward_proj": "gated-gelu", "dropout_rate": 0.0, "layer_norm_epsilon": 1e-6,
+            "is_encoder_decoder": True, "tie_word_embeddings": False, "pad_token_id": 0, "eos_token_id": 1,
+            "decoder_start_token_id": 0}
+
+
+def build_component(component: str, preset: str, device: str = "cpu"):
+    """The runtime's module for a component: native DiT, diffusers VAE, transformers umT5 encoder."""
+    import torch
+
+    with torch.device(device):
+        if component == "transformer":
+            from runtime.models.wan.model import WanDiT
+
+            return WanDiT(dit_config(preset))
+        if component == "vae":
+            from diffusers import AutoencoderKLWan
+
+            return AutoencoderKLWan(**vae_config(preset))
+        if component == "text_encoder":
+            from transformers import UMT5Config, UMT5EncoderModel
+
+            return UMT5EncoderModel(UMT5Config(**text_encoder_config(preset)))
+    raise UserError(f"{NAME} has no component {component!r}; components: {', '.join(COMPONENTS)}")
+
+
+# --- recognizing an official release ----------------------------------------------------------------
+def is_official_release(path: Path) -> bool:
+    path = Path(path)
+    return path.is_dir() and (path / OFFICIAL_FILES["vae"]).is_file() and (path / "config.json").is_file() \
+        and not (path / "model_index.json").exists()
+
+
+def official_component_file(path: Path, component: str) -> Path:
+    path = Path(path)
+    if component == "transformer":
+        index = sorted(path.glob("diffusion_pytorch_model*.safetensors.index.json"))
+        if index:
+            return index[0]
+        single = path / OFFICIAL_FILES["transformer"]
+        if single.is_file():
+            return single
+        raise UserError(f"{path}: official release without {OFFICIAL_FILES['transformer']} (or its index)")
+    if component not in OFFICIAL_FILES or component == "tokenizer":
+        raise UserError(f"{path}: official release has no weights component {component!r}; "
+                        f"choose one of {', '.join(COMPONENTS)}")
+    f = path / OFFICIAL_FILES[component]
+    if not f.is_file():
+        raise UserError(f"{path}: official release is missing {OFFICIAL_FILES[component]}")
+    return f
+
+
+def read_official_config(path: Path) -> WanDiTConfig:
+    cfg_path = Path(path) / "config.json"
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{cfg_path}: cannot read the official DiT config ({e})") from None
+    return WanDiTConfig.from_official(cfg)

@@ -1,0 +1,281 @@
+"""Native Wan2.1 text-to-video DiT. Math only: no process groups, environment reads or file I/O.
+
+Numerics follow the official release (Wan-Video/Wan2.1 ``wan/modules/model.py``) and diffusers'
+``WanTransformer3DModel``: sinusoidal time embedding as [cos, sin] computed in float64, per-block
+modulation added to a learned table, the head modulated by the *unprojected* time embedding,
+3-axis RoPE on interleaved pairs, text context zero-padded to ``text_len``. Under bf16 the norms,
+modulation and time embedding stay in fp32 (``KEEP_IN_FP32``).
+
+Layout differences from the checkpoints (resolved by the name maps, not here): self-attention
+q/k/v is one fused projection ``attn.qkv`` and cross-attention k/v is one fused ``cross_attn.kv``.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from runtime.attention import get_backend
+from runtime.models.wan.config import WanDiTConfig
+
+# Parameter-name fragments whose tensors stay fp32 when the model runs in bf16/fp16.
+KEEP_IN_FP32 = ("time_embed.", "time_proj.", "modulation", "norm")
+
+
+# ----------------------------------------------------------------------------------------------
+# Small pieces
+# ----------------------------------------------------------------------------------------------
+def sinusoidal_embedding(timestep: torch.Tensor, dim: int) -> torch.Tensor:
+    """[B] -> [B, dim] as [cos, sin], computed in float64 like the official model."""
+    half = dim // 2
+    t = timestep.to(torch.float64)
+    freqs = torch.pow(10000.0, -torch.arange(half, device=t.device, dtype=torch.float64) / half)
+    angles = torch.outer(t, freqs)
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+
+
+@lru_cache(maxsize=16)
+def _rope_tables(grid: tuple[int, int, int], axes_dim: tuple[int, int, int], theta: float,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    f, h, w = grid
+    angles = []
+    for size, d in zip(grid, axes_dim):
+        inv = 1.0 / torch.pow(theta, torch.arange(0, d, 2, dtype=torch.float64, device=device) / d)
+        angles.append(torch.outer(torch.arange(size, dtype=torch.float64, device=device), inv))  # [size, d/2]
+    at, ah, aw = angles
+    # [f, h, w, d/2 per axis] -> one row of angles per token in (frame, height, width) order
+    grid_angles = torch.cat([
+        at[:, None, None, :].expand(f, h, w, -1),
+        ah[None, :, None, :].expand(f, h, w, -1),
+        aw[None, None, :, :].expand(f, h, w, -1),
+    ], dim=-1).reshape(f * h * w, -1)
+    return grid_angles.cos().float(), grid_angles.sin().float()
+
+
+def rope_tables(grid: tuple[int, int, int], cfg: WanDiTConfig, device: torch.device):
+    """(cos, sin), each [f*h*w, head_dim/2] fp32, for the token grid (frames, height, width)."""
+    return _rope_tables(tuple(grid), cfg.rope_axes_dim, cfg.rope_theta, torch.device(device))
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (x[2i], x[2i+1]) of x [B, S, H, D] by the angles of each token."""
+    xf = x.float().unflatten(-1, (-1, 2))  # [B, S, H, D/2, 2]
+    x1, x2 = xf[..., 0], xf[..., 1]
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return out.flatten(-2).type_as(x)
+
+
+def layer_norm_fp32(x: torch.Tensor, eps: float, weight=None, bias=None) -> torch.Tensor:
+    """LayerNorm computed in fp32 (the official WanLayerNorm / diffusers FP32LayerNorm); returns fp32."""
+    return F.layer_norm(x.float(), (x.shape[-1],), weight, bias, eps)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the whole projection (across heads), computed in fp32."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).type_as(x)
+
+
+class AttentionOp(nn.Module):
+    """The attention kernel call. A submodule so that ``runtime.parallel`` can replace it with a
+    distributed one without editing this file; ``backend`` names a function in runtime.attention."""
+
+    def __init__(self, backend: str = "sdpa"):
+        super().__init__()
+        self.backend = backend
+
+    def forward(self, q, k, v, key_mask=None):
+        return get_backend(self.backend)(q, k, v, key_mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention and block
+# ----------------------------------------------------------------------------------------------
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: WanDiTConfig):
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)  # one GEMM for q, k and v
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+        self.norm_q = RMSNorm(cfg.dim, cfg.eps)
+        self.norm_k = RMSNorm(cfg.dim, cfg.eps)
+        self.attn_op = AttentionOp()
+
+    def forward(self, x, rope, key_mask=None):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q, k = self.norm_q(q), self.norm_k(k)
+        # [B, S, dim] -> [B, S, heads, head_dim]
+        q, k, v = (t.unflatten(-1, (self.num_heads, -1)) for t in (q, k, v))
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        return self.proj(self.attn_op(q, k, v, key_mask).flatten(2))
+
+
+class CrossAttention(nn.Module):
+    """Attention from video tokens to the text context; no RoPE, no mask (the official T2V attends
+    to the zero-padded context too)."""
+
+    def __init__(self, cfg: WanDiTConfig):
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.q = nn.Linear(cfg.dim, cfg.dim)
+        self.kv = nn.Linear(cfg.dim, 2 * cfg.dim)  # one GEMM for k and v
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+        self.norm_q = RMSNorm(cfg.dim, cfg.eps)
+        self.norm_k = RMSNorm(cfg.dim, cfg.eps)
+        self.attn_op = AttentionOp()
+
+    def forward(self, x, context):
+        q = self.norm_q(self.q(x))
+        k, v = self.kv(context).chunk(2, dim=-1)
+        k = self.norm_k(k)
+        q, k, v = (t.unflatten(-1, (self.num_heads, -1)) for t in (q, k, v))
+        return self.proj(self.attn_op(q, k, v).flatten(2))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: WanDiTConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.dim, cfg.ffn_dim)
+        self.fc2 = nn.Linear(cfg.ffn_dim, cfg.dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class WanBlock(nn.Module):
+    def __init__(self, cfg: WanDiTConfig):
+        super().__init__()
+        self.eps = cfg.eps
+        # learned (shift, scale, gate) x (self-attn, ffn), added to the projected time embedding
+        self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim**0.5)
+        self.attn = SelfAttention(cfg)
+        self.cross_norm = nn.LayerNorm(cfg.dim, eps=cfg.eps) if cfg.cross_attn_norm else None
+        self.cross_attn = CrossAttention(cfg)
+        self.ffn = FeedForward(cfg)
+
+    def forward(self, x, mod, context, rope, key_mask=None):
+        # mod: [B, 6, dim] fp32 projected time embedding
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + mod).chunk(6, dim=1)
+
+        # 1. self-attention on the modulated, normalized tokens; gated residual
+        h = (layer_norm_fp32(x, self.eps) * (1 + scale1) + shift1).type_as(x)
+        x = (x.float() + self.attn(h, rope, key_mask) * gate1).type_as(x)
+
+        # 2. cross-attention to the text (affine norm, no modulation); plain residual
+        h = x if self.cross_norm is None else layer_norm_fp32(
+            x, self.eps, self.cross_norm.weight.float(), self.cross_norm.bias.float()).type_as(x)
+        x = x + self.cross_attn(h, context)
+
+        # 3. feed-forward on the modulated, normalized tokens; gated residual
+        h = (layer_norm_fp32(x, self.eps) * (1 + scale2) + shift2).type_as(x)
+        return (x.float() + self.ffn(h).float() * gate2).type_as(x)
+
+
+class Head(nn.Module):
+    def __init__(self, cfg: WanDiTConfig):
+        super().__init__()
+        self.eps = cfg.eps
+        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
+        self.proj = nn.Linear(cfg.dim, math.prod(cfg.patch_size) * cfg.out_dim)
+
+    def forward(self, x, temb):
+        # the head is modulated by the unprojected time embedding temb [B, dim]
+        shift, scale = (self.modulation.float() + temb.float()[:, None, :]).chunk(2, dim=1)
+        h = (layer_norm_fp32(x, self.eps) * (1 + scale) + shift).type_as(x)
+        return self.proj(h)
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------------
+class WanDiT(nn.Module):
+    """Wan2.1 T2V diffusion transformer.
+
+    ``forward(x [B, C, F, H, W], timestep [B], context [B, L<=text_len, text_dim]) -> [B, C_out, F, H, W]``.
+    The stages (``embed``, ``blocks``, ``head``, ``unpatchify``) are public so that
+    ``runtime.parallel`` can shard the token sequence between them.
+    """
+
+    def __init__(self, cfg: WanDiTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.patch_embedding = nn.Conv3d(cfg.in_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.text_embed = nn.Sequential()
+        self.text_embed.fc1 = nn.Linear(cfg.text_dim, cfg.dim)
+        self.text_embed.act = nn.GELU(approximate="tanh")
+        self.text_embed.fc2 = nn.Linear(cfg.dim, cfg.dim)
+        self.time_embed = nn.Sequential()
+        self.time_embed.fc1 = nn.Linear(cfg.freq_dim, cfg.dim)
+        self.time_embed.act = nn.SiLU()
+        self.time_embed.fc2 = nn.Linear(cfg.dim, cfg.dim)
+        self.time_proj = nn.Linear(cfg.dim, 6 * cfg.dim)
+        self.blocks = nn.ModuleList(WanBlock(cfg) for _ in range(cfg.num_layers))
+        self.head = Head(cfg)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.patch_embedding.weight.dtype
+
+    def to_dtype(self, dtype: torch.dtype) -> WanDiT:
+        """Cast to ``dtype`` except the KEEP_IN_FP32 tensors (norms, modulation, time embedding)."""
+        for name, p in self.named_parameters():
+            keep = any(frag in name for frag in KEEP_IN_FP32)
+            p.data = p.data.to(torch.float32 if keep else dtype)
+        return self
+
+    def set_attention_backend(self, backend: str) -> None:
+        for m in self.modules():
+            if isinstance(m, AttentionOp):
+                m.backend = backend
+
+    # --- stages --------------------------------------------------------------------------------
+    def patchify(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """[B, C, F, H, W] -> tokens [B, f*h*w, dim] in (frame, height, width) order, and the grid."""
+        x = self.patch_embedding(x.to(self.dtype))
+        grid = tuple(x.shape[2:])
+        return x.flatten(2).transpose(1, 2), grid
+
+    def embed_time(self, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """timestep [B] -> (temb [B, dim] fp32, per-block modulation input [B, 6, dim] fp32)."""
+        emb = sinusoidal_embedding(timestep.reshape(-1), self.cfg.freq_dim)
+        temb = self.time_embed(emb.to(self.time_embed.fc1.weight.dtype)).float()
+        mod = self.time_proj(F.silu(temb).to(self.time_proj.weight.dtype)).float()
+        return temb, mod.unflatten(1, (6, self.cfg.dim))
+
+    def embed_text(self, context: torch.Tensor) -> torch.Tensor:
+        """[B, L, text_dim] -> [B, text_len, dim]; zero-pads to text_len as the official model does
+        (an unpadded context changes the output)."""
+        n = context.shape[1]
+        if n > self.cfg.text_len:
+            raise ValueError(f"text context has {n} tokens, more than text_len={self.cfg.text_len}")
+        if n < self.cfg.text_len:
+            context = F.pad(context, (0, 0, 0, self.cfg.text_len - n))
+        return self.text_embed(context.to(self.dtype))
+
+    def unpatchify(self, out: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """[B, f*h*w, pt*ph*pw*C] (channel fastest) -> [B, C, f*pt, h*ph, w*pw]."""
+        f, h, w = grid
+        pt, ph, pw = self.cfg.patch_size
+        x = out.reshape(out.shape[0], f, h, w, pt, ph, pw, -1)
+        x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # B, C, f, pt, h, ph, w, pw
+        return x.reshape(out.shape[0], -1, f * pt, h * ph, w * pw)
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        tokens, grid = self.patchify(x)
+        rope = rope_tables(grid, self.cfg, tokens.device)
+        temb, mod = self.embed_time(timestep)
+        ctx = self.embed_text(context)
+        for block in self.blocks:
+            tokens = block(tokens, mod, ctx, rope)
+        return self.unpatchify(self.head(tokens, temb), grid)

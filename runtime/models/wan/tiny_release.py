@@ -1,0 +1,127 @@
+"""Write the embedded tiny Wan2.1 T2V release in the *official* layout (deterministic).
+
+    python -m runtime.models.wan.tiny_release official_weights/wan2.1-t2v-tiny
+
+Key names come from the published key listings of the real release (``reference/official_*_keys.txt``):
+every real key is kept (blocks beyond the tiny layer count dropped) and each real dimension is
+replaced by its tiny counterpart, so the tiny release has exactly the real naming and structure.
+Weights are seeded random numbers scaled like a trained model's (fan-in weights, unit norms).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from runtime.models.wan import family
+
+# real dimension -> tiny dimension, per component (dimensions not listed stay as they are)
+DIT_DIMS = {1536: 64, 8960: 128, 9216: 384, 4096: 32, 256: 32}
+VAE_DIMS = {96: 8, 192: 16, 384: 32, 1152: 96, 768: 64}
+T5_DIMS = {256384: 256, 4096: 32, 10240: 64, 64: 4}
+T5_LAYERS = 2
+TOKENIZER_CORPUS = (
+    "a cat walks on the grass in the sun. a dog runs along the beach at sunset. "
+    "two people dance in the rain under a red umbrella. a car drives through a city at night. "
+    "the camera pans over snowy mountains. a bird flies above the ocean waves. "
+    "close up of a flower opening in spring. an astronaut rides a horse on the moon. "
+    "bright colors, overexposed, static, blurry details, subtitles, worst quality, low quality. "
+)
+
+
+def read_listing(path: Path) -> list[tuple[str, tuple[int, ...]]]:
+    out = []
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, shape = line.split("\t")
+            out.append((name, tuple(json.loads(shape))))
+    return out
+
+
+def shrink(listing, dims: dict[int, int], max_layers: int, layer_prefix: str):
+    rx = re.compile(rf"^{re.escape(layer_prefix)}\.(\d+)\.")
+    out = []
+    for name, shape in listing:
+        m = rx.match(name)
+        if m and int(m.group(1)) >= max_layers:
+            continue
+        out.append((name, tuple(dims.get(d, d) for d in shape)))
+    return out
+
+
+def init_tensor(name: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    """Random values scaled like trained weights, so activations stay in a sane range."""
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf == "gamma" or (leaf == "weight" and len(shape) == 1):  # norm scales
+        return 1.0 + 0.1 * torch.randn(shape, generator=gen)
+    if leaf == "bias":
+        return 0.02 * torch.randn(shape, generator=gen)
+    if "modulation" in name:
+        return torch.randn(shape, generator=gen) / math.sqrt(shape[-1])
+    if "token_embedding" in name:
+        return torch.randn(shape, generator=gen)
+    if "pos_embedding" in name:
+        return 0.5 * torch.randn(shape, generator=gen)
+    fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
+    return torch.randn(shape, generator=gen) / math.sqrt(fan_in)
+
+
+def make_tensors(listing, seed: int, dtype=torch.float32) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {name: init_tensor(name, shape, gen).to(dtype) for name, shape in listing}
+
+
+def make_tokenizer(folder: Path, vocab_size: int) -> None:
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"],
+                                      unk_token="<unk>", shrinking_factor=0.75)
+    tok.train_from_iterator([TOKENIZER_CORPUS] * 4, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", 1)])
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "T5TokenizerFast", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>",
+        "model_max_length": 512, "extra_ids": 0, "additional_special_tokens": [],
+    }, indent=2) + "\n")
+    (folder / "special_tokens_map.json").write_text(json.dumps({
+        "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}, indent=2) + "\n")
+
+
+def make_tiny_release(out: Path, seed: int = 0) -> None:
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ref = family.REFERENCE_KEYS
+    cfg = family.dit_config("tiny")
+
+    dit = shrink(read_listing(ref / "official_dit_1.3b_keys.txt"), DIT_DIMS, cfg.num_layers, "blocks")
+    save_file(make_tensors(dit, seed), str(out / family.OFFICIAL_FILES["transformer"]))
+    (out / "config.json").write_text(json.dumps(cfg.to_official(), indent=4) + "\n")
+
+    vae = shrink(read_listing(ref / "official_vae_keys.txt"), VAE_DIMS, 10**6, "none")
+    torch.save(make_tensors(vae, seed + 1), out / family.OFFICIAL_FILES["vae"])
+
+    t5 = shrink(read_listing(ref / "official_umt5xxl_keys.txt"), T5_DIMS, T5_LAYERS, "blocks")
+    torch.save(make_tensors(t5, seed + 2, torch.bfloat16), out / family.OFFICIAL_FILES["text_encoder"])
+
+    make_tokenizer(out / family.OFFICIAL_FILES["tokenizer"], family.text_encoder_config("tiny")["vocab_size"])
+    (out / "README.md").write_text(
+        "# wan2.1-t2v-tiny\n\nA tiny Wan2.1 T2V release in the official layout (seeded random weights), written by\n"
+        "`python -m runtime.models.wan.tiny_release official_weights/wan2.1-t2v-tiny`. Key names are those of\n"
+        "Wan-AI/Wan2.1-T2V-1.3B with tiny dimensions. It exercises the tools; it does not make real videos.\n")
+
+
+if __name__ == "__main__":
+    make_tiny_release(Path(sys.argv[1] if len(sys.argv) > 1 else "official_weights/wan2.1-t2v-tiny"))
