@@ -1,16 +1,16 @@
-"""NameMap: an ordered table of regex rules plus declared tensor transforms, stored as a text file.
+r"""NameMap: an ordered table of regex rules plus declared tensor transforms, stored as a text file.
 
 File format (one rule a line, ``#`` starts a comment, fields separated by spaces)::
 
     # vidport name map v1
     # source: diffusers WanTransformer3DModel
     # target: vidport WanDiT
-    rename  ^blocks\\.(\\d+)\\.attn1\\.to_out\\.0\\.(weight|bias)$  ->  blocks.\\1.attn.proj.\\2
-    drop    ^text_encoder_unused\\..*$
-    merge   ^blocks\\.(\\d+)\\.attn1\\.to_(?P<part>q|k|v)\\.(weight|bias)$  ->  blocks.\\1.attn.qkv.\\3  parts=q,k,v dim=0
-    split   ^blocks\\.(\\d+)\\.attn\\.qkv\\.(weight|bias)$  ->  blocks.\\1.attn1.to_{part}.\\2  parts=q,k,v dim=0
-    tie     ^token_embedding\\.weight$  ->  shared.weight,encoder.embed_tokens.weight
-    reshape ^x\\.weight$  ->  y.weight  shape=6,1536 from=1,6,1536
+    rename  ^blocks\.(\d+)\.attn1\.to_out\.0\.(weight|bias)$  ->  blocks.\1.attn.proj.\2
+    drop    ^text_encoder_unused\..*$
+    merge   ^blocks\.(\d+)\.attn1\.to_(?P<part>q|k|v)\.(weight|bias)$  ->  blocks.\1.attn.qkv.\3  parts=q,k,v dim=0
+    split   ^blocks\.(\d+)\.attn\.qkv\.(weight|bias)$  ->  blocks.\1.attn1.to_{part}.\2  parts=q,k,v dim=0
+    tie     ^token_embedding\.weight$  ->  shared.weight,encoder.embed_tokens.weight
+    reshape ^x\.weight$  ->  y.weight  shape=6,1536 from=1,6,1536
 
 Rules apply in order; the first rule whose pattern matches a source key decides its fate.
 ``drop`` means "not used, on purpose". ``merge`` concatenates the source tensors named by the
