@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from runtime.attention import get_backend
+from runtime.kernels import fused
+from runtime.kernels.fused import apply_rope
 from runtime.models.wan.config import WanDiTConfig
 
 # Parameter-name fragments whose tensors stay fp32 when the model runs in bf16/fp16.
@@ -61,18 +63,12 @@ def rope_tables(grid: tuple[int, int, int], cfg: WanDiTConfig, device: torch.dev
     return _rope_tables(tuple(grid), cfg.rope_axes_dim, cfg.rope_theta, torch.device(device))
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs (x[2i], x[2i+1]) of x [B, S, H, D] by the angles of each token."""
-    xf = x.float().unflatten(-1, (-1, 2))  # [B, S, H, D/2, 2]
-    x1, x2 = xf[..., 0], xf[..., 1]
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
-    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-    return out.flatten(-2).type_as(x)
+class LayerNormFP32(nn.LayerNorm):
+    """Affine LayerNorm with fp32 statistics and parameters, output in the input dtype
+    (the official WanLayerNorm / diffusers FP32LayerNorm)."""
 
-
-def layer_norm_fp32(x: torch.Tensor, eps: float, weight=None, bias=None) -> torch.Tensor:
-    """LayerNorm computed in fp32 (the official WanLayerNorm / diffusers FP32LayerNorm); returns fp32."""
-    return F.layer_norm(x.float(), (x.shape[-1],), weight, bias, eps)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fused.norm_modulate(x, self.weight.float()[None, None], self.bias.float()[None, None], self.eps)
 
 
 class RMSNorm(nn.Module):
@@ -114,10 +110,15 @@ class SelfAttention(nn.Module):
 
     def forward(self, x, rope, key_mask=None):
         q, k, v = self.qkv(x).chunk(3, dim=-1)
-        q, k = self.norm_q(q), self.norm_k(k)
-        # [B, S, dim] -> [B, S, heads, head_dim]
-        q, k, v = (t.unflatten(-1, (self.num_heads, -1)) for t in (q, k, v))
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if fused.enabled_for(x):
+            # one pass each: RMSNorm across heads + RoPE, written as [B, S, heads, head_dim]
+            q = fused.qk_norm_rope(q, self.norm_q.weight, *rope, self.norm_q.eps, self.num_heads)
+            k = fused.qk_norm_rope(k, self.norm_k.weight, *rope, self.norm_k.eps, self.num_heads)
+        else:
+            # [B, S, dim] -> [B, S, heads, head_dim]
+            q = apply_rope(self.norm_q(q).unflatten(-1, (self.num_heads, -1)), *rope)
+            k = apply_rope(self.norm_k(k).unflatten(-1, (self.num_heads, -1)), *rope)
+        v = v.unflatten(-1, (self.num_heads, -1))
         return self.proj(self.attn_op(q, k, v, key_mask).flatten(2))
 
 
@@ -150,7 +151,7 @@ class FeedForward(nn.Module):
         self.fc2 = nn.Linear(cfg.ffn_dim, cfg.dim)
 
     def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        return self.fc2(fused.linear_gelu_tanh(x, self.fc1.weight, self.fc1.bias))
 
 
 class WanBlock(nn.Module):
@@ -160,7 +161,7 @@ class WanBlock(nn.Module):
         # learned (shift, scale, gate) x (self-attn, ffn), added to the projected time embedding
         self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim**0.5)
         self.attn = SelfAttention(cfg)
-        self.cross_norm = nn.LayerNorm(cfg.dim, eps=cfg.eps) if cfg.cross_attn_norm else None
+        self.cross_norm = LayerNormFP32(cfg.dim, eps=cfg.eps) if cfg.cross_attn_norm else nn.Identity()
         self.cross_attn = CrossAttention(cfg)
         self.ffn = FeedForward(cfg)
 
@@ -168,18 +169,16 @@ class WanBlock(nn.Module):
         # mod: [B, 6, dim] fp32 projected time embedding
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + mod).chunk(6, dim=1)
 
-        # 1. self-attention on the modulated, normalized tokens; gated residual
-        h = (layer_norm_fp32(x, self.eps) * (1 + scale1) + shift1).type_as(x)
-        x = (x.float() + self.attn(h, rope, key_mask) * gate1).type_as(x)
+        # 1. self-attention on the modulated, normalized tokens; gated residual (fp32 math)
+        h = fused.norm_modulate(x, 1 + scale1, shift1, self.eps)
+        x = fused.gated_residual(x, self.attn(h, rope, key_mask), gate1)
 
         # 2. cross-attention to the text (affine norm, no modulation); plain residual
-        h = x if self.cross_norm is None else layer_norm_fp32(
-            x, self.eps, self.cross_norm.weight.float(), self.cross_norm.bias.float()).type_as(x)
-        x = x + self.cross_attn(h, context)
+        x = x + self.cross_attn(self.cross_norm(x), context)
 
         # 3. feed-forward on the modulated, normalized tokens; gated residual
-        h = (layer_norm_fp32(x, self.eps) * (1 + scale2) + shift2).type_as(x)
-        return (x.float() + self.ffn(h).float() * gate2).type_as(x)
+        h = fused.norm_modulate(x, 1 + scale2, shift2, self.eps)
+        return fused.gated_residual(x, self.ffn(h), gate2)
 
 
 class Head(nn.Module):
@@ -192,8 +191,7 @@ class Head(nn.Module):
     def forward(self, x, temb):
         # the head is modulated by the unprojected time embedding temb [B, dim]
         shift, scale = (self.modulation.float() + temb.float()[:, None, :]).chunk(2, dim=1)
-        h = (layer_norm_fp32(x, self.eps) * (1 + scale) + shift).type_as(x)
-        return self.proj(h)
+        return self.proj(fused.norm_modulate(x, 1 + scale, shift, self.eps))
 
 
 # ----------------------------------------------------------------------------------------------

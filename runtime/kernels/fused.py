@@ -1,0 +1,163 @@
+"""Fused elementwise kernels for the DiT's hot path (Triton on CUDA, plain PyTorch elsewhere).
+
+Each public function has one PyTorch reference path, used on CPU, in fp32 and whenever Triton is
+absent, and a Triton path for bf16/fp16 CUDA tensors that does the same math in one pass over memory:
+
+- ``norm_modulate``: LayerNorm (fp32 statistics) then ``* mul + add`` (the adaLN modulation, or the
+  affine weight/bias), cast back: one read and one write of the token tensor instead of five.
+- ``gated_residual``: ``x + y * gate`` in fp32, cast back.
+- ``qk_norm_rope``: RMSNorm across heads, then RoPE on interleaved pairs, written as [B, S, H, D].
+- ``linear_gelu_tanh``: the FFN's first projection with GELU(tanh) in the GEMM epilogue (cuBLASLt).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+try:  # Triton ships with CUDA builds of PyTorch; CPU builds have none
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the install
+    triton = None
+
+
+def enabled_for(x: torch.Tensor) -> bool:
+    """True when the Triton path runs for x (CUDA, bf16/fp16, Triton installed)."""
+    return _use_triton(x)
+
+
+def _use_triton(x: torch.Tensor) -> bool:
+    return triton is not None and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
+
+
+# ----------------------------------------------------------------------------------------------
+# reference paths (the math, exactly as the model defines it)
+# ----------------------------------------------------------------------------------------------
+def _norm_modulate_ref(x, mul, add, eps):
+    return (F.layer_norm(x.float(), (x.shape[-1],), eps=eps) * mul + add).type_as(x)
+
+
+def _gated_residual_ref(x, y, gate):
+    return (x.float() + y.float() * gate).type_as(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# public API
+# ----------------------------------------------------------------------------------------------
+def norm_modulate(x: torch.Tensor, mul: torch.Tensor, add: torch.Tensor, eps: float) -> torch.Tensor:
+    """(LayerNorm(x) * mul + add) in fp32, returned in x's dtype. x [B, S, C]; mul, add [B|1, 1, C] fp32."""
+    if not _use_triton(x):
+        return _norm_modulate_ref(x, mul, add, eps)
+    B, S, C = x.shape
+    x = x.contiguous()
+    mul = mul.float().expand(B, 1, C).contiguous()
+    add = add.float().expand(B, 1, C).contiguous()
+    out = torch.empty_like(x)
+    _norm_modulate_kernel[(B * S,)](x, mul, add, out, S, C, eps, BLOCK=triton.next_power_of_2(C), num_warps=8)
+    return out
+
+
+def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """x + y * gate computed in fp32, in x's dtype. x, y [B, S, C]; gate [B, 1, C] fp32."""
+    if not _use_triton(x):
+        return _gated_residual_ref(x, y, gate)
+    B, S, C = x.shape
+    x, y = x.contiguous(), y.contiguous()
+    gate = gate.float().expand(B, 1, C).contiguous()
+    out = torch.empty_like(x)
+    _gated_residual_kernel[(B * S,)](x, y, gate, out, S, C, BLOCK=triton.next_power_of_2(C), num_warps=8)
+    return out
+
+
+def qk_norm_rope(t: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float,
+                 num_heads: int) -> torch.Tensor:
+    """RMSNorm over the last dim (all heads) then RoPE on interleaved pairs.
+
+    t [B, S, C] (may be a strided view of a fused projection); cos/sin [S, D/2] fp32 -> [B, S, H, D].
+    """
+    if not _use_triton(t):
+        t = F.rms_norm(t.float(), (t.shape[-1],), weight.float(), eps).type_as(t)
+        return apply_rope(t.unflatten(-1, (num_heads, -1)), cos, sin)
+    B, S, C = t.shape
+    D = C // num_heads
+    if t.stride(-1) != 1:
+        t = t.contiguous()
+    out = torch.empty((B, S, num_heads, D), dtype=t.dtype, device=t.device)
+    _qk_norm_rope_kernel[(B * S,)](
+        t, t.stride(0), t.stride(1), weight.float().contiguous(), cos.contiguous(), sin.contiguous(), out,
+        S, C, D // 2, eps, HALF_BLOCK=triton.next_power_of_2(C // 2), num_warps=8)
+    return out
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (x[2i], x[2i+1]) of x [B, S, H, D] by each token's angles (fp32 math)."""
+    xf = x.float().unflatten(-1, (-1, 2))  # [B, S, H, D/2, 2]
+    x1, x2 = xf[..., 0], xf[..., 1]
+    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    return torch.stack([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1).flatten(-2).type_as(x)
+
+
+def linear_gelu_tanh(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """GELU(tanh)(x @ W^T + b); on CUDA the activation runs in the cuBLASLt epilogue."""
+    if not _use_triton(x):
+        return F.gelu(F.linear(x, weight, bias), approximate="tanh")
+    out = torch._addmm_activation(bias, x.reshape(-1, x.shape[-1]), weight.t(), use_gelu=True)
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# Triton kernels: one program per token row
+# ----------------------------------------------------------------------------------------------
+if triton is not None:
+
+    @triton.jit
+    def _norm_modulate_kernel(x_ptr, mul_ptr, add_ptr, out_ptr, S, C, eps, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        b = row // S
+        cols = tl.arange(0, BLOCK)
+        m = cols < C
+        x = tl.load(x_ptr + row * C + cols, mask=m, other=0.0).to(tl.float32)
+        mean = tl.sum(x, axis=0) / C
+        xc = tl.where(m, x - mean, 0.0)
+        var = tl.sum(xc * xc, axis=0) / C
+        y = xc * tl.rsqrt(var + eps)
+        mul = tl.load(mul_ptr + b * C + cols, mask=m, other=0.0)
+        add = tl.load(add_ptr + b * C + cols, mask=m, other=0.0)
+        tl.store(out_ptr + row * C + cols, (y * mul + add).to(out_ptr.dtype.element_ty), mask=m)
+
+    @triton.jit
+    def _gated_residual_kernel(x_ptr, y_ptr, g_ptr, out_ptr, S, C, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        b = row // S
+        cols = tl.arange(0, BLOCK)
+        m = cols < C
+        x = tl.load(x_ptr + row * C + cols, mask=m, other=0.0).to(tl.float32)
+        y = tl.load(y_ptr + row * C + cols, mask=m, other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + b * C + cols, mask=m, other=0.0)
+        tl.store(out_ptr + row * C + cols, (x + y * g).to(out_ptr.dtype.element_ty), mask=m)
+
+    @triton.jit
+    def _qk_norm_rope_kernel(t_ptr, stride_b, stride_s, w_ptr, cos_ptr, sin_ptr, out_ptr, S, C, HALF_D, eps,
+                             HALF_BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        b = row // S
+        s = row % S
+        i = tl.arange(0, HALF_BLOCK)  # pair index within the row
+        m = i < C // 2
+        base = t_ptr + b * stride_b + s * stride_s
+        x1 = tl.load(base + 2 * i, mask=m, other=0.0).to(tl.float32)
+        x2 = tl.load(base + 2 * i + 1, mask=m, other=0.0).to(tl.float32)
+        ms = (tl.sum(x1 * x1, axis=0) + tl.sum(x2 * x2, axis=0)) / C
+        r = tl.rsqrt(ms + eps)
+        w1 = tl.load(w_ptr + 2 * i, mask=m, other=0.0)
+        w2 = tl.load(w_ptr + 2 * i + 1, mask=m, other=0.0)
+        # round to the tensor dtype after the norm, as the reference path does
+        x1 = (x1 * r * w1).to(out_ptr.dtype.element_ty).to(tl.float32)
+        x2 = (x2 * r * w2).to(out_ptr.dtype.element_ty).to(tl.float32)
+        p = i % HALF_D
+        c = tl.load(cos_ptr + s * HALF_D + p, mask=m, other=0.0)
+        sn = tl.load(sin_ptr + s * HALF_D + p, mask=m, other=0.0)
+        o = out_ptr + row * C
+        tl.store(o + 2 * i, (x1 * c - x2 * sn).to(out_ptr.dtype.element_ty), mask=m)
+        tl.store(o + 2 * i + 1, (x1 * sn + x2 * c).to(out_ptr.dtype.element_ty), mask=m)
