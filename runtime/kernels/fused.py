@@ -28,7 +28,9 @@ def enabled_for(x: torch.Tensor) -> bool:
 
 
 def _use_triton(x: torch.Tensor) -> bool:
-    return triton is not None and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
+    # under torch.compile the reference path is traced instead: the compiler fuses it itself
+    return (triton is not None and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
+            and not torch.compiler.is_compiling())
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,162 @@
+"""Wan2.1 DiT forward: vidport's native DiT vs diffusers' WanTransformer3DModel, same process, same GPU.
+
+    python benchmarks/bench_dit.py                      # 1.3B, 81x480x832 (32760 tokens), bf16, eager
+    python benchmarks/bench_dit.py --compile --profile  # + torch.compile rows, + per-op profile
+
+Both models hold the same random weights (diffusers' init, loaded into the native model through the
+committed diffusers->native map). Before timing, the two bf16 outputs are compared with each other
+and with diffusers in fp32. Times are CUDA-event medians after warm-up. Ceilings (bf16 8192^3 matmul,
+each attention backend at the self-attention shape) are measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (  # noqa: E402
+    attention_tflops,
+    compare,
+    cuda_time_ms,
+    diffusers_wan,
+    dit_flops,
+    matmul_ceiling_tflops,
+    native_from_diffusers,
+    table,
+)
+from runtime import attention  # noqa: E402
+from runtime.models.wan.config import preset  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="1.3b")
+    ap.add_argument("--frames", type=int, default=81)
+    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--width", type=int, default=832)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
+    ap.add_argument("--profile", action="store_true", help="print the native forward's top CUDA kernels")
+    ap.add_argument("--no-fp32-reference", action="store_true")
+    ap.add_argument("--json", type=Path, help="write all numbers here")
+    args = ap.parse_args()
+
+    import diffusers
+
+    cfg = preset(args.preset)
+    lat_f, lat_h, lat_w = (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8
+    tokens = lat_f * (lat_h // 2) * (lat_w // 2)
+    out: dict = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "diffusers": diffusers.__version__,
+                 "preset": args.preset, "latent": [lat_f, lat_h, lat_w], "tokens": tokens}
+    print(f"# {out['gpu']}, torch {out['torch']}, diffusers {out['diffusers']}; Wan {args.preset}, "
+          f"{args.frames}x{args.height}x{args.width} -> {tokens} tokens", flush=True)
+
+    # --- ceilings --------------------------------------------------------------------------------
+    out["matmul_tflops"] = matmul_ceiling_tflops()
+    attn = {}
+    for name in ("sdpa-cudnn", "sdpa-flash", "sdpa-efficient"):
+        if name in attention.available_backends("cuda"):
+            ms, tf = attention_tflops(attention.get_backend(name), 1, tokens, cfg.num_heads, cfg.head_dim)
+            attn[name] = {"ms": ms, "tflops": tf}
+    out["attention"] = attn
+    best_attn = max(v["tflops"] for v in attn.values())
+    print(f"ceilings: matmul {out['matmul_tflops']:.0f} TFLOP/s; attention "
+          + ", ".join(f"{k} {v['tflops']:.0f}" for k, v in attn.items()), flush=True)
+    print(f"auto backend here: {attention.resolve_backend('auto', 'cuda')}", flush=True)
+
+    # --- models and inputs ------------------------------------------------------------------------
+    ref = diffusers_wan(cfg)
+    native = native_from_diffusers(ref, cfg)
+    native.set_attention_backend(attention.resolve_backend("auto", "cuda"))
+    g = torch.Generator("cuda").manual_seed(0)
+    x = torch.randn(1, cfg.in_dim, lat_f, lat_h, lat_w, device="cuda", generator=g).to(torch.bfloat16)
+    t = torch.tensor([500.0], device="cuda")
+    ctx = torch.randn(1, cfg.text_len, cfg.text_dim, device="cuda", generator=g).to(torch.bfloat16)
+
+    def run_ref():
+        return ref(x, t, ctx, return_dict=False)[0]
+
+    def run_native():
+        return native(x, t, ctx)
+
+    # --- correctness first ------------------------------------------------------------------------
+    with torch.no_grad():
+        y_ref, y_nat = run_ref().float(), run_native().float()
+        out["parity_native_vs_diffusers_bf16"] = compare(y_nat, y_ref)
+        if not args.no_fp32_reference:
+            ref32 = diffusers_wan(cfg, dtype=torch.float32)
+            ref32.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
+            y32 = ref32(x.float(), t, ctx.float(), return_dict=False)[0].float()
+            del ref32
+            out["parity_native_bf16_vs_fp32"] = compare(y_nat, y32)
+            out["parity_diffusers_bf16_vs_fp32"] = compare(y_ref, y32)
+        del y_ref, y_nat
+    torch.cuda.empty_cache()
+    for k, v in out.items():
+        if k.startswith("parity"):
+            print(f"{k}: max_abs {v['max_abs']:.3e} rel_l2 {v['rel_l2']:.3e} cosine {v['cosine']:.6f}", flush=True)
+
+    # --- timing --------------------------------------------------------------------------------------
+    attn_flops, gemm_flops = dit_flops(cfg, tokens, cfg.text_len)
+    floor_ms = attn_flops / best_attn / 1e9 + gemm_flops / out["matmul_tflops"] / 1e9
+    rows, times = [], {}
+
+    def measure(label, fn):
+        torch.cuda.reset_peak_memory_stats()
+        with torch.no_grad():
+            ms = cuda_time_ms(fn, warmup=2, repeats=args.repeats)
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        times[label] = {"ms": ms, "peak_gib": peak}
+        print(f"{label}: {ms:.1f} ms, peak {peak:.1f} GiB", flush=True)
+
+    measure("diffusers eager", run_ref)
+    measure("vidport eager", run_native)
+    for name in ("sdpa-flash",):
+        if name in attention.available_backends("cuda"):
+            native.set_attention_backend(name)
+            measure(f"vidport eager ({name})", run_native)
+    native.set_attention_backend(attention.resolve_backend("auto", "cuda"))
+
+    if args.compile:
+        if hasattr(ref, "compile_repeated_blocks"):
+            ref.compile_repeated_blocks(fullgraph=True)
+        else:
+            ref = torch.compile(ref)
+        measure("diffusers compiled", run_ref)
+        for i, blk in enumerate(native.blocks):
+            native.blocks[i] = torch.compile(blk, fullgraph=True, dynamic=False)
+        measure("vidport compiled", run_native)
+
+    base = times["diffusers eager"]["ms"]
+    for label, v in times.items():
+        total = attn_flops + gemm_flops
+        rel = "compiled" in label and "diffusers compiled" in times
+        ratio = v["ms"] / (times["diffusers compiled"]["ms"] if rel else base)
+        rows.append([label, f"{v['ms']:.1f}", f"{ratio:.3f}x " + ("(vs compiled)" if rel else "(vs eager)"),
+                     f"{total / v['ms'] / 1e9:.0f}", f"{100 * floor_ms / v['ms']:.0f}%", f"{v['peak_gib']:.1f}"])
+    out["times"] = times
+    out["floor_ms"] = floor_ms
+    print(f"\nfloor: attention at {best_attn:.0f} TFLOP/s + GEMMs at {out['matmul_tflops']:.0f} TFLOP/s = "
+          f"{floor_ms:.0f} ms ({attn_flops / 1e12:.0f} + {gemm_flops / 1e12:.0f} TFLOP)")
+    print(table(rows, ["what", "ms / forward", "ratio vs diffusers", "TFLOP/s", "% of floor", "peak GiB"]))
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+            run_native()
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15, max_name_column_width=60))
+
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
