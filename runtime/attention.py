@@ -1,24 +1,37 @@
-"""Attention backends: plain functions with one signature and one layout.
+"""Attention backends: plain functions with one signature and one layout, in one table.
 
 Every backend takes ``q, k, v`` as ``[batch, seq, heads, head_dim]`` plus an optional boolean
 ``key_mask`` of shape ``[batch, seq_k]`` (True = attend) and returns ``[batch, seq_q, heads, head_dim]``.
-Backends are chosen by name through an explicit argument; ``VIDPORT_ATTENTION_BACKEND`` may override
-the choice (useful to force ``sdpa-math`` in a parity run without touching code).
+Backends are chosen by name through an explicit argument (``resolve_backend(name, device)``);
+the environment variable ``VIDPORT_ATTENTION_BACKEND`` may override the choice (useful to force
+``sdpa-math`` in a parity run without touching code). ``auto`` picks from ``AUTO_RULES``: data, measured
+with ``benchmarks/bench_attention.py``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from porting.errors import UserError
+
 AttentionFn = Callable[..., torch.Tensor]
 ENV_OVERRIDE = "VIDPORT_ATTENTION_BACKEND"
 
 
+class AttentionBackendError(UserError, ValueError):
+    """An unknown backend, or one that this machine cannot run; the message lists what can run."""
+
+
+# ----------------------------------------------------------------------------------------------
+# The backends
+# ----------------------------------------------------------------------------------------------
 def _sdpa(q, k, v, key_mask=None, kernels=None):
     # SDPA wants [B, H, S, D]; transposes are views, the kernels take strided inputs.
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
@@ -37,14 +50,17 @@ def sdpa(q, k, v, key_mask=None):
 
 
 def sdpa_flash(q, k, v, key_mask=None):
+    """PyTorch's FlashAttention-2 kernel (CUDA sm80+, and a CPU flash kernel)."""
     return _sdpa(q, k, v, key_mask, [SDPBackend.FLASH_ATTENTION])
 
 
 def sdpa_cudnn(q, k, v, key_mask=None):
+    """cuDNN's fused attention (CUDA sm80+): the fastest kernel measured on Hopper."""
     return _sdpa(q, k, v, key_mask, [SDPBackend.CUDNN_ATTENTION])
 
 
 def sdpa_efficient(q, k, v, key_mask=None):
+    """The memory-efficient (xFormers-derived) kernel (CUDA)."""
     return _sdpa(q, k, v, key_mask, [SDPBackend.EFFICIENT_ATTENTION])
 
 
@@ -57,76 +73,108 @@ def flash_attn(q, k, v, key_mask=None):
     """The flash-attn package (``pip install vidport[flash]``); already [B, S, H, D]."""
     from flash_attn import flash_attn_func
 
-    if key_mask is not None:
-        if not bool(key_mask.all()):
-            raise ValueError("the flash-attn backend takes no key mask; use an sdpa backend for padded keys")
+    if key_mask is not None and not bool(key_mask.all()):
+        raise ValueError("the flash-attn backend takes no key mask; use an sdpa backend for padded keys")
     return flash_attn_func(q, k, v)
 
 
-BACKENDS: dict[str, AttentionFn] = {
-    "sdpa": sdpa,
-    "sdpa-flash": sdpa_flash,
-    "sdpa-cudnn": sdpa_cudnn,
-    "sdpa-efficient": sdpa_efficient,
-    "sdpa-math": sdpa_math,
-    "flash-attn": flash_attn,
+@dataclass(frozen=True)
+class Backend:
+    """A backend function and what it needs to run."""
+
+    fn: AttentionFn
+    devices: tuple[str, ...]  # torch device types
+    min_capability: tuple[int, int] = (0, 0)  # CUDA compute capability, when on CUDA
+    package: str | None = None  # an optional package it imports
+
+
+BACKENDS: dict[str, Backend] = {
+    "sdpa": Backend(sdpa, ("cpu", "cuda")),
+    "sdpa-flash": Backend(sdpa_flash, ("cpu", "cuda"), (8, 0)),
+    "sdpa-cudnn": Backend(sdpa_cudnn, ("cuda",), (8, 0)),
+    "sdpa-efficient": Backend(sdpa_efficient, ("cuda",), (5, 0)),
+    "sdpa-math": Backend(sdpa_math, ("cpu", "cuda")),
+    "flash-attn": Backend(flash_attn, ("cuda",), (8, 0), package="flash_attn"),
 }
+
+
+@dataclass(frozen=True)
+class AutoRule:
+    """``auto`` picks ``backend`` on a CUDA device of this major compute capability, for these dtypes."""
+
+    capability_major: int
+    dtypes: tuple[torch.dtype, ...]
+    backend: str
+    measured: str  # where the choice comes from
+
+
+# First matching rule wins; no match means "sdpa" (PyTorch's own choice, good elsewhere).
+AUTO_RULES: tuple[AutoRule, ...] = (
+    AutoRule(9, (torch.bfloat16, torch.float16), "sdpa-cudnn",
+             "H100, Wan 1.3B self-attention (1x32760 tokens, 12 heads, head_dim 128, bf16): "
+             "cuDNN 625 TFLOP/s, SDPA flash 353, efficient 183"),
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Choosing one
+# ----------------------------------------------------------------------------------------------
+def _device(device: torch.device | str | None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _can_run(spec: Backend, device: torch.device) -> bool:
+    if device.type not in spec.devices:
+        return False
+    if device.type == "cuda":
+        if not torch.cuda.is_available() or torch.cuda.get_device_capability(device) < spec.min_capability:
+            return False
+    return spec.package is None or importlib.util.find_spec(spec.package) is not None
 
 
 def available_backends(device: torch.device | str | None = None) -> list[str]:
     """Backends this machine can run on ``device`` (default: CUDA if present, else CPU)."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    names = ["sdpa", "sdpa-math"]
+    device = _device(device)
+    return [name for name, spec in BACKENDS.items() if _can_run(spec, device)]
+
+
+def auto_backend(device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> str:
+    """The fastest backend that is correct for the DiT's shapes on ``device`` (see ``AUTO_RULES``)."""
+    device = _device(device)
     if device.type == "cuda" and torch.cuda.is_available():
         major, _ = torch.cuda.get_device_capability(device)
-        names += ["sdpa-efficient"]
-        if major >= 8:
-            names += ["sdpa-flash", "sdpa-cudnn"]
-            try:
-                import flash_attn  # noqa: F401
-
-                names.append("flash-attn")
-            except ImportError:
-                pass
-    elif device.type == "cpu":
-        names.append("sdpa-flash")  # PyTorch has a CPU flash kernel
-    return [n for n in BACKENDS if n in names]
-
-
-def resolve_backend(name: str | None, device: torch.device | str | None = None) -> str:
-    """Turn a requested backend (None/'auto' = best for the device) into a runnable backend name.
-
-    The environment variable ``VIDPORT_ATTENTION_BACKEND`` overrides the request.
-    """
-    name = os.environ.get(ENV_OVERRIDE) or name or "auto"
-    runnable = available_backends(device)
-    if name == "auto":
-        return auto_backend(device)
-    if name not in BACKENDS:
-        raise ValueError(f"unknown attention backend {name!r}; choose one of: auto, {', '.join(BACKENDS)}")
-    if name not in runnable:
-        raise ValueError(
-            f"attention backend {name!r} cannot run on this machine; available here: {', '.join(runnable)}"
-        )
-    return name
-
-
-def auto_backend(device: torch.device | str | None = None) -> str:
-    """Fastest backend that is correct for the DiT's shapes on this device.
-
-    On Hopper (sm90) cuDNN attention is the fastest measured kernel at Wan's shapes (see BENCHMARKS.md);
-    elsewhere PyTorch's own choice is good.
-    """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and torch.cuda.is_available():
-        major, _ = torch.cuda.get_device_capability(device)
-        if major == 9:
-            return "sdpa-cudnn"
+        for rule in AUTO_RULES:
+            if rule.capability_major == major and (dtype is None or dtype in rule.dtypes) \
+                    and _can_run(BACKENDS[rule.backend], device):
+                return rule.backend
     return "sdpa"
 
 
+def resolve_backend(name: str | None, device: torch.device | str | None = None,
+                    dtype: torch.dtype | None = None) -> str:
+    """Turn a requested backend (None or 'auto': the best for the device) into a runnable backend name.
+
+    ``VIDPORT_ATTENTION_BACKEND``, when set, overrides the request. Raises ``AttentionBackendError``
+    (one line, listing what can run here) for an unknown backend or one this machine cannot run.
+    """
+    name = os.environ.get(ENV_OVERRIDE) or name or "auto"
+    if name == "auto":
+        return auto_backend(device, dtype)
+    runnable = available_backends(device)
+    where = f"{ENV_OVERRIDE}={name}" if os.environ.get(ENV_OVERRIDE) else repr(name)
+    if name not in BACKENDS:
+        raise AttentionBackendError(
+            f"unknown attention backend {where}; runnable here: auto, {', '.join(runnable)}")
+    if name not in runnable:
+        raise AttentionBackendError(
+            f"attention backend {where} cannot run on {_device(device)}; runnable here: auto, {', '.join(runnable)}")
+    return name
+
+
 def get_backend(name: str) -> AttentionFn:
+    """The function of a backend name (no availability check; see ``resolve_backend``)."""
     try:
-        return BACKENDS[name]
+        return BACKENDS[name].fn
     except KeyError:
-        raise ValueError(f"unknown attention backend {name!r}; choose one of: {', '.join(BACKENDS)}") from None
+        raise AttentionBackendError(
+            f"unknown attention backend {name!r}; choose one of: {', '.join(BACKENDS)}") from None

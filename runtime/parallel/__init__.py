@@ -1,0 +1,39 @@
+"""Parallelism applied from outside the models: Ulysses sequence parallelism, CFG parallelism, and the
+launcher that starts the ranks.
+
+``parallelize(model, cfg_parallel=...)`` is what a rank's generation code calls after loading the
+model: it returns the module to call as ``forward(x, timestep, context)`` and, with CFG parallelism,
+the CFG strategy to use (``None``: keep the serial or batched one).
+"""
+
+from __future__ import annotations
+
+import torch.distributed as dist
+from torch import nn
+
+from runtime.parallel.cfg import CFGSplit, ParallelCFG, split_for_cfg
+from runtime.parallel.launch import Worker, WorkerError, launch, under_torchrun
+from runtime.parallel.ulysses import DistributedAttention, heads_to_seq, seq_to_heads
+from runtime.parallel.wan import SequenceParallelWanDiT, check_heads, parallelize_wan
+
+
+def parallelize(model, *, cfg_parallel: bool = False,
+                group: dist.ProcessGroup | None = None) -> tuple[nn.Module, ParallelCFG | None]:
+    """Spread ``model`` over the ranks of ``group`` (default: all of them).
+
+    Without ``cfg_parallel`` every rank shares the sequence. With it, half the ranks run the conditional
+    branch and half the unconditional one, each half sharing the sequence (a half of one rank runs the
+    plain model). Returns ``(module to call, CFG strategy or None)``.
+    """
+    if not cfg_parallel:
+        return (parallelize_wan(model, group) if dist.get_world_size(group) > 1 else model), None
+    split = split_for_cfg(group)
+    sp = dist.get_world_size(split.branch_group) > 1
+    return (parallelize_wan(model, split.branch_group) if sp else model), ParallelCFG(split)
+
+
+__all__ = [
+    "CFGSplit", "DistributedAttention", "ParallelCFG", "SequenceParallelWanDiT", "Worker", "WorkerError",
+    "check_heads", "heads_to_seq", "launch", "parallelize", "parallelize_wan", "seq_to_heads",
+    "split_for_cfg", "under_torchrun",
+]

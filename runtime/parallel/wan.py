@@ -1,0 +1,96 @@
+"""Sequence-parallel Wan DiT: applied from outside, the model file holds no collectives.
+
+``parallelize_wan(model, group)`` swaps every self-attention ``AttentionOp`` for a
+``DistributedAttention`` (cross-attention to the text stays local: the text is replicated) and wraps
+the model's stages: every rank patchifies the (replicated) latents, keeps its shard of the token
+sequence with the matching rows of the RoPE tables, runs the blocks and the head on it, and the
+shards are gathered before unpatchify. A sequence length not divisible by the number of ranks is
+padded at the end; the padded keys are dropped inside the attention and the padded tokens cut off
+after the gather.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from porting.errors import UserError
+from runtime.models.wan.model import WanDiT, rope_tables
+from runtime.parallel.ulysses import DistributedAttention
+
+
+def check_heads(num_heads: int, world_size: int) -> None:
+    """Ulysses splits the heads between ranks: fail in one line naming the sizes that work."""
+    if num_heads % world_size:
+        valid = [n for n in range(1, num_heads + 1) if num_heads % n == 0]
+        raise UserError(f"sequence parallelism over {world_size} ranks needs the head count to divide evenly, "
+                        f"but the model has {num_heads} heads; valid sizes: {', '.join(map(str, valid))}")
+
+
+def shard_bounds(seq_len: int, world_size: int) -> tuple[int, int]:
+    """(tokens per rank, padded length) for an even split with padding at the end."""
+    per_rank = -(-seq_len // world_size)
+    return per_rank, per_rank * world_size
+
+
+class SequenceParallelWanDiT(nn.Module):
+    """``forward(x, timestep, context)`` like ``WanDiT``, with the token sequence split over ``group``.
+
+    Every rank of ``group`` must call it with the same inputs; every rank gets the full output.
+    """
+
+    def __init__(self, dit: WanDiT, group: dist.ProcessGroup | None):
+        super().__init__()
+        self.dit = dit
+        self.group = group
+
+    @property
+    def cfg(self):
+        return self.dit.cfg
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.dit.dtype
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        dit, rank, world = self.dit, dist.get_rank(self.group), dist.get_world_size(self.group)
+
+        # 1. every rank embeds the full input (cheap), then keeps its shard of the tokens
+        tokens, grid = dit.patchify(x)
+        batch, seq_len = tokens.shape[:2]
+        per_rank, padded = shard_bounds(seq_len, world)
+        cos, sin = rope_tables(grid, dit.cfg, tokens.device)
+        key_mask = None
+        if padded != seq_len:
+            pad = padded - seq_len
+            tokens = F.pad(tokens, (0, 0, 0, pad))
+            cos, sin = F.pad(cos, (0, 0, 0, pad), value=1.0), F.pad(sin, (0, 0, 0, pad))
+            key_mask = (torch.arange(padded, device=tokens.device) < seq_len).expand(batch, padded)
+        mine = slice(rank * per_rank, (rank + 1) * per_rank)
+        tokens, rope = tokens[:, mine], (cos[mine], sin[mine])
+
+        # 2. the blocks and the head on the shard; self-attention exchanges shards inside
+        temb, mod = dit.embed_time(timestep)
+        ctx = dit.embed_text(context)
+        for block in dit.blocks:
+            tokens = block(tokens, mod, ctx, rope, key_mask)
+        out = dit.head(tokens, temb).contiguous()  # [B, S/P, pt*ph*pw*C]
+
+        # 3. gather the shards in rank (= sequence) order, drop the padding, unpatchify
+        shards = [torch.empty_like(out) for _ in range(world)]
+        dist.all_gather(shards, out, group=self.group)
+        return dit.unpatchify(torch.cat(shards, dim=1)[:, :seq_len], grid)
+
+
+def parallelize_wan(model: WanDiT, group: dist.ProcessGroup | None = None) -> SequenceParallelWanDiT:
+    """Shard ``model``'s token sequence over ``group`` (default: the whole world), Ulysses-style.
+
+    Replaces the self-attention ops of ``model`` in place and returns the wrapper to call instead.
+    """
+    world = dist.get_world_size(group)
+    check_heads(model.cfg.num_heads, world)
+    for block in model.blocks:
+        block.attn.attn_op = DistributedAttention(block.attn.attn_op.backend, group)
+    return SequenceParallelWanDiT(model, group)
