@@ -1,0 +1,57 @@
+"""`port diff-keys SOURCE TARGET`: key diff and the inferred name map."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from porting.errors import UserError
+
+
+@click.command("diff-keys")
+@click.argument("source")
+@click.argument("target")
+@click.option("--component", default=None,
+              help="Component to read from a Diffusers repo, an official release folder or a native: model "
+                   "(transformer, vae, text_encoder).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the report.")
+@click.option("--write-map", "write_map", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the inferred name map to FILE (the format NameMap.load, the loader and convert read).")
+def diff_keys(source: str, target: str, component: str | None, as_json: bool, write_map: Path | None) -> None:
+    """Diff the keys of SOURCE and TARGET and infer the name map from SOURCE to TARGET.
+
+    \b
+    SOURCE and TARGET are read as names, shapes and dtypes only:
+      path            .safetensors, *.safetensors.index.json, .pt/.pth/.bin, a Diffusers
+                      component or repo folder (with --component), an official release folder
+      hf:ORG/NAME[/SUBFOLDER]      safetensors headers of a hub repo
+      native:FAMILY-PRESET[/COMP]  the native model on the meta device
+      class:MODULE.Class[@CONFIG.json]  any nn.Module built on the meta device
+      keys:FILE.txt   a key listing (name TAB [shape] per line)
+
+    \b
+    Example:
+      port diff-keys keys:runtime/models/wan/reference/official_vae_keys.txt \\
+          native:wan2.1-t2v-1.3b/vae --write-map vae.map
+    """
+    from porting.diffkeys import diff_keys as run_diff
+    from porting.diffkeys import format_report
+    from porting.sources import open_source
+
+    src = open_source(source, component)
+    tgt = open_source(target, component)
+    result = run_diff(src, tgt)
+    if write_map is not None:
+        try:
+            write_map.parent.mkdir(parents=True, exist_ok=True)
+            write_map.write_text(result.name_map.dumps())
+        except OSError as e:
+            raise UserError(f"{write_map}: cannot write the map ({e.strerror})") from None
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=1))
+    else:
+        click.echo(format_report(result))
+        if write_map is not None:
+            click.echo(f"wrote {write_map} ({len(result.name_map.rules)} rules)")

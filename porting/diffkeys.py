@@ -1,0 +1,137 @@
+"""Diff two state-dict layouts by name and shape, infer the name map between them, and report both."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from porting.generalize import build_map
+from porting.infer import Inference, infer
+from porting.namemap import NameMap
+from porting.sources import StateDictSource
+
+
+@dataclass
+class KeyDiff:
+    source: str
+    target: str
+    n_source: int
+    n_target: int
+    matched: list[str]  # same name, same shape on both sides
+    missing: list[str]  # target names the source lacks
+    unexpected: list[str]  # source names the target lacks
+    shape_mismatch: list[tuple[str, tuple[int, ...], tuple[int, ...]]]
+    inference: Inference
+    name_map: NameMap
+    unmapped_source: list[str]  # after applying the map
+    unfilled_target: list[str]
+    seconds: float
+
+    @property
+    def complete(self) -> bool:
+        return not self.unmapped_source and not self.unfilled_target and not self.inference.unresolved
+
+    def to_json(self) -> dict:
+        mapped = self.inference.mapped()
+        return {
+            "source": self.source, "target": self.target,
+            "counts": {"source": self.n_source, "target": self.n_target, "matched": len(self.matched),
+                       "missing": len(self.missing), "unexpected": len(self.unexpected),
+                       "shape_mismatch": len(self.shape_mismatch), "rules": len(self.name_map.rules),
+                       "mapped": len(mapped), "unresolved": len(self.inference.unresolved)},
+            "matched": self.matched,
+            "missing": self.missing,
+            "unexpected": self.unexpected,
+            "shape_mismatch": [{"key": k, "source": list(a), "target": list(b)} for k, a, b in self.shape_mismatch],
+            "rules": [[r.pattern, None if r.kind == "drop" else ",".join(r.replacements)]
+                      for r in self.name_map.rules],
+            "rule_lines": [r.to_line() for r in self.name_map.rules],
+            "transforms": [c.to_json() for c in self.inference.correspondences if c.kind != "rename"],
+            "unresolved": [u.to_json() for u in self.inference.unresolved],
+            "mapped": mapped,
+            "decided_by_key_order": sum(c.by_order for c in self.inference.correspondences),
+            "unmapped_source": self.unmapped_source,
+            "unfilled_target": self.unfilled_target,
+            "complete": self.complete,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def diff_keys(source: StateDictSource, target: StateDictSource) -> KeyDiff:
+    """Name/shape diff plus the inferred map (names, shapes, dtypes and key order only)."""
+    t0 = time.perf_counter()
+    s_shapes, t_shapes = source.shapes(), target.shapes()
+    matched = [k for k in s_shapes if k in t_shapes and tuple(s_shapes[k]) == tuple(t_shapes[k])]
+    mismatch = [(k, tuple(s_shapes[k]), tuple(t_shapes[k])) for k in s_shapes
+                if k in t_shapes and tuple(s_shapes[k]) != tuple(t_shapes[k])]
+    missing = [k for k in t_shapes if k not in s_shapes]
+    unexpected = [k for k in s_shapes if k not in t_shapes]
+    inference = infer(source.infos, target.infos)
+    name_map = build_map(inference.correspondences, source.keys(), source=source.description,
+                         target=target.description)
+    plan = name_map.plan(source.keys())
+    produced = {op.target for op in plan.ops}
+    used = {s for op in plan.ops for s in op.sources}
+    return KeyDiff(source.description, target.description, len(s_shapes), len(t_shapes), matched, missing,
+                   unexpected, mismatch, inference, name_map,
+                   [k for k in s_shapes if k not in used and k not in plan.dropped],
+                   [k for k in t_shapes if k not in produced], time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------------------------
+# the readable report
+# ----------------------------------------------------------------------------------------------
+def _listing(title: str, items: list[str], limit: int) -> list[str]:
+    if not items:
+        return []
+    lines = [f"{title} ({len(items)}):"]
+    lines += [f"  {x}" for x in items[:limit]]
+    if len(items) > limit:
+        lines.append(f"  ... and {len(items) - limit} more (--json lists all)")
+    return lines
+
+
+def format_report(d: KeyDiff, *, limit: int = 12) -> str:
+    inf = d.inference
+    lines = [
+        f"source: {d.source}  ({d.n_source} tensors{'' if inf.source_order_informative else ', alphabetical order'})",
+        f"target: {d.target}  ({d.n_target} tensors{'' if inf.target_order_informative else ', alphabetical order'})",
+        "",
+        "by name:",
+        f"  matched (same name and shape): {len(d.matched)}",
+        f"  missing in source:             {len(d.missing)}",
+        f"  unexpected in source:          {len(d.unexpected)}",
+        f"  same name, other shape:        {len(d.shape_mismatch)}",
+    ]
+    lines += ["  " + x for x in _listing("missing", d.missing, limit)]
+    lines += ["  " + x for x in _listing("unexpected", d.unexpected, limit)]
+    lines += ["  " + x for x in _listing("shape mismatch",
+                                          [f"{k}: {list(a)} vs {list(b)}" for k, a, b in d.shape_mismatch], limit)]
+    kinds: dict[str, int] = {}
+    for c in inf.correspondences:
+        kinds[c.kind] = kinds.get(c.kind, 0) + 1
+    by_order = sum(c.by_order for c in inf.correspondences)
+    lines += ["", f"inferred map: {len(d.name_map.rules)} rules, "
+              + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+              + (f"; {by_order} decided by key order" if by_order else "")
+              + f" ({d.seconds:.2f} s)"]
+    lines += ["  " + r.to_line() for r in d.name_map.rules]
+    transforms = [c for c in inf.correspondences if c.kind != "rename"]
+    lines += _listing("transforms", [f"{c.kind}: {', '.join(c.sources)} -> {', '.join(c.targets)}"
+                                     + (f" (parts {','.join(c.parts)}, dim {c.dim})" if c.parts else "")
+                                     + (f" (shape {list(c.from_shape)} -> {list(c.shape)})" if c.shape else "")
+                                     for c in transforms], limit)
+    if inf.unresolved:
+        lines += ["", f"unresolved ({len(inf.unresolved)}):"]
+        for u in inf.unresolved[:limit]:
+            cands = ", ".join(u.candidates[:6]) + (" ..." if len(u.candidates) > 6 else "")
+            lines.append(f"  {u.side} {u.key}: {u.reason}" + (f"; candidates: {cands}" if cands else ""))
+        if len(inf.unresolved) > limit:
+            lines.append(f"  ... and {len(inf.unresolved) - limit} more (--json lists all)")
+    lines += [""]
+    if d.complete:
+        lines.append(f"complete: all {d.n_source} source tensors map onto all {d.n_target} target tensors")
+    else:
+        lines.append(f"incomplete: {len(d.unmapped_source)} source tensors unmapped, "
+                     f"{len(d.unfilled_target)} target tensors unfilled")
+    return "\n".join(lines)

@@ -1,0 +1,595 @@
+"""Infer a name map between two state-dict layouts from names, shapes, dtypes and key order alone.
+
+No table for any particular model lives here. The evidence, strongest first:
+
+1. **Shape signatures.** Keys are grouped into modules (the name minus its last segment); a module's
+   signature is the multiset of its tensors' shapes. Only modules with equal signatures may be renamed
+   onto each other; everything else must be a declared transform (merge, split, tie, reshape).
+2. **Names.** Token similarity of module paths (``self_attn.q`` ~ ``attn1.to_q``, ``embedding`` ~
+   ``embedder``); digits are left out of names because they number things differently on each side.
+3. **Container index.** The first number of a path (``blocks.7``) tends to be kept.
+4. **Context.** Modules already matched tell where a parent went (``attn1`` -> ``attn``), which places
+   merges (``to_q/to_k/to_v`` -> ``qkv``) and the leftovers of uneven classes.
+5. **Key order.** Writers list tensors in module order; the relative rank inside a signature class
+   decides between otherwise equal candidates (``self_attn`` before ``cross_attn``). A listing sorted
+   alphabetically carries no such evidence; then ties of everything else are reported as unresolved.
+
+Within each signature class the assignment is a minimum-cost matching (Hungarian). Pairs that could
+be swapped at equal cost of all evidence except key order are "decided by order"; where the order is
+not evidence they are returned as unresolved, with their candidates, instead of guessed.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from porting.sources import TensorInfo
+
+# weights of the matching cost; names and index count fully, order breaks what they leave equal
+W_NAME, W_INDEX, W_CONTEXT, W_ORDER, W_DTYPE = 1.0, 0.5, 1.0, 8.0, 0.05
+EPS = 1e-9
+
+
+# ----------------------------------------------------------------------------------------------
+# results
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Correspondence:
+    """How target tensors are made from source tensors (one per transform)."""
+
+    kind: str  # rename | tie | merge | split | reshape
+    sources: tuple[str, ...]
+    targets: tuple[str, ...]
+    parts: tuple[str, ...] = ()
+    dim: int = 0
+    shape: tuple[int, ...] | None = None
+    from_shape: tuple[int, ...] | None = None
+    by_order: bool = False  # the decision needed key order (everything else was equal)
+
+    def to_json(self) -> dict:
+        out = {"kind": self.kind, "sources": list(self.sources), "targets": list(self.targets)}
+        if self.parts:
+            out.update(parts=list(self.parts), dim=self.dim)
+        if self.shape is not None:
+            out.update(shape=list(self.shape), from_shape=list(self.from_shape or ()))
+        return out
+
+
+@dataclass
+class Unresolved:
+    key: str
+    side: str  # "source" or "target"
+    reason: str
+    candidates: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"key": self.key, "side": self.side, "reason": self.reason, "candidates": self.candidates}
+
+
+@dataclass
+class Inference:
+    correspondences: list[Correspondence]
+    unresolved: list[Unresolved]
+    source_order_informative: bool
+    target_order_informative: bool
+    seconds: float = 0.0
+
+    def mapped(self) -> dict[str, list[str]]:
+        """source key -> target keys it feeds."""
+        out: dict[str, list[str]] = {}
+        for c in self.correspondences:
+            if c.kind == "split":
+                out.setdefault(c.sources[0], []).extend(c.targets)
+            elif c.kind == "merge":
+                for s in c.sources:
+                    out.setdefault(s, []).append(c.targets[0])
+            else:
+                out.setdefault(c.sources[0], []).extend(c.targets)
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# names
+# ----------------------------------------------------------------------------------------------
+_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
+_ALNUM = re.compile(r"[A-Za-z]+|\d+")
+
+
+def name_tokens(path: str) -> tuple[str, ...]:
+    """Word tokens of a dotted path: split on . _ camelCase and letter/digit borders; digits dropped."""
+    out = []
+    for seg in path.split("."):
+        for piece in _CAMEL.sub("_", seg).split("_"):
+            out += [t.lower() for t in _ALNUM.findall(piece) if not t.isdigit()]
+    return tuple(out)
+
+
+def _token_sim(a: str, b: str) -> float:
+    if a == b:
+        return 1.0
+    short, long_ = (a, b) if len(a) <= len(b) else (b, a)
+    if long_.startswith(short):
+        return 0.8 if len(short) >= 3 else 0.5  # embed~embedding, mid~middle; o~out, q~qkv
+    n = 0
+    while n < len(short) and a[n] == b[n]:
+        n += 1
+    return 0.7 if n >= 4 else 0.0  # embedding~embedder
+
+
+@functools.cache
+def name_similarity(a: tuple[str, ...], b: tuple[str, ...]) -> float:
+    """Symmetric best-match token similarity in [0, 1]."""
+    if not a and not b:
+        return 1.0
+    if not a or not b:
+        return 0.0
+    sa = sum(max(_token_sim(x, y) for y in b) for x in a)
+    sb = sum(max(_token_sim(x, y) for x in a) for y in b)
+    return (sa + sb) / (len(a) + len(b))
+
+
+def first_index(path: str) -> str | None:
+    for seg in path.split("."):
+        if seg.isdigit():
+            return seg
+    return None
+
+
+def _natural_key(name: str):
+    return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", name)]
+
+
+def order_is_informative(names: Sequence[str]) -> bool:
+    """A listing sorted alphabetically (or naturally) says nothing about module order."""
+    names = list(names)
+    if len(names) < 3:
+        return False
+    return names != sorted(names) and names != sorted(names, key=_natural_key)
+
+
+def parent(path: str) -> str:
+    return path.rpartition(".")[0]
+
+
+def ancestors(path: str) -> list[str]:
+    """Proper ancestors, deepest first, excluding the root."""
+    out = []
+    while "." in path:
+        path = parent(path)
+        out.append(path)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# modules
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class _Module:
+    path: str
+    leaves: dict[str, TensorInfo]  # leaf name -> info, in key order
+    pos: int  # position of its first key
+    tokens: tuple[str, ...] = ()
+    index: str | None = None
+    rank: float = 0.0  # rank within its signature class, in [0, 1]
+
+    @property
+    def signature(self) -> tuple:
+        return tuple(sorted(info.shape for info in self.leaves.values()))
+
+    @property
+    def dtypes(self) -> tuple:
+        return tuple(sorted(info.dtype for info in self.leaves.values()))
+
+
+def _modules(infos: Mapping[str, TensorInfo], informative: bool) -> dict[str, _Module]:
+    names = list(infos)
+    if not informative:
+        names = sorted(names, key=_natural_key)
+    mods: dict[str, _Module] = {}
+    for pos, name in enumerate(names):
+        path, _, leaf = name.rpartition(".")
+        m = mods.get(path)
+        if m is None:
+            m = mods[path] = _Module(path, {}, pos, name_tokens(path), first_index(path))
+        m.leaves[leaf] = infos[name]
+    return mods
+
+
+def _key(path: str, leaf: str) -> str:
+    return f"{path}.{leaf}" if path else leaf
+
+
+# ----------------------------------------------------------------------------------------------
+# context: where matched source subtrees went
+# ----------------------------------------------------------------------------------------------
+class _Context:
+    def __init__(self) -> None:
+        self.image: dict[str, str] = {}  # source ancestor -> deepest common target ancestor
+
+    def add(self, src_path: str, tgt_path: str) -> None:
+        tgt_parent = parent(tgt_path)
+        for anc in ancestors(src_path):
+            old = self.image.get(anc)
+            self.image[anc] = tgt_parent if old is None else _common_prefix(old, tgt_parent)
+
+    def score(self, src_path: str, tgt_path: str) -> float:
+        """1 if the target lies where the deepest matched ancestor of the source went, 0 if not,
+        0.5 when nothing is known."""
+        for anc in ancestors(src_path):
+            img = self.image.get(anc)
+            if img is not None:
+                if img == "":
+                    return 0.5
+                return 1.0 if tgt_path == img or tgt_path.startswith(img + ".") else 0.0
+        return 0.5
+
+
+def _common_prefix(a: str, b: str) -> str:
+    out = []
+    for x, y in zip(a.split("."), b.split(".")):
+        if x != y:
+            break
+        out.append(x)
+    return ".".join(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# the matcher
+# ----------------------------------------------------------------------------------------------
+class _Matcher:
+    def __init__(self, source: Mapping[str, TensorInfo], target: Mapping[str, TensorInfo]):
+        self.source, self.target = dict(source), dict(target)
+        self.src_informative = order_is_informative(list(source))
+        self.tgt_informative = order_is_informative(list(target))
+        self.order_ok = self.src_informative and self.tgt_informative
+        self.smods = _modules(self.source, self.src_informative)
+        self.tmods = _modules(self.target, self.tgt_informative)
+        self.ctx = _Context()
+        self.out: list[Correspondence] = []
+        self.unresolved: list[Unresolved] = []
+        self.used_s: set[str] = set()  # source module paths consumed
+        self.used_t: set[str] = set()
+        self.ambiguous: list[tuple[list[str], list[str]]] = []
+
+    # --- costs ------------------------------------------------------------------------------
+    def _base_cost(self, s: _Module, t: _Module, *, use_context: bool) -> float:
+        c = W_NAME * (1.0 - name_similarity(s.tokens, t.tokens))
+        if s.index != t.index:
+            c += W_INDEX
+        if use_context:
+            c += W_CONTEXT * (1.0 - self.ctx.score(s.path, t.path))
+        if "?" not in s.dtypes + t.dtypes and s.dtypes != t.dtypes:
+            c += W_DTYPE
+        return c
+
+    def _assign(self, S: list[_Module], T: list[_Module], *, use_context: bool) -> None:
+        """Minimum-cost matching of modules with equal signatures; records ambiguity."""
+        from scipy.optimize import linear_sum_assignment
+
+        _rank(S)
+        _rank(T)
+        base = np.array([[self._base_cost(s, t, use_context=use_context) for t in T] for s in S])
+        order = np.abs(np.array([s.rank for s in S])[:, None] - np.array([t.rank for t in T])[None, :])
+        cost = base + (W_ORDER * order if self.order_ok else 0.0)
+        rows, cols = linear_sum_assignment(cost)
+        pairs = sorted(zip(rows.tolist(), cols.tolist()), key=lambda rc: S[rc[0]].pos)
+        # pairs whose swap costs the same without key order were decided by order alone
+        by_order: dict[int, set[int]] = defaultdict(set)
+        for i, (r1, c1) in enumerate(pairs):
+            for j in range(i + 1, len(pairs)):
+                r2, c2 = pairs[j]
+                if base[r1, c2] + base[r2, c1] <= base[r1, c1] + base[r2, c2] + EPS:
+                    by_order[i].add(j)
+                    by_order[j].add(i)
+        if not self.order_ok:
+            for group in _components(by_order):
+                srcs = [S[pairs[i][0]] for i in group]
+                tgts = [T[pairs[i][1]] for i in group]
+                self._ambiguous(srcs, tgts)
+            pairs = [p for i, p in enumerate(pairs) if i not in by_order]
+        for i, (r, c) in enumerate(pairs):
+            self._rename(S[r], T[c], by_order=i in by_order)
+
+    def _ambiguous(self, srcs: list[_Module], tgts: list[_Module]) -> None:
+        for s in srcs:
+            self.used_s.add(s.path)
+        for t in tgts:
+            self.used_t.add(t.path)
+        reason = ("indistinguishable by names, shapes and dtypes"
+                  + ("" if self.order_ok else "; key order is alphabetical, so it is no evidence"))
+        for s in srcs:
+            for leaf in s.leaves:
+                cands = [_key(t.path, leaf2) for t in tgts for leaf2, info in t.leaves.items()
+                         if info.shape == s.leaves[leaf].shape]
+                self.unresolved.append(Unresolved(_key(s.path, leaf), "source", reason, cands))
+
+    def _rename(self, s: _Module, t: _Module, *, by_order: bool = False) -> None:
+        self.used_s.add(s.path)
+        self.used_t.add(t.path)
+        self.ctx.add(_key(s.path, "x"), _key(t.path, "x"))
+        for sl, tl in _pair_leaves(s, t):
+            self.out.append(Correspondence("rename", (_key(s.path, sl),), (_key(t.path, tl),), by_order=by_order))
+
+    # --- phases ---------------------------------------------------------------------------------
+    def classes(self) -> dict[tuple, tuple[list[_Module], list[_Module]]]:
+        by_sig: dict[tuple, tuple[list[_Module], list[_Module]]] = {}
+        for m in self.smods.values():
+            if m.path not in self.used_s:
+                by_sig.setdefault(m.signature, ([], []))[0].append(m)
+        for m in self.tmods.values():
+            if m.path not in self.used_t:
+                by_sig.setdefault(m.signature, ([], []))[1].append(m)
+        return by_sig
+
+    def run(self) -> None:
+        # 1. classes with as many sources as targets: names, index and order decide
+        for S, T in self.classes().values():
+            if S and len(S) == len(T):
+                self._assign(S, T, use_context=False)
+        # 2. transforms for modules whose signature the other side lacks
+        self._merges_and_splits()
+        # 3. the rest, now with context (uneven classes, leftovers)
+        for S, T in self.classes().values():
+            if S and T:
+                self._assign(S, T, use_context=True)
+        # 4. ties: a target whose only candidate source is already used
+        self._ties()
+        # 5. key level: modules that were cut differently; then equal-numel reshapes
+        self._keys_level()
+
+    # --- merges / splits ------------------------------------------------------------------------
+    def _merges_and_splits(self) -> None:
+        src_sigs = {m.signature for m in self.smods.values() if m.path not in self.used_s}
+        tgt_sigs = {m.signature for m in self.tmods.values() if m.path not in self.used_t}
+        orphans_t = [m for m in self.tmods.values() if m.path not in self.used_t and m.signature not in src_sigs]
+        orphans_s = [m for m in self.smods.values() if m.path not in self.used_s and m.signature not in tgt_sigs]
+        free_s = [m for m in self.smods.values() if m.path not in self.used_s]
+        free_t = [m for m in self.tmods.values() if m.path not in self.used_t]
+        for t in orphans_t:
+            self._fuse(t, free_s, merge=True)
+        for s in orphans_s:
+            self._fuse(s, free_t, merge=False)
+
+    def _fuse(self, whole: _Module, pool: list[_Module], *, merge: bool) -> None:
+        """Find the group of modules in ``pool`` whose parts concatenate into ``whole``."""
+        used = self.used_s if merge else self.used_t
+        if whole.path in (self.used_t if merge else self.used_s):
+            return
+        word = whole.path.rpartition(".")[2]
+        best: list[tuple[float, int, list[_Module], tuple[str, ...], int]] = []
+        for group, parts in _part_groups([m for m in pool if m.path not in used], word):
+            dim = _concat_dim([g for g in group], whole)
+            if dim is None:
+                continue
+            ctx = (self.ctx.score(group[0].path, whole.path) if merge
+                   else self.ctx.score(whole.path, group[0].path))
+            grp_parent = parent(group[0].path)
+            sim = name_similarity(name_tokens(grp_parent), name_tokens(parent(whole.path)))
+            score = W_CONTEXT * ctx + W_NAME * sim + W_INDEX * (first_index(grp_parent) == whole.index)
+            best.append((score, -group[0].pos, group, parts, dim))
+        if not best:
+            return
+        best.sort(key=lambda b: (-b[0], -b[1]))
+        if len(best) > 1 and abs(best[0][0] - best[1][0]) <= EPS:
+            side = "target" if merge else "source"
+            cands = [",".join(g.path for g in b[2]) for b in best if abs(b[0] - best[0][0]) <= EPS]
+            for leaf in whole.leaves:
+                self.unresolved.append(Unresolved(_key(whole.path, leaf), side,
+                                                  "several groups concatenate to it equally well", cands))
+            (self.used_t if merge else self.used_s).add(whole.path)
+            return
+        _, _, group, parts, dim = best[0]
+        for g in group:
+            used.add(g.path)
+        (self.used_t if merge else self.used_s).add(whole.path)
+        for leaf in whole.leaves:
+            members = tuple(_key(g.path, leaf) for g in group)
+            if merge:
+                self.out.append(Correspondence("merge", members, (_key(whole.path, leaf),), parts=parts, dim=dim))
+            else:
+                self.out.append(Correspondence("split", (_key(whole.path, leaf),), members, parts=parts, dim=dim))
+        for g in group:
+            if merge:
+                self.ctx.add(_key(g.path, "x"), _key(whole.path, "x"))
+            else:
+                self.ctx.add(_key(whole.path, "x"), _key(g.path, "x"))
+
+    # --- ties -------------------------------------------------------------------------------------
+    def _ties(self) -> None:
+        renamed = {c.sources[0]: c for c in self.out if c.kind == "rename"}
+        for t in [m for m in self.tmods.values() if m.path not in self.used_t]:
+            cands = [s for s in self.smods.values() if s.signature == t.signature]
+            if len(cands) != 1:
+                continue
+            s = cands[0]
+            if s.path not in self.used_s:
+                continue
+            pairs = _pair_leaves(s, t)
+            if not all(_key(s.path, sl) in renamed for sl, _ in pairs):
+                continue
+            self.used_t.add(t.path)
+            for sl, tl in pairs:
+                old = renamed[_key(s.path, sl)]
+                targets = tuple(sorted(old.targets + (_key(t.path, tl),), key=list(self.target).index))
+                new = Correspondence("tie", old.sources, targets)
+                self.out[self.out.index(old)] = new
+                renamed[old.sources[0]] = new
+
+    # --- key level ------------------------------------------------------------------------------
+    def _keys_level(self) -> None:
+        done_s = {s for c in self.out for s in c.sources}
+        done_t = {t for c in self.out for t in c.targets}
+        done_s |= {u.key for u in self.unresolved if u.side == "source"}
+        done_t |= {u.key for u in self.unresolved if u.side == "target"}
+        for u in self.unresolved:
+            done_t.update(u.candidates if u.side == "source" else ())
+        left_s = {k: v for k, v in self.source.items() if k not in done_s}
+        left_t = {k: v for k, v in self.target.items() if k not in done_t}
+        if not left_s and not left_t:
+            return
+        # each leftover key becomes its own one-tensor "module"
+        ks = {k: _Module(k, {"": v}, i, name_tokens(k), first_index(k)) for i, (k, v) in enumerate(left_s.items())}
+        kt = {k: _Module(k, {"": v}, i, name_tokens(k), first_index(k)) for i, (k, v) in enumerate(left_t.items())}
+        by_shape: dict[tuple, tuple[list[_Module], list[_Module]]] = {}
+        for m in ks.values():
+            by_shape.setdefault(m.signature, ([], []))[0].append(m)
+        for m in kt.values():
+            by_shape.setdefault(m.signature, ([], []))[1].append(m)
+        sub = _Matcher.__new__(_Matcher)
+        sub.__dict__.update(self.__dict__)
+        sub.out, sub.used_s, sub.used_t, sub.unresolved = [], set(), set(), []
+        for S, T in by_shape.values():
+            if S and T:
+                sub._assign(S, T, use_context=True)
+        for c in sub.out:  # module paths of one-tensor modules are the keys themselves
+            self.out.append(Correspondence(c.kind, tuple(s[:-1] for s in c.sources),
+                                           tuple(t[:-1] for t in c.targets), by_order=c.by_order))
+        for u in sub.unresolved:
+            self.unresolved.append(Unresolved(u.key[:-1], u.side, u.reason, [c[:-1] for c in u.candidates]))
+        rest_s = [m for m in ks.values() if m.path not in sub.used_s]
+        rest_t = [m for m in kt.values() if m.path not in sub.used_t]
+        self._reshapes(rest_s, rest_t)
+
+    def _reshapes(self, rest_s: list[_Module], rest_t: list[_Module]) -> None:
+        def numel(m):
+            return int(np.prod(next(iter(m.leaves.values())).shape, dtype=np.int64))
+
+        taken: set[str] = set()
+        for s in rest_s:
+            cands = [t for t in rest_t if t.path not in taken and numel(t) == numel(s)]
+            if len(cands) > 1:
+                sims = [name_similarity(s.tokens, t.tokens) for t in cands]
+                top = max(sims)
+                best = [t for t, v in zip(cands, sims) if v >= top - EPS]
+                if len(best) == 1:
+                    cands = best
+            if len(cands) == 1:
+                t = cands[0]
+                taken.add(t.path)
+                self.out.append(Correspondence("reshape", (s.path,), (t.path,), shape=t.leaves[""].shape,
+                                               from_shape=s.leaves[""].shape))
+                continue
+            reason = ("no target tensor of this shape or size" if not cands else
+                      "several target tensors of equal size fit equally well")
+            self.unresolved.append(Unresolved(s.path, "source", reason, [t.path for t in cands]))
+        for t in rest_t:
+            if t.path in taken:
+                continue
+            cands = [s.path for s in rest_s if s.leaves[""].shape == t.leaves[""].shape]
+            self.unresolved.append(Unresolved(t.path, "target", "no source tensor maps onto it", cands))
+
+
+def _rank(mods: list[_Module]) -> None:
+    mods.sort(key=lambda m: m.pos)
+    n = len(mods)
+    for i, m in enumerate(mods):
+        m.rank = i / (n - 1) if n > 1 else 0.5
+
+
+def _components(adj: dict[int, set[int]]) -> list[list[int]]:
+    seen, out = set(), []
+    for start in sorted(adj):
+        if start in seen:
+            continue
+        stack, comp = [start], []
+        while stack:
+            x = stack.pop()
+            if x in seen:
+                continue
+            seen.add(x)
+            comp.append(x)
+            stack.extend(adj[x] - seen)
+        out.append(sorted(comp))
+    return out
+
+
+def _pair_leaves(s: _Module, t: _Module) -> list[tuple[str, str]]:
+    """Leaves of two modules with equal signature: equal names first, then shape, then order."""
+    pairs, left_t = [], dict(t.leaves)
+    rest = []
+    for sl, info in s.leaves.items():
+        if sl in left_t and left_t[sl].shape == info.shape:
+            pairs.append((sl, sl))
+            del left_t[sl]
+        else:
+            rest.append(sl)
+    for sl in rest:
+        shape = s.leaves[sl].shape
+        options = [tl for tl, ti in left_t.items() if ti.shape == shape]
+        options.sort(key=lambda tl: -name_similarity(name_tokens(sl), name_tokens(tl)))
+        pairs.append((sl, options[0]))
+        del left_t[options[0]]
+    return pairs
+
+
+def _part_groups(pool: list[_Module], word: str):
+    """Sibling modules whose last segments are ``prefix + part + suffix`` and whose parts, in key
+    order, spell ``word`` (q, k, v -> qkv). Yields (modules, parts)."""
+    families: dict[tuple, list[tuple[str, _Module]]] = defaultdict(list)
+    for m in pool:
+        par, _, last = m.path.rpartition(".")
+        for i in range(len(last)):
+            for j in range(i + 1, len(last) + 1):
+                part = last[i:j]
+                if part in word and not part.isdigit():
+                    families[(par, last[:i], last[j:])].append((part, m))
+    for members in families.values():
+        members.sort(key=lambda pm: pm[1].pos)
+        if len(members) < 2:
+            continue
+        # the subsequence of members whose parts concatenate to the word (in order)
+        chosen = _spell(members, word)
+        if chosen and len(chosen) >= 2:
+            yield [m for _, m in chosen], tuple(p for p, _ in chosen)
+
+
+def _spell(members: list[tuple[str, _Module]], word: str) -> list[tuple[str, _Module]] | None:
+    if not word:
+        return []
+    for i, (part, m) in enumerate(members):
+        if word.startswith(part):
+            rest = _spell(members[i + 1:], word[len(part):])
+            if rest is not None:
+                return [(part, m)] + rest
+    return None
+
+
+def _concat_dim(group: list[_Module], whole: _Module) -> int | None:
+    """The dim along which each leaf of ``group`` concatenates into ``whole``'s leaf, if any."""
+    leaves = list(whole.leaves)
+    if any(set(g.leaves) != set(leaves) for g in group):
+        return None
+    dims = None
+    for leaf in leaves:
+        shapes = [g.leaves[leaf].shape for g in group]
+        want = whole.leaves[leaf].shape
+        ok = set()
+        for d in range(len(want)):
+            if all(len(s) == len(want) and all(s[k] == want[k] for k in range(len(want)) if k != d)
+                   for s in shapes) and sum(s[d] for s in shapes) == want[d]:
+                ok.add(d)
+        dims = ok if dims is None else dims & ok
+    if not dims:
+        return None
+    return min(dims)
+
+
+# ----------------------------------------------------------------------------------------------
+# public API
+# ----------------------------------------------------------------------------------------------
+def infer(source: Mapping[str, TensorInfo], target: Mapping[str, TensorInfo]) -> Inference:
+    """Infer the correspondences between two key sets (``name -> TensorInfo``, in key order)."""
+    t0 = time.perf_counter()
+    m = _Matcher(source, target)
+    m.run()
+    pos = {k: i for i, k in enumerate(target)}
+    corr = sorted(m.out, key=lambda c: min(pos.get(t, 0) for t in c.targets))
+    return Inference(corr, m.unresolved, m.src_informative, m.tgt_informative,
+                     seconds=time.perf_counter() - t0)
