@@ -123,6 +123,14 @@ def main() -> None:
             measure(f"vidport eager ({name})", run_native)
     native.set_attention_backend(attention.resolve_backend("auto", "cuda"))
 
+    if args.profile:  # eager native, before any compile
+        from torch.profiler import ProfilerActivity, profile
+
+        with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+            run_native()
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
+
     if args.compile:
         if hasattr(ref, "compile_repeated_blocks"):
             ref.compile_repeated_blocks(fullgraph=True)
@@ -145,14 +153,6 @@ def main() -> None:
     print(f"\nfloor: attention at {best_attn:.0f} TFLOP/s + GEMMs at {out['matmul_tflops']:.0f} TFLOP/s = "
           f"{floor_ms:.0f} ms ({attn_flops / 1e12:.0f} + {gemm_flops / 1e12:.0f} TFLOP)")
     print(table(rows, ["what", "ms / forward", "ratio vs diffusers", "TFLOP/s", "% of floor", "peak GiB"]))
-
-    if args.profile:
-        from torch.profiler import ProfilerActivity, profile
-
-        with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
-            run_native()
-            torch.cuda.synchronize()
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15, max_name_column_width=60))
 
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))

@@ -41,6 +41,7 @@ def main() -> None:
     got = fused.qk_norm_rope(q, w, cos, sin, 1e-6, H)
     want = fused.apply_rope(F.rms_norm(q.float(), (C,), w, 1e-6).to(bf).unflatten(-1, (H, -1)), cos, sin)
     results["qk_norm_rope"] = rel(got, want)
+    results["rms_norm"] = rel(fused.rms_norm(x, w, 1e-6), F.rms_norm(x.float(), (C,), w, 1e-6).to(bf))
     W = torch.randn(8960, C, device=dev).to(bf) / C**0.5
     bias = 0.02 * torch.randn(8960, device=dev).to(bf)
     results["linear_gelu_tanh"] = rel(fused.linear_gelu_tanh(x, W, bias),

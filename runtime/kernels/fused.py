@@ -6,7 +6,8 @@ absent, and a Triton path for bf16/fp16 CUDA tensors that does the same math in 
 - ``norm_modulate``: LayerNorm (fp32 statistics) then ``* mul + add`` (the adaLN modulation, or the
   affine weight/bias), cast back: one read and one write of the token tensor instead of five.
 - ``gated_residual``: ``x + y * gate`` in fp32, cast back.
-- ``qk_norm_rope``: RMSNorm across heads, then RoPE on interleaved pairs, written as [B, S, H, D].
+- ``qk_norm_rope``: RMSNorm across heads, then RoPE on interleaved pairs, stored heads-first.
+- ``rms_norm``: RMSNorm in one pass (the cross-attention's q/k norms).
 - ``linear_gelu_tanh``: the FFN's first projection with GELU(tanh) in the GEMM epilogue (cuBLASLt).
 """
 
@@ -28,9 +29,8 @@ def enabled_for(x: torch.Tensor) -> bool:
 
 
 def _use_triton(x: torch.Tensor) -> bool:
-    # under torch.compile the reference path is traced instead: the compiler fuses it itself
-    return (triton is not None and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
-            and not torch.compiler.is_compiling())
+    # torch.compile traces user Triton kernels too, so the same path runs compiled or eager
+    return triton is not None and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -77,6 +77,8 @@ def qk_norm_rope(t: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: 
     """RMSNorm over the last dim (all heads) then RoPE on interleaved pairs.
 
     t [B, S, C] (may be a strided view of a fused projection); cos/sin [S, D/2] fp32 -> [B, S, H, D].
+    The Triton path stores heads-first ([B, H, S, D] memory, returned as a [B, S, H, D] view): cuDNN
+    attention runs about 9% faster on that layout than on views of the fused projection.
     """
     if not _use_triton(t):
         t = F.rms_norm(t.float(), (t.shape[-1],), weight.float(), eps).type_as(t)
@@ -85,11 +87,33 @@ def qk_norm_rope(t: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: 
     D = C // num_heads
     if t.stride(-1) != 1:
         t = t.contiguous()
-    out = torch.empty((B, S, num_heads, D), dtype=t.dtype, device=t.device)
+    out = torch.empty((B, num_heads, S, D), dtype=t.dtype, device=t.device)
     _qk_norm_rope_kernel[(B * S,)](
         t, t.stride(0), t.stride(1), weight.float().contiguous(), cos.contiguous(), sin.contiguous(), out,
-        S, C, D // 2, eps, HALF_BLOCK=triton.next_power_of_2(C // 2), num_warps=8)
-    return out
+        S, C, D, eps, BLOCK=triton.next_power_of_2(C), num_warps=8)
+    return out.transpose(1, 2)
+
+
+def heads_first(t: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """[B, S, C] -> [B, S, H, D] view whose memory is heads-first ([B, H, S, D]) on the fused path."""
+    t = t.unflatten(-1, (num_heads, -1))
+    if not _use_triton(t):
+        return t
+    return t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def rms_norm(t: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm with fp32 statistics over the last dim, output in t's dtype (one pass on CUDA)."""
+    if not _use_triton(t):
+        return F.rms_norm(t.float(), (t.shape[-1],), weight.float(), eps).type_as(t)
+    C = t.shape[-1]
+    t2 = t.reshape(-1, C)
+    if t2.stride(-1) != 1 or t2.stride(0) != C:
+        t2 = t2.contiguous()
+    out = torch.empty_like(t2)
+    _rms_norm_kernel[(t2.shape[0],)](t2, weight.float().contiguous(), out, C, eps,
+                                     BLOCK=triton.next_power_of_2(C), num_warps=8)
+    return out.view(t.shape)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -140,26 +164,36 @@ if triton is not None:
         tl.store(out_ptr + row * C + cols, (x + y * g).to(out_ptr.dtype.element_ty), mask=m)
 
     @triton.jit
-    def _qk_norm_rope_kernel(t_ptr, stride_b, stride_s, w_ptr, cos_ptr, sin_ptr, out_ptr, S, C, HALF_D, eps,
-                             HALF_BLOCK: tl.constexpr):
+    def _qk_norm_rope_kernel(t_ptr, stride_b, stride_s, w_ptr, cos_ptr, sin_ptr, out_ptr, S, C, D, eps,
+                             BLOCK: tl.constexpr):
         row = tl.program_id(0)
         b = row // S
         s = row % S
-        i = tl.arange(0, HALF_BLOCK)  # pair index within the row
-        m = i < C // 2
-        base = t_ptr + b * stride_b + s * stride_s
-        x1 = tl.load(base + 2 * i, mask=m, other=0.0).to(tl.float32)
-        x2 = tl.load(base + 2 * i + 1, mask=m, other=0.0).to(tl.float32)
-        ms = (tl.sum(x1 * x1, axis=0) + tl.sum(x2 * x2, axis=0)) / C
-        r = tl.rsqrt(ms + eps)
-        w1 = tl.load(w_ptr + 2 * i, mask=m, other=0.0)
-        w2 = tl.load(w_ptr + 2 * i + 1, mask=m, other=0.0)
+        cols = tl.arange(0, BLOCK)
+        m = cols < C
+        x = tl.load(t_ptr + b * stride_b + s * stride_s + cols, mask=m, other=0.0).to(tl.float32)
+        r = tl.rsqrt(tl.sum(x * x, axis=0) / C + eps)
+        w = tl.load(w_ptr + cols, mask=m, other=0.0)
         # round to the tensor dtype after the norm, as the reference path does
-        x1 = (x1 * r * w1).to(out_ptr.dtype.element_ty).to(tl.float32)
-        x2 = (x2 * r * w2).to(out_ptr.dtype.element_ty).to(tl.float32)
-        p = i % HALF_D
-        c = tl.load(cos_ptr + s * HALF_D + p, mask=m, other=0.0)
-        sn = tl.load(sin_ptr + s * HALF_D + p, mask=m, other=0.0)
-        o = out_ptr + row * C
-        tl.store(o + 2 * i, (x1 * c - x2 * sn).to(out_ptr.dtype.element_ty), mask=m)
-        tl.store(o + 2 * i + 1, (x1 * sn + x2 * c).to(out_ptr.dtype.element_ty), mask=m)
+        x = (x * r * w).to(out_ptr.dtype.element_ty).to(tl.float32)
+        x1, x2 = tl.split(tl.reshape(x, (BLOCK // 2, 2)))  # interleaved pairs
+        i = tl.arange(0, BLOCK // 2)
+        p = i % (D // 2)
+        pm = i < C // 2
+        c = tl.load(cos_ptr + s * (D // 2) + p, mask=pm, other=0.0)
+        sn = tl.load(sin_ptr + s * (D // 2) + p, mask=pm, other=0.0)
+        o = tl.reshape(tl.join(x1 * c - x2 * sn, x1 * sn + x2 * c), (BLOCK,))
+        # heads-first output: element c of the row is head c // D, channel c % D
+        H = C // D
+        dst = out_ptr + ((b * H + cols // D) * S + s) * D + cols % D
+        tl.store(dst, o.to(out_ptr.dtype.element_ty), mask=m)
+
+    @triton.jit
+    def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, C, eps, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        cols = tl.arange(0, BLOCK)
+        m = cols < C
+        x = tl.load(x_ptr + row * C + cols, mask=m, other=0.0).to(tl.float32)
+        r = tl.rsqrt(tl.sum(x * x, axis=0) / C + eps)
+        w = tl.load(w_ptr + cols, mask=m, other=0.0)
+        tl.store(out_ptr + row * C + cols, (x * r * w).to(out_ptr.dtype.element_ty), mask=m)

@@ -80,7 +80,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).type_as(x)
+        return fused.rms_norm(x, self.weight, self.eps)
 
 
 class AttentionOp(nn.Module):
@@ -118,7 +118,7 @@ class SelfAttention(nn.Module):
             # [B, S, dim] -> [B, S, heads, head_dim]
             q = apply_rope(self.norm_q(q).unflatten(-1, (self.num_heads, -1)), *rope)
             k = apply_rope(self.norm_k(k).unflatten(-1, (self.num_heads, -1)), *rope)
-        v = v.unflatten(-1, (self.num_heads, -1))
+        v = fused.heads_first(v, self.num_heads)
         return self.proj(self.attn_op(q, k, v, key_mask).flatten(2))
 
 
