@@ -47,6 +47,7 @@ SAMPLING = {
              "flow_shift": 5.0},
 }
 NUM_TRAIN_TIMESTEPS = 1000
+SAMPLE_FPS = 16  # wan_shared_cfg.sample_fps: the frame rate the official release writes its mp4s at
 
 
 # --- component configs --------------------------------------------------------------------------

@@ -1,0 +1,96 @@
+"""`port generate`: a video from a validated model, with a progress bar and a timing breakdown."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import click
+
+DEFAULT_OUTPUT_DIR = Path("out")
+
+
+@click.command("generate")
+@click.argument("model")
+@click.option("--prompt", required=True, help="What the video shows.")
+@click.option("--negative-prompt", default=None, help="What to steer away from [default: the official one].")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+              help="mp4 to write [default: out/<model>-seed<seed>.mp4].")
+@click.option("--num-frames", type=int, default=None, help="4k+1 frames [default: the model preset's].")
+@click.option("--height", type=int, default=None, help="Multiple of 16 [default: the model preset's].")
+@click.option("--width", type=int, default=None, help="Multiple of 16 [default: the model preset's].")
+@click.option("--steps", type=int, default=None, help="Denoising steps [default: the model preset's].")
+@click.option("--guidance", type=float, default=None, help="CFG scale; 1 disables guidance [default: preset's].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same video (diffusers' noise).")
+@click.option("--num-gpus", type=int, default=1, show_default=True, help="GPUs (sequence parallelism).")
+@click.option("--attention-backend", default=None, help="runtime.attention backend [default: auto].")
+@click.option("--dtype", type=click.Choice(["bf16", "fp32"]), default=None,
+              help="DiT and text encoder dtype [default: bf16 on CUDA, fp32 on CPU].")
+@click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
+@click.option("--scheduler", type=click.Choice(["unipc", "euler"]), default=None,
+              help="[default: as configured in the repo's scheduler/].")
+@click.option("--flow-shift", type=float, default=None, help="Override the scheduler's flow shift.")
+@click.option("--cfg", "cfg", type=click.Choice(["serial", "batched"]), default="serial", show_default=True,
+              help="How the two guidance branches run.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result and timings as JSON on stdout.")
+def generate(model, prompt, negative_prompt, output, num_frames, height, width, steps, guidance, seed, num_gpus,
+             attention_backend, dtype, device, scheduler, flow_shift, cfg, as_json):
+    """Generate a video with MODEL: a Diffusers-format folder (e.g. written by `port convert`) or a
+    hub id such as Wan-AI/Wan2.1-T2V-1.3B-Diffusers."""
+    from runtime.pipeline.validate import validate_output_path
+
+    if output is None:
+        name = re.sub(r"[^\w.-]+", "-", Path(model.rstrip("/")).name) or "video"
+        DEFAULT_OUTPUT_DIR.mkdir(exist_ok=True)
+        output = DEFAULT_OUTPUT_DIR / f"{name}-seed{seed}.mp4"
+    validate_output_path(output)  # fail before minutes of loading, not after
+
+    _quiet_library_progress_bars()
+    from tqdm import tqdm
+
+    from runtime.generator import VideoGenerator
+
+    gen = VideoGenerator.from_pretrained(model, num_gpus=num_gpus, attention_backend=attention_backend,
+                                         dtype=dtype, device=device, cfg=cfg, scheduler=scheduler,
+                                         flow_shift=flow_shift)
+    total = steps if steps is not None else gen.defaults["num_inference_steps"]
+    with tqdm(total=total, desc="denoise", unit="step", file=sys.stderr, leave=False) as bar:
+        gen.generate_video(prompt, negative_prompt=negative_prompt, num_frames=num_frames, height=height,
+                           width=width, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
+                           output_path=output, on_step=lambda i, n: bar.update(1))
+    report = gen.last_report.as_dict()
+    if as_json:
+        click.echo(json.dumps(report, indent=2, ensure_ascii=False))
+        return
+    s = report["settings"]
+    click.echo(f"wrote {report['output']}  ({s['num_frames']} frames {s['width']}x{s['height']}, "
+               f"{s['num_inference_steps']} steps, guidance {s['guidance_scale']:g}, seed {s['seed']}, "
+               f"{s['dtype']} on {s['device']})")
+    click.echo(format_timings(report["timings_s"], report["denoise_step_s"]))
+
+
+def format_timings(timings: dict[str, float], steps: list[float]) -> str:
+    """One line: load, encode, denoise (per step), decode, write, total."""
+    parts = []
+    for name in ("load", "encode", "denoise", "decode", "write"):
+        if name in timings:
+            text = f"{name} {timings[name]:.2f}s"
+            if name == "denoise" and steps:
+                text += f" ({len(steps)} steps, {sum(steps) / len(steps):.3f} s/step)"
+            parts.append(text)
+    parts.append(f"total {sum(timings.values()):.2f}s")
+    return "timings: " + " | ".join(parts)
+
+
+def _quiet_library_progress_bars() -> None:
+    """transformers/diffusers draw their own bars while loading; ours is the one that matters."""
+    try:
+        import diffusers.utils.logging as dlog
+        import transformers.utils.logging as tlog
+
+        tlog.disable_progress_bar()
+        dlog.disable_progress_bar()
+    except ImportError:
+        pass

@@ -1,0 +1,248 @@
+"""VideoGenerator: a validated model turned into videos.
+
+    from runtime import VideoGenerator
+    gen = VideoGenerator.from_pretrained("converted_weights/wan2.1-t2v-tiny")
+    frames = gen.generate_video("a cat walks on the grass", seed=0, output_path="cat.mp4")
+
+``from_pretrained`` takes a Diffusers-format repo (a folder written by ``port convert``, or a hub id
+such as ``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``), loads the text encoder, VAE and scheduler with
+transformers/diffusers and the DiT natively through the strict loader. ``generate_video`` runs the
+family's list of stages (``runtime/models/<family>/pipeline.py``) and returns uint8 frames [F, H, W, 3].
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from porting.errors import UserError
+from runtime.pipeline import CFGStrategy, PipelineState, get_cfg_strategy, run_stages, validate_request
+from runtime.pipeline.validate import validate_output_path
+
+# model_index.json "_class_name" -> the family pipeline module that loads and runs it
+PIPELINES = {"WanPipeline": "runtime.models.wan.pipeline"}
+DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class GenerationReport:
+    """What the last ``generate_video`` call did: the settings used, timings in seconds, the mp4 path."""
+
+    settings: dict
+    timings: dict[str, float]
+    step_seconds: list[float]
+    output_path: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"output": self.output_path, "settings": self.settings, "timings_s": self.timings,
+                "denoise_step_s": self.step_seconds, **self.extra}
+
+
+class VideoGenerator:
+    """Runs a family pipeline on loaded components. Build it with ``from_pretrained``.
+
+    ``cfg`` picks the classifier-free-guidance strategy (``"serial"``, ``"batched"``, or a strategy
+    object such as runtime.parallel's CFG-parallel one); ``components.transformer`` may be any module
+    with ``forward(x, timestep, context)`` (e.g. a sequence-parallel wrapper of the native DiT).
+    """
+
+    def __init__(self, components, pipeline_module, *, cfg: str | CFGStrategy = "serial",
+                 source: str = "", load_seconds: float = 0.0):
+        self.components = components
+        self.pipeline = pipeline_module
+        self.cfg = get_cfg_strategy(cfg)
+        self.source = source
+        self.load_seconds = load_seconds
+        self.defaults = pipeline_module.sampling_defaults(components.dit_config)
+        self.last_report: GenerationReport | None = None
+        self.last_state: PipelineState | None = None  # the last run's stage outputs (latents, noise, ...)
+
+    # --- loading ------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id: str | os.PathLike, *, num_gpus: int = 1,
+                        attention_backend: str | None = None, dtype: str | torch.dtype | None = None,
+                        device: str | torch.device | None = None, cfg: str | CFGStrategy = "serial",
+                        scheduler: str | None = None, flow_shift: float | None = None, **parallel_options
+                        ) -> VideoGenerator:
+        """Load a Diffusers-format repo (folder or hub id).
+
+        ``dtype``: "bf16" or "fp32" for the DiT and text encoder (default bf16 on CUDA, fp32 on CPU; the
+        VAE always decodes in fp32). ``attention_backend``: a name from ``runtime.attention`` (default:
+        the best for the device). ``scheduler``: None = as configured in ``scheduler/``, or "unipc" /
+        "euler"; ``flow_shift`` overrides the configured shift.
+
+        ``num_gpus > 1`` delegates to ``runtime.parallel.launch.from_pretrained(path_or_hub_id,
+        num_gpus=..., attention_backend=..., dtype=..., device=..., cfg=..., scheduler=...,
+        flow_shift=..., **parallel_options)``, which returns an object with the same
+        ``generate_video`` and ``last_report``; without that module it is a one-line error.
+        """
+        if isinstance(num_gpus, bool) or not isinstance(num_gpus, int) or num_gpus < 1:
+            raise UserError(f"num_gpus={num_gpus!r} must be an integer >= 1")
+        if num_gpus > 1:
+            launch = parallel_launcher()
+            if launch is None:
+                raise UserError(f"num_gpus={num_gpus} needs runtime.parallel.launch (multi-GPU generation), "
+                                "which this installation lacks; use num_gpus=1")
+            return launch.from_pretrained(path_or_hub_id, num_gpus=num_gpus, attention_backend=attention_backend,
+                                          dtype=dtype, device=device, cfg=cfg, scheduler=scheduler,
+                                          flow_shift=flow_shift, **parallel_options)
+        if parallel_options:
+            raise UserError(f"unknown option(s) for num_gpus=1: {', '.join(sorted(parallel_options))}")
+
+        start = time.perf_counter()
+        device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, device)
+        folder = resolve_repo(path_or_hub_id)
+        module = pipeline_module(folder)
+        backend = _resolve_backend(attention_backend, device)
+        components = module.load_components(folder, dtype=torch_dtype, device=device, scheduler=scheduler,
+                                            flow_shift=flow_shift)
+        components.transformer.set_attention_backend(backend)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return cls(components, module, cfg=cfg, source=str(path_or_hub_id),
+                   load_seconds=time.perf_counter() - start)
+
+    # --- generation ---------------------------------------------------------------------------
+    def generate_video(self, prompt: str, *, negative_prompt: str | None = None, num_frames: int | None = None,
+                       height: int | None = None, width: int | None = None,
+                       num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                       seed: int | None = None, output_path: str | os.PathLike | None = None,
+                       on_step: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Generate one video; returns uint8 frames [F, H, W, 3] and writes an mp4 if ``output_path``.
+
+        Unset arguments take the model preset's defaults (``self.defaults``; official release facts).
+        ``negative_prompt=None`` uses the official negative prompt; "" means none. ``seed=None`` draws
+        a random seed (reported in ``last_report.settings``). The same seed gives the same initial noise
+        as diffusers' ``WanPipeline(generator=torch.Generator("cpu").manual_seed(seed))``.
+        ``on_step(i, num_steps)`` is called after each denoising step.
+        """
+        d = self.defaults
+        request = validate_request(
+            prompt, d["negative_prompt"] if negative_prompt is None else negative_prompt,
+            num_frames=d["num_frames"] if num_frames is None else num_frames,
+            height=d["height"] if height is None else height,
+            width=d["width"] if width is None else width,
+            num_inference_steps=d["num_inference_steps"] if num_inference_steps is None else num_inference_steps,
+            guidance_scale=d["guidance_scale"] if guidance_scale is None else guidance_scale,
+            seed=random.randrange(2**31) if seed is None else seed)
+        out = None if output_path is None else validate_output_path(output_path)
+
+        c = self.components
+        stages = self.pipeline.t2v_stages(c, cfg=self.cfg, on_step=on_step)
+        state = run_stages(stages, PipelineState(request=request, device=c.device))
+        timings = {"load": self.load_seconds, **state.timings}
+        if out is not None:
+            from runtime.video import write_mp4
+
+            start = time.perf_counter()
+            write_mp4(state.frames, out, fps=d["fps"])
+            timings["write"] = time.perf_counter() - start
+        settings = {k: getattr(request, k) for k in ("prompt", "negative_prompt", "num_frames", "height", "width",
+                                                     "num_inference_steps", "guidance_scale", "seed")}
+        settings.update(model=self.source, preset=c.preset, dtype=str(c.dtype).replace("torch.", ""),
+                        device=str(c.device), cfg=self.cfg.name, scheduler=type(c.scheduler).__name__,
+                        fps=d["fps"])
+        self.last_report = GenerationReport(settings=settings, timings=timings, step_seconds=state.step_seconds,
+                                            output_path=None if out is None else str(out))
+        self.last_state = state
+        return state.frames
+
+
+# --- resolving the arguments ---------------------------------------------------------------------
+def parallel_launcher():
+    """``runtime.parallel.launch`` if this installation has it (multi-GPU generation), else None."""
+    if importlib.util.find_spec("runtime.parallel") is None or \
+            importlib.util.find_spec("runtime.parallel.launch") is None:
+        return None
+    return importlib.import_module("runtime.parallel.launch")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise UserError(f"device {device!r} is not a torch device ({e})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device} requested but CUDA is not available here; use device='cpu'")
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """None -> bf16 on CUDA, fp32 elsewhere (CPU bf16 matmuls are slow and gain nothing here)."""
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype in DTYPES.values():
+            return dtype
+    elif dtype in DTYPES:
+        return DTYPES[dtype]
+    raise UserError(f"dtype {dtype!r} is not supported; choose bf16 or fp32")
+
+
+def _resolve_backend(name: str | None, device: torch.device) -> str:
+    from runtime.attention import resolve_backend
+
+    try:
+        return resolve_backend(name, device)
+    except UserError:
+        raise
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def resolve_repo(path_or_hub_id: str | os.PathLike) -> Path:
+    """A local Diffusers-format folder as is; a hub id (owner/name) downloaded with huggingface_hub."""
+    path = Path(path_or_hub_id).expanduser()
+    if path.exists():
+        if not (path / "model_index.json").is_file():
+            hint = " (an official release: run `port convert` first)" if (path / "config.json").is_file() else ""
+            raise UserError(f"{path}: no model_index.json; expected a Diffusers-format repo folder{hint}")
+        return path
+    spec = str(path_or_hub_id)
+    if not HUB_ID.match(spec) or spec.startswith((".", "/", "~")):
+        raise UserError(f"{spec}: no such folder (and not a hub id of the form owner/name)")
+    return download(spec)
+
+
+def download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    hint = "pass a local Diffusers-format folder, or run `port convert` on an official release"
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["model_index.json", "*/*.json", "*/*.safetensors",
+                                                               "tokenizer/*", "*/*.model"]))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, OSError) as e:
+        raise UserError(f"cannot download {repo_id} from the Hugging Face hub ({type(e).__name__}); {hint}") \
+            from None
+    except HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        raise UserError(f"cannot download {repo_id} from the Hugging Face hub (HTTP {status}); {hint}") from None
+
+
+def pipeline_module(folder: Path):
+    """The family pipeline module named by the repo's ``model_index.json``."""
+    index = folder / "model_index.json"
+    try:
+        name = json.loads(index.read_text()).get("_class_name")
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{index}: cannot read ({e})") from None
+    if name not in PIPELINES:
+        raise UserError(f"{index}: pipeline {name!r} is not supported; supported: {', '.join(PIPELINES)}")
+    return importlib.import_module(PIPELINES[name])

@@ -1,0 +1,208 @@
+"""Wan2.1 text-to-video pipeline: its components, its stages, and the list that makes the pipeline.
+
+    encode prompt (umT5) -> timesteps -> seeded latents -> denoise with CFG (DiT) -> decode (VAE)
+
+Text encoding follows diffusers' ``WanPipeline`` (itself the official ``T5EncoderModel`` contract):
+the prompt is cleaned (ftfy, HTML unescape, whitespace), tokenized to ``text_len`` (512) with padding,
+encoded with its attention mask, and every position after the real tokens is set to zero.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from porting.errors import UserError
+from runtime.models.wan import family
+from runtime.models.wan.config import WanDiTConfig
+from runtime.pipeline import Denoise, PipelineState, PrepareLatents, PrepareTimesteps, Stage
+
+SCHEDULERS = ("unipc", "euler")
+
+
+# ----------------------------------------------------------------------------------------------
+# Components
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class WanComponents:
+    """The loaded modules. ``transformer`` is anything with ``forward(x, timestep, context)``
+    (the native WanDiT, or a sequence-parallel wrapper around it)."""
+
+    tokenizer: object
+    text_encoder: torch.nn.Module
+    transformer: torch.nn.Module
+    vae: torch.nn.Module
+    scheduler: object
+    dit_config: WanDiTConfig
+    dtype: torch.dtype  # the DiT's compute dtype (text encoder too); the VAE stays fp32
+    device: torch.device
+
+    @property
+    def preset(self) -> str | None:
+        return preset_of(self.dit_config)
+
+
+def preset_of(cfg: WanDiTConfig) -> str | None:
+    """The family preset whose DiT has this shape (``tiny``, ``1.3b``, ``14b``), or None."""
+    for name, known in family.DIT_PRESETS.items():
+        if known.replace(text_len=cfg.text_len) == cfg:
+            return name
+    return None
+
+
+def sampling_defaults(cfg: WanDiTConfig) -> dict:
+    """Per-preset defaults (official release facts in ``family.SAMPLING``); an unknown shape gets the
+    defaults of the preset with the nearest width, so tiny weights never get real-size defaults."""
+    name = preset_of(cfg) or min(family.DIT_PRESETS, key=lambda p: abs(family.DIT_PRESETS[p].dim - cfg.dim))
+    return dict(family.SAMPLING[name], negative_prompt=family.NEGATIVE_PROMPT, fps=family.SAMPLE_FPS)
+
+
+def load_components(folder: Path, *, dtype: torch.dtype, device: torch.device, scheduler: str | None = None,
+                    flow_shift: float | None = None) -> WanComponents:
+    """A Diffusers-format Wan T2V repo folder -> components on ``device``. Every load is strict."""
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    from runtime.loading import load_wan_transformer
+
+    folder = Path(folder)
+    transformer = load_wan_transformer(folder / "transformer", dtype=dtype, device=device)
+    tokenizer = _load(lambda: AutoTokenizer.from_pretrained(folder / "tokenizer"), folder / "tokenizer")
+    text_encoder = _strict(UMT5EncoderModel, folder / "text_encoder", dtype=dtype).to(device)
+    from diffusers import AutoencoderKLWan
+
+    # the VAE decodes in fp32 (diffusers' and the official recommendation: bf16 decoding bands colours)
+    vae = _strict(AutoencoderKLWan, folder / "vae")
+    vae = (vae if vae.dtype == torch.float32 else vae.float()).to(device)
+    return WanComponents(tokenizer=tokenizer, text_encoder=text_encoder.eval(), transformer=transformer, vae=vae.eval(),
+                         scheduler=load_scheduler(folder / "scheduler", scheduler, flow_shift),
+                         dit_config=transformer.cfg, dtype=dtype, device=device)
+
+
+def load_scheduler(folder: Path, kind: str | None = None, flow_shift: float | None = None):
+    """The scheduler as configured in ``scheduler/`` (Wan: flow-matching UniPC), or ``kind`` ('unipc',
+    'euler' = flow-match Euler) with the configured flow shift; ``flow_shift`` overrides the shift."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+    path = Path(folder) / "scheduler_config.json"
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: cannot read the scheduler config ({e})") from None
+    configured = {"UniPCMultistepScheduler": "unipc", "FlowMatchEulerDiscreteScheduler": "euler"}.get(
+        cfg.get("_class_name"))
+    kind = kind or configured
+    if kind not in SCHEDULERS:
+        raise UserError(f"{path}: scheduler {cfg.get('_class_name')!r} is not supported; "
+                        f"pass scheduler= one of {', '.join(SCHEDULERS)}")
+    shift = flow_shift if flow_shift is not None else cfg.get("flow_shift", cfg.get("shift"))
+    num_train = cfg.get("num_train_timesteps", family.NUM_TRAIN_TIMESTEPS)
+    if kind == "unipc":
+        if configured == "unipc":
+            return UniPCMultistepScheduler.from_config(cfg, **({"flow_shift": shift} if shift is not None else {}))
+        return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                       num_train_timesteps=num_train, flow_shift=shift or 1.0)
+    if configured == "euler":
+        return FlowMatchEulerDiscreteScheduler.from_config(cfg, **({"shift": shift} if shift is not None else {}))
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=num_train, shift=shift or 1.0)
+
+
+def _load(fn, what: Path):
+    try:
+        return fn()
+    except (OSError, ValueError) as e:
+        raise UserError(f"{what}: cannot load ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
+def _strict(cls, folder: Path, **kwargs):
+    """``cls.from_pretrained`` that fails on any missing, unexpected or mismatched tensor."""
+    model, info = _load(lambda: cls.from_pretrained(folder, output_loading_info=True, **kwargs), folder)
+    problems = {k: sorted(v) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")
+                if (v := info.get(k))}
+    if problems:
+        raise UserError(f"{folder}: strict load failed: " + "; ".join(
+            f"{len(v)} {k.replace('_', ' ')}: {', '.join(map(str, v[:20]))}" for k, v in problems.items()))
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
+# Wan-specific stages
+# ----------------------------------------------------------------------------------------------
+def prompt_clean(text: str) -> str:
+    """diffusers' Wan prompt cleaning: fix mojibake, unescape HTML twice, collapse whitespace."""
+    import ftfy
+    import regex
+
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return regex.sub(r"\s+", " ", text).strip()
+
+
+class EncodePrompt:
+    """umT5: prompt (and, with guidance, the negative prompt) -> [1, text_len, text_dim] embeddings."""
+
+    name = "encode"
+
+    def __init__(self, tokenizer, text_encoder, text_len: int, dtype: torch.dtype):
+        self.tokenizer, self.text_encoder = tokenizer, text_encoder
+        self.text_len, self.dtype = text_len, dtype
+
+    @torch.no_grad()
+    def embed(self, text: str, device: torch.device) -> torch.Tensor:
+        tokens = self.tokenizer([prompt_clean(text)], padding="max_length", max_length=self.text_len,
+                                truncation=True, add_special_tokens=True, return_attention_mask=True,
+                                return_tensors="pt")
+        ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
+        hidden = self.text_encoder(ids, mask).last_hidden_state.to(self.dtype)
+        # keep the real tokens, zero the padding (= trim to the real length, then zero-pad; no host sync)
+        return torch.where(mask.bool()[..., None], hidden, hidden.new_zeros(()))
+
+    def __call__(self, state: PipelineState) -> PipelineState:
+        request = state.request
+        state.prompt_embeds = self.embed(request.prompt, state.device)
+        state.negative_embeds = self.embed(request.negative_prompt, state.device) if request.do_cfg else None
+        return state
+
+
+def latent_shape(vae_config, in_channels: int, request) -> tuple[int, int, int, int]:
+    """(C, f, h, w) of the latents for the requested video: the Wan VAE's 4x time, 8x space strides."""
+    t, s = vae_config.scale_factor_temporal, vae_config.scale_factor_spatial
+    return in_channels, (request.num_frames - 1) // t + 1, request.height // s, request.width // s
+
+
+class DecodeVideo:
+    """Latents -> uint8 frames [F, H, W, 3]: undo the VAE's latent normalization, decode, map [-1, 1]
+    to [0, 255] (rounded)."""
+
+    name = "decode"
+
+    def __init__(self, vae):
+        self.vae = vae
+
+    @torch.no_grad()
+    def __call__(self, state: PipelineState) -> PipelineState:
+        cfg = self.vae.config
+        z = state.latents.to(self.vae.dtype)
+        mean = torch.tensor(cfg.latents_mean).view(1, cfg.z_dim, 1, 1, 1).to(z)
+        inv_std = 1.0 / torch.tensor(cfg.latents_std).view(1, cfg.z_dim, 1, 1, 1).to(z)
+        video = self.vae.decode(z / inv_std + mean, return_dict=False)[0]  # [1, 3, F, H, W] in [-1, 1]
+        pixels = ((video[0].float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+        state.frames = pixels.permute(1, 2, 3, 0).cpu().numpy()  # [F, H, W, 3]
+        return state
+
+
+# ----------------------------------------------------------------------------------------------
+# The pipeline
+# ----------------------------------------------------------------------------------------------
+def t2v_stages(c: WanComponents, *, cfg, on_step=None) -> list[Stage]:
+    """Wan2.1 T2V as a list of stages."""
+    in_channels = c.dit_config.in_dim
+    return [
+        EncodePrompt(c.tokenizer, c.text_encoder, c.dit_config.text_len, c.dtype),
+        PrepareTimesteps(c.scheduler),
+        PrepareLatents(lambda request: latent_shape(c.vae.config, in_channels, request)),
+        Denoise(c.transformer, c.scheduler, cfg, c.dtype, on_step),
+        DecodeVideo(c.vae),
+    ]
