@@ -12,7 +12,7 @@ import torch.distributed as dist
 from torch import nn
 
 from runtime.parallel.cfg import CFGSplit, ParallelCFG, split_for_cfg
-from runtime.parallel.launch import Worker, WorkerError, launch, under_torchrun
+from runtime.parallel.launch import Worker, WorkerError, WorkerPool, launch, under_torchrun
 from runtime.parallel.ulysses import DistributedAttention, heads_to_seq, seq_to_heads
 from runtime.parallel.wan import SequenceParallelWanDiT, check_heads, parallelize_wan
 
@@ -33,7 +33,7 @@ def parallelize(model, *, cfg_parallel: bool = False,
 
 
 __all__ = [
-    "CFGSplit", "DistributedAttention", "ParallelCFG", "SequenceParallelWanDiT", "Worker", "WorkerError",
+    "CFGSplit", "DistributedAttention", "ParallelCFG", "SequenceParallelWanDiT", "Worker", "WorkerError", "WorkerPool",
     "check_heads", "heads_to_seq", "launch", "parallelize", "parallelize_wan", "seq_to_heads",
     "split_for_cfg", "under_torchrun",
 ]

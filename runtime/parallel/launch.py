@@ -1,9 +1,11 @@
-"""Run a function on N ranks: spawned worker processes, or the ranks torchrun started.
+"""Run functions on N ranks: spawned worker processes, or the ranks torchrun started.
 
 ``launch(fn, num_procs, *args)`` calls ``fn(worker, *args)`` on every rank, where ``worker`` is a
-``Worker`` (rank, world size, device); the caller gets rank 0's return value. It starts the processes
-itself (torch.multiprocessing spawn; NCCL on GPUs, gloo on CPU) unless the environment says torchrun
-already did (``RANK``/``WORLD_SIZE``): then this process is one rank and runs ``fn`` directly.
+``Worker`` (rank, world size, device, and a ``state`` dict that lives as long as the process); the
+caller gets rank 0's return value. ``WorkerPool`` keeps the ranks alive between calls (load a model
+once, generate many times). Processes are started here (torch.multiprocessing spawn; NCCL on GPUs,
+gloo on CPU) unless the environment says torchrun already did (``RANK``/``WORLD_SIZE``/``LOCAL_RANK``):
+then this process is one rank and runs the functions itself.
 
 Failure: a worker that raises sends its exception to the caller, which kills every other worker and
 re-raises it (with the worker's traceback as the cause). A worker that dies without a word (a signal,
@@ -17,12 +19,13 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import sys
 import tempfile
 import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -37,11 +40,13 @@ DEFAULT_TIMEOUT = timedelta(minutes=10)
 
 @dataclass(frozen=True)
 class Worker:
-    """What a rank's function needs to know about itself; the process group is the default one."""
+    """What a rank's function needs to know about itself; the process group is the default one.
+    ``state`` keeps what one call leaves for the next on this rank (e.g. the loaded model)."""
 
     rank: int
     world_size: int
     device: torch.device
+    state: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -71,15 +76,130 @@ def launch(fn: Callable[..., Any], num_procs: int, *args: Any, device: str | Non
     ``device``: ``"cuda"`` (one GPU per rank, NCCL) or ``"cpu"`` (gloo); default CUDA when present.
     Under torchrun, every rank calls ``launch``; rank 0 gets the result and the others ``None``.
     """
-    if under_torchrun():
-        return _run_under_torchrun(fn, num_procs, args, device, timeout)
-    device_type = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if num_procs < 1:
-        raise UserError(f"the number of processes must be at least 1, got {num_procs}")
-    if device_type == "cuda" and num_procs > torch.cuda.device_count():
-        raise UserError(f"asked for {num_procs} GPUs but this machine has {torch.cuda.device_count()}; "
-                        f"use --num-gpus {max(1, torch.cuda.device_count())} or fewer")
-    return _spawn(fn, num_procs, args, device_type, timeout)
+    with WorkerPool(num_procs, device=device, timeout=timeout) as pool:
+        return pool.run(fn, *args)
+
+
+class WorkerPool:
+    """``num_procs`` ranks that stay up between ``run`` calls; close it (or use ``with``) when done.
+
+    A failed ``run`` closes the pool: every rank is stopped and the worker's exception re-raised here.
+    """
+
+    def __init__(self, num_procs: int, *, device: str | None = None, timeout: timedelta = DEFAULT_TIMEOUT):
+        device_type = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.num_procs = num_procs
+        self._procs: list = []
+        self._local: Worker | None = None  # under torchrun: this process's rank
+        if under_torchrun():
+            self._local, self._owns_group = _join_torchrun(num_procs, device_type, timeout)
+            return
+        if isinstance(num_procs, bool) or not isinstance(num_procs, int) or num_procs < 1:
+            raise UserError(f"the number of processes must be an integer >= 1, got {num_procs!r}")
+        if device_type == "cuda" and num_procs > torch.cuda.device_count():
+            raise UserError(f"asked for {num_procs} GPUs but this machine has {torch.cuda.device_count()}; "
+                            f"use --num-gpus {max(1, torch.cuda.device_count())} or fewer")
+        ctx = mp.get_context("spawn")
+        self._messages = ctx.SimpleQueue()
+        self._inboxes = [ctx.SimpleQueue() for _ in range(num_procs)]
+        self._store_dir = tempfile.mkdtemp(prefix="vidport-pg-")
+        init_method = f"file://{os.path.join(self._store_dir, 'store')}"
+        self._procs = [ctx.Process(target=_worker_main, name=f"vidport-rank{rank}",
+                                   args=(rank, num_procs, device_type, init_method, timeout, self._inboxes[rank],
+                                         self._messages, os.getpid()))
+                       for rank in range(num_procs)]
+        try:
+            for p in self._procs:
+                p.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(worker, *args)`` on every rank; rank 0's result (under torchrun: ``None`` off rank 0)."""
+        if self._local is not None:
+            result = fn(self._local, *args)
+            return result if self._local.rank == 0 else None
+        if not self._procs:
+            raise WorkerError("this worker pool is closed (a worker failed, or close() was called)")
+        try:
+            for inbox in self._inboxes:
+                inbox.put((fn, args))
+            return self._wait_for_result()
+        except BaseException:
+            self.close()
+            raise
+
+    def _wait_for_result(self) -> Any:
+        while True:
+            if not self._messages.empty():
+                kind, rank, body = self._messages.get()
+                if kind == "error":
+                    self._raise_first_cause(rank, body)
+                return pickle.loads(body)
+            if any(p.exitcode is not None for p in self._procs):
+                time.sleep(0.2)  # an error message may still be on its way
+                if self._messages.empty():
+                    self._raise_silent_death()
+                continue
+            time.sleep(0.01)
+
+    def _raise_first_cause(self, rank: int, body) -> None:
+        """A rank that died silently (a signal) breaks its peers' collectives: it, not their errors,
+        is the cause to report. Otherwise the first error that arrived is."""
+        time.sleep(0.3)
+        reported = {rank}
+        while not self._messages.empty():
+            reported.add(self._messages.get()[1])
+        if any(p.exitcode not in (None, 0) and r not in reported for r, p in enumerate(self._procs)):
+            self._raise_silent_death(reported)
+        _raise_remote(rank, self.num_procs, *body)
+
+    def _raise_silent_death(self, reported: set[int] = frozenset()) -> None:
+        r, code = next((r, p.exitcode) for r, p in enumerate(self._procs)
+                       if p.exitcode is not None and r not in reported)
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        raise WorkerError(f"rank {r} of {self.num_procs} {how} without reporting an error "
+                          "(out of memory? see its output above)")
+
+    def close(self) -> None:
+        """Stop every rank: politely, then by signal."""
+        if self._local is not None:
+            if self._owns_group and dist.is_initialized():
+                dist.destroy_process_group()
+            self._local = None
+            return
+        procs, self._procs = self._procs, []
+        if not procs:
+            return
+        for p, inbox in zip(procs, self._inboxes):
+            if p.is_alive():
+                inbox.put(None)
+        deadline = time.monotonic() + 10
+        for p in procs:
+            p.join(timeout=max(0.0, deadline - time.monotonic()))
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        deadline = time.monotonic() + 5
+        for p in procs:
+            p.join(timeout=max(0.0, deadline - time.monotonic()))
+            if p.is_alive():
+                p.kill()
+                p.join()
+        shutil.rmtree(self._store_dir, ignore_errors=True)
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
 
 
 # ----------------------------------------------------------------------------------------------
@@ -100,7 +220,7 @@ def _start_rank(rank: int, world: int, device_type: str, init_method: str, timeo
 
 
 def _exit_with_parent(parent_pid: int) -> None:
-    """Die when the caller dies (it was killed, so it cannot kill us): no orphans."""
+    """Die when the caller dies (it was killed, so it cannot stop us): no orphans."""
 
     def watch():
         while os.getppid() == parent_pid:
@@ -110,14 +230,17 @@ def _exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _worker_main(rank, fn, args, world, device_type, init_method, timeout, messages, parent_pid):
+def _worker_main(rank, world, device_type, init_method, timeout, inbox, messages, parent_pid):
     _exit_with_parent(parent_pid)
     try:
         worker = _start_rank(rank, world, device_type, init_method, timeout)
-        result = fn(worker, *args)
-        if rank == 0:
-            # pickled here (tensors by value), so nothing refers to this process once it exits
-            messages.put(("result", rank, pickle.dumps(result)))
+        while (job := inbox.get()) is not None:
+            fn, args = job
+            result = fn(worker, *args)
+            if rank == 0:
+                # pickled here (tensors by value), so nothing refers to this process once it exits
+                messages.put(("result", rank, pickle.dumps(result)))
+        worker.state.clear()
         dist.destroy_process_group()
     except BaseException as exc:  # noqa: B036 - report every failure, then exit non-zero
         try:
@@ -125,7 +248,14 @@ def _worker_main(rank, fn, args, world, device_type, init_method, timeout, messa
         except Exception:
             payload = None
         messages.put(("error", rank, (payload, f"{type(exc).__name__}: {exc}", traceback.format_exc())))
-        os._exit(1)  # skip process-group teardown: peers may be stuck in a collective
+        _exit(1)  # skip process-group teardown: peers may be stuck in a collective
+    _exit(0)  # skip the interpreter's slow teardown; everything is closed
+
+
+def _exit(code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,71 +274,23 @@ def _raise_remote(rank: int, world: int, payload: bytes | None, summary: str, tb
     raise exc from RemoteTraceback(f"\n\nTraceback on rank {rank}:\n{tb}")
 
 
-def _spawn(fn, world, args, device_type, timeout):
-    ctx = mp.get_context("spawn")
-    messages = ctx.SimpleQueue()
-    store_dir = tempfile.mkdtemp(prefix="vidport-pg-")
-    init_method = f"file://{os.path.join(store_dir, 'store')}"
-    procs = [ctx.Process(target=_worker_main, name=f"vidport-rank{rank}",
-                         args=(rank, fn, args, world, device_type, init_method, timeout, messages, os.getpid()))
-             for rank in range(world)]
-    try:
-        for p in procs:
-            p.start()
-        have_result, result = False, None
-        while True:
-            while not messages.empty():
-                kind, rank, body = messages.get()
-                if kind == "error":
-                    _raise_remote(rank, world, *body)
-                have_result, result = True, pickle.loads(body)
-            if all(p.exitcode is not None for p in procs) and messages.empty():
-                break
-            dead = [(r, p.exitcode) for r, p in enumerate(procs) if p.exitcode not in (None, 0)]
-            if dead and messages.empty():
-                time.sleep(0.2)  # an error message may still be on its way
-                if messages.empty():
-                    r, code = dead[0]
-                    how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
-                    raise WorkerError(f"rank {r} of {world} {how} without reporting an error "
-                                      "(out of memory? see its output above)")
-                continue
-            time.sleep(0.02)
-        if not have_result:
-            raise WorkerError("rank 0 finished without returning a result")
-        return result
-    finally:
-        _stop(procs)
-        shutil.rmtree(store_dir, ignore_errors=True)
-
-
-def _stop(procs) -> None:
-    for p in procs:
-        if p.is_alive():
-            p.terminate()
-    deadline = time.monotonic() + 5
-    for p in procs:
-        p.join(timeout=max(0.0, deadline - time.monotonic()))
-        if p.is_alive():
-            p.kill()
-            p.join()
-
-
-def _run_under_torchrun(fn, num_procs, args, device, timeout):
+def _join_torchrun(num_procs, device_type, timeout) -> tuple[Worker, bool]:
     world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
-    if num_procs not in (None, world):
+    if num_procs != world:
         raise UserError(f"asked for {num_procs} processes but torchrun started {world}; "
-                        f"pass --nproc-per-node {num_procs} to torchrun or --num-gpus {world}")
-    device_type = device or ("cuda" if torch.cuda.is_available() else "cpu")
+                        f"pass --nproc-per-node {num_procs} to torchrun, or --num-gpus {world}")
     if device_type == "cuda":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     owns_group = not dist.is_initialized()
     if owns_group:
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo", timeout=timeout)
     device = torch.device("cuda", torch.cuda.current_device()) if device_type == "cuda" else torch.device("cpu")
-    try:
-        result = fn(Worker(rank, world, device), *args)
-    finally:
-        if owns_group:
-            dist.destroy_process_group()
-    return result if rank == 0 else None
+    return Worker(rank, world, device), owns_group
+
+
+def from_pretrained(path_or_hub_id, *, num_gpus: int, **options):
+    """The entry ``VideoGenerator.from_pretrained(num_gpus=N > 1)`` delegates to; see
+    ``runtime.parallel.generator.from_pretrained``."""
+    from runtime.parallel.generator import from_pretrained as parallel_from_pretrained
+
+    return parallel_from_pretrained(path_or_hub_id, num_gpus=num_gpus, **options)

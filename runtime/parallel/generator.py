@@ -1,0 +1,114 @@
+"""Multi-GPU video generation: a ``VideoGenerator`` on every rank, the DiT spread over the ranks.
+
+Every rank loads the same repo on its own device, replaces its DiT by the sequence-parallel wrapper
+(and, with ``cfg_parallel``, its CFG strategy by the CFG-parallel one) and runs the same pipeline on
+the same seed, so every rank steps identical latents; rank 0's frames and report come back to the
+caller, which writes the mp4 (atomically) only once the run has succeeded.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
+import numpy as np
+
+from porting.errors import UserError
+from runtime.parallel.launch import DEFAULT_TIMEOUT, Worker, WorkerPool
+
+PARALLEL_OPTIONS = ("cfg_parallel", "timeout")
+
+
+def _load(worker: Worker, source, load_kwargs: dict, cfg_parallel: bool) -> dict:
+    import torch.distributed as dist
+
+    from runtime.generator import VideoGenerator
+    from runtime.parallel import check_heads, parallelize
+
+    gen = VideoGenerator.from_pretrained(source, num_gpus=1, device=worker.device, **load_kwargs)
+    dit = gen.components.transformer
+    # fail before any collective, with the sizes that work
+    check_heads(dit.cfg.num_heads, worker.world_size // 2 if cfg_parallel else worker.world_size)
+    gen.components.transformer, cfg = parallelize(dit, cfg_parallel=cfg_parallel)
+    if cfg is not None:
+        gen.cfg = cfg
+    dist.barrier()
+    worker.state["generator"] = gen
+    return {"defaults": gen.defaults, "cfg": gen.cfg.name}
+
+
+def _generate(worker: Worker, prompt: str, kwargs: dict):
+    gen = worker.state["generator"]
+    frames = gen.generate_video(prompt, **kwargs)
+    return frames, gen.last_report
+
+
+class ParallelVideoGenerator:
+    """``VideoGenerator``'s ``generate_video``/``last_report`` over ``num_gpus`` ranks. ``close()`` (or
+    ``with``) stops the ranks; a failed generation stops them too and re-raises the worker's error."""
+
+    def __init__(self, pool: WorkerPool, source: str, info: dict, num_gpus: int, cfg_parallel: bool):
+        self.pool, self.source = pool, source
+        self.defaults = info["defaults"]
+        self.num_gpus, self.cfg_parallel = num_gpus, cfg_parallel
+        self.last_report = None
+
+    def generate_video(self, prompt: str, *, output_path: str | os.PathLike | None = None,
+                       on_step: Callable[[int, int], None] | None = None, **kwargs) -> np.ndarray | None:
+        """Same arguments as ``VideoGenerator.generate_video`` (``on_step`` is not forwarded to the ranks).
+        Under torchrun only rank 0 gets the frames (and writes the mp4); other ranks get None."""
+        from runtime.pipeline.validate import validate_output_path
+
+        out = None if output_path is None else validate_output_path(output_path)
+        result = self.pool.run(_generate, prompt, kwargs)
+        if result is None:  # a torchrun rank other than 0
+            return None
+        frames, report = result
+        report.settings.update(num_gpus=self.num_gpus, cfg_parallel=self.cfg_parallel)
+        if out is not None:
+            from runtime.video import write_mp4
+
+            start = time.perf_counter()
+            write_mp4(frames, out, fps=self.defaults["fps"])
+            report.timings["write"] = time.perf_counter() - start
+            report.output_path = str(out)
+        self.last_report = report
+        return frames
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def __enter__(self) -> ParallelVideoGenerator:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def from_pretrained(path_or_hub_id, *, num_gpus: int, device=None, cfg_parallel: bool = False,
+                    timeout: float | timedelta = DEFAULT_TIMEOUT, **load_kwargs) -> ParallelVideoGenerator:
+    """``VideoGenerator.from_pretrained(..., num_gpus=N)`` lands here. ``device``: "cuda" (default when
+    present; one GPU per rank) or "cpu" (gloo; tests). ``cfg_parallel``: the conditional and
+    unconditional branches on two halves of the ranks (needs an even ``num_gpus``). ``timeout``: seconds
+    any collective may wait before the ranks give up."""
+    import torch
+
+    from runtime.generator import resolve_repo
+
+    device_type = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg_parallel and num_gpus % 2:
+        raise UserError(f"cfg_parallel needs an even number of GPUs, got num_gpus={num_gpus}")
+    folder = resolve_repo(path_or_hub_id)  # download once, in the caller, before any rank starts
+    if not isinstance(timeout, timedelta):
+        timeout = timedelta(seconds=timeout)
+    pool = WorkerPool(num_gpus, device=device_type, timeout=timeout)
+    try:
+        info = pool.run(_load, str(folder), load_kwargs, cfg_parallel)
+    except BaseException:
+        pool.close()
+        raise
+    if info is None:  # torchrun rank other than 0: defaults are the same everywhere
+        info = {"defaults": pool._local.state["generator"].defaults}
+    return ParallelVideoGenerator(pool, str(path_or_hub_id), info, num_gpus, cfg_parallel)

@@ -1,0 +1,223 @@
+"""Sequence-parallel (Ulysses) and CFG-parallel Wan DiT on N gloo ranks against the single-process
+model with the same weights; the launcher's failure handling; a whole tiny generation on 2 ranks.
+
+Spawning ranks costs seconds, so each world size is one module-scoped ``WorkerPool`` shared by tests.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import psutil
+import pytest
+import torch
+import torch.distributed as dist
+
+from porting.errors import UserError
+from runtime.models.wan.config import preset
+from runtime.models.wan.model import WanDiT
+from runtime.parallel import WorkerError, WorkerPool, check_heads, launch, parallelize, parallelize_wan
+
+TINY = preset("tiny")  # 4 heads: 1, 2 or 4 ranks
+TINY6 = TINY.replace(dim=96, num_heads=6)  # 6 heads (head_dim 16): 3 ranks
+ATOL = 1e-5  # fp32
+
+
+def make_dit(cfg, seed=0) -> WanDiT:
+    torch.manual_seed(seed)
+    model = WanDiT(cfg).eval()
+    with torch.no_grad():  # default init leaves biases and norms trivial: randomize every tensor
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def make_cases(cfg) -> dict[str, tuple[torch.Tensor, ...]]:
+    g = torch.Generator().manual_seed(1)
+    return {
+        # grid 2x3x4 = 24 tokens: divisible by 2 and 3
+        "even": (torch.randn(1, 16, 2, 6, 8, generator=g), torch.tensor([700.0]),
+                 torch.randn(1, 9, cfg.text_dim, generator=g)),
+        # grid 1x5x5 = 25 tokens: not divisible by 2 or 3 (padded shards); batch 2, two timesteps
+        "uneven": (torch.randn(2, 16, 1, 10, 10, generator=g), torch.tensor([999.0, 40.0]),
+                   torch.randn(2, 5, cfg.text_dim, generator=g)),
+    }
+
+
+def reference_outputs(cfg):
+    model = make_dit(cfg)
+    cases = make_cases(cfg)
+    with torch.no_grad():
+        return model.state_dict(), cases, {name: model(*inputs) for name, inputs in cases.items()}
+
+
+# --- what the ranks run (module level: spawned workers import them by name) ---------------------
+def _sequence_parallel(worker, cfg, state_dict, cases, backend):
+    model = WanDiT(cfg).eval()
+    model.load_state_dict(state_dict)
+    model.set_attention_backend(backend)
+    dit = parallelize_wan(model)
+    with torch.no_grad():
+        return {name: dit(*inputs) for name, inputs in cases.items()}
+
+
+def _cfg_parallel(worker, cfg, state_dict, x, t, cond, uncond, scale):
+    model = WanDiT(cfg).eval()
+    model.load_state_dict(state_dict)
+    dit, strategy = parallelize(model, cfg_parallel=True)
+    with torch.no_grad():
+        return strategy(dit, x, t, cond, uncond, scale)
+
+
+def _parallelize_error(worker, cfg):
+    try:
+        parallelize_wan(WanDiT(cfg))
+    except UserError as e:
+        return str(e)
+    return None
+
+
+def _fail_on_rank_1(worker):
+    dist.barrier()
+    if worker.rank == 1:
+        raise ValueError("boom on rank 1")
+    dist.all_reduce(torch.ones(1))  # rank 0 waits here for a peer that never comes
+    return "unreachable"
+
+
+def _die_on_rank_1(worker):
+    dist.barrier()
+    if worker.rank == 1:
+        os.kill(os.getpid(), 9)
+    dist.all_reduce(torch.ones(1))
+    return "unreachable"
+
+
+def _pids(worker):
+    pids = [None] * worker.world_size
+    dist.all_gather_object(pids, os.getpid())
+    return pids
+
+
+# --- fixtures ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pool2():
+    with WorkerPool(2, device="cpu") as pool:
+        yield pool
+
+
+@pytest.fixture(scope="module")
+def pool3():
+    with WorkerPool(3, device="cpu") as pool:
+        yield pool
+
+
+def worker_pids() -> set[int]:
+    """Live spawned workers of this process (the multiprocessing resource tracker is not one)."""
+    found = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(child.cmdline()):
+                found.add(child.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def assert_same(got, want, what):
+    torch.testing.assert_close(got, want, rtol=0, atol=ATOL, msg=lambda m: f"{what} vs single process: {m}")
+
+
+# --- sequence parallelism ---------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["sdpa-math", "sdpa"])
+def test_two_ranks_equal_one_process(pool2, backend):
+    state_dict, cases, want = reference_outputs(TINY)
+    got = pool2.run(_sequence_parallel, TINY, state_dict, cases, backend)
+    for name in cases:
+        assert_same(got[name], want[name], f"2 ranks ({name}, {backend})")
+
+
+def test_three_ranks_equal_one_process(pool3):
+    state_dict, cases, want = reference_outputs(TINY6)
+    got = pool3.run(_sequence_parallel, TINY6, state_dict, cases, "sdpa-math")
+    for name in cases:
+        assert_same(got[name], want[name], f"3 ranks ({name})")
+
+
+def test_heads_not_divisible_by_ranks(pool3):
+    message = pool3.run(_parallelize_error, TINY)  # 4 heads, 3 ranks
+    assert message == ("sequence parallelism over 3 ranks needs the head count to divide evenly, "
+                       "but the model has 4 heads; valid sizes: 1, 2, 4")
+    with pytest.raises(UserError, match="valid sizes: 1, 2, 3, 4, 6, 12$"):
+        check_heads(12, 5)  # Wan 1.3B on 5 GPUs
+
+
+# --- CFG parallelism --------------------------------------------------------------------------
+def test_cfg_parallel_equals_serial_cfg(pool2):
+    from runtime.pipeline.guidance import SerialCFG
+
+    model = make_dit(TINY)
+    x, t, cond = make_cases(TINY)["uneven"]
+    x, t, cond = x[:1], t[:1], cond[:1]
+    uncond = torch.randn_like(cond)
+    with torch.no_grad():
+        want = SerialCFG()(model, x, t, cond, uncond, 5.0)
+        unguided = SerialCFG()(model, x, t, cond, None, 5.0)
+    got = pool2.run(_cfg_parallel, TINY, model.state_dict(), x, t, cond, uncond, 5.0)
+    assert_same(got, want, "CFG-parallel on 2 ranks vs serial CFG")
+    assert (got - unguided).abs().max() > 1e-2  # the guidance did something: the test can fail
+    got = pool2.run(_cfg_parallel, TINY, model.state_dict(), x, t, cond, None, 5.0)
+    assert_same(got, unguided, "CFG-parallel without guidance")
+
+
+# --- launching --------------------------------------------------------------------------------
+def test_failing_worker_stops_everything():
+    before = worker_pids()  # the shared pools' workers
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="boom on rank 1") as info:
+        launch(_fail_on_rank_1, 2, device="cpu")
+    assert time.monotonic() - start < 60
+    assert "(raised on rank 1 of 2)" in info.value.__notes__
+    assert "_fail_on_rank_1" in str(info.value.__cause__)  # the worker's traceback travels along
+    assert worker_pids() - before == set()
+
+
+def test_killed_worker_is_reported():
+    before = worker_pids()
+    with pytest.raises(WorkerError, match="rank 1 of 2 was killed by signal 9"):
+        launch(_die_on_rank_1, 2, device="cpu")
+    assert worker_pids() - before == set()
+
+
+def test_pool_keeps_its_processes(pool2):
+    first = pool2.run(_pids)
+    assert pool2.run(_pids) == first and set(first) <= worker_pids()
+
+
+# --- a whole generation -----------------------------------------------------------------------
+def test_generation_on_two_ranks_equals_one(tmp_path_factory):
+    from test_generate import write_tiny_repo
+
+    from runtime import VideoGenerator
+
+    before = worker_pids()
+    repo = write_tiny_repo(tmp_path_factory.mktemp("wan-tiny-parallel"))
+    options = dict(attention_backend="sdpa-math", dtype="fp32", device="cpu")
+    request = dict(num_frames=5, height=32, width=48, num_inference_steps=3, guidance_scale=5.0, seed=3)
+    want = VideoGenerator.from_pretrained(repo, **options).generate_video("a red fox in the snow", **request)
+
+    out = tmp_path_factory.mktemp("videos") / "fox.mp4"
+    with VideoGenerator.from_pretrained(repo, num_gpus=2, **options) as gen:
+        got = gen.generate_video("a red fox in the snow", output_path=out, **request)
+        assert got.shape == want.shape == (5, 32, 48, 3)
+        assert (got == want).all(), f"frames differ: max abs {abs(got.astype(int) - want).max()}"
+        assert out.stat().st_size > 0 and gen.last_report.settings["num_gpus"] == 2
+        # a failing run writes nothing and stops the ranks
+        bad = out.with_name("bad.mp4")
+        with pytest.raises(UserError):
+            gen.generate_video("a red fox", output_path=bad, num_frames=6, height=32, width=48)
+        assert not bad.exists()
+        with pytest.raises(WorkerError, match="closed"):
+            gen.generate_video("a red fox", **request)
+    assert worker_pids() - before == set()
