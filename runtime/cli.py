@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from porting.errors import UserError
+
 DEFAULT_OUTPUT_DIR = Path("out")
 
 
@@ -34,9 +36,11 @@ DEFAULT_OUTPUT_DIR = Path("out")
 @click.option("--flow-shift", type=float, default=None, help="Override the scheduler's flow shift.")
 @click.option("--cfg", "cfg", type=click.Choice(["serial", "batched"]), default="serial", show_default=True,
               help="How the two guidance branches run.")
+@click.option("--cfg-parallel", is_flag=True,
+              help="With --num-gpus N (even): the two guidance branches on two halves of the GPUs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result and timings as JSON on stdout.")
 def generate(model, prompt, negative_prompt, output, num_frames, height, width, steps, guidance, seed, num_gpus,
-             attention_backend, dtype, device, scheduler, flow_shift, cfg, as_json):
+             attention_backend, dtype, device, scheduler, flow_shift, cfg, cfg_parallel, as_json):
     """Generate a video with MODEL: a Diffusers-format folder (e.g. written by `port convert`) or a
     hub id such as Wan-AI/Wan2.1-T2V-1.3B-Diffusers."""
     from runtime.pipeline.validate import validate_output_path
@@ -52,14 +56,23 @@ def generate(model, prompt, negative_prompt, output, num_frames, height, width, 
 
     from runtime.generator import VideoGenerator
 
+    if cfg_parallel and num_gpus < 2:
+        raise UserError("--cfg-parallel needs --num-gpus 2 or more (an even number)")
+    parallel = {"cfg_parallel": True} if cfg_parallel else {}
     gen = VideoGenerator.from_pretrained(model, num_gpus=num_gpus, attention_backend=attention_backend,
                                          dtype=dtype, device=device, cfg=cfg, scheduler=scheduler,
-                                         flow_shift=flow_shift)
+                                         flow_shift=flow_shift, **parallel)
     total = steps if steps is not None else gen.defaults["num_inference_steps"]
-    with tqdm(total=total, desc="denoise", unit="step", file=sys.stderr, leave=False) as bar:
-        gen.generate_video(prompt, negative_prompt=negative_prompt, num_frames=num_frames, height=height,
-                           width=width, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
-                           output_path=output, on_step=lambda i, n: bar.update(1))
+    try:
+        with tqdm(total=total, desc="denoise", unit="step", file=sys.stderr, leave=False) as bar:
+            gen.generate_video(prompt, negative_prompt=negative_prompt, num_frames=num_frames, height=height,
+                               width=width, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
+                               output_path=output, on_step=lambda i, n: bar.update(1))
+    finally:
+        if hasattr(gen, "close"):  # a multi-GPU generator holds worker processes
+            gen.close()
+    if gen.last_report is None:  # a torchrun rank other than 0: rank 0 reports
+        return
     report = gen.last_report.as_dict()
     if as_json:
         click.echo(json.dumps(report, indent=2, ensure_ascii=False))
