@@ -1,0 +1,65 @@
+"""`port convert`: an official release -> a Diffusers-format repo (streaming, atomic, strict)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from porting.convert import DTYPES, execute, parse_size, plan_release, summary_table
+
+
+@click.command("convert")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--family", required=True, help="Model family of the release, e.g. wan2.1-t2v.")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+              help="Target folder, e.g. converted_weights/NAME (created atomically).")
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default="keep", show_default=True,
+              help="Cast floating tensors; keep-in-fp32 modules (norms, modulation, time embedding) are never "
+                   "cast down.")
+@click.option("--max-shard-size", default="5GB", show_default=True,
+              help="Shard a component's weights above this size (5GB, 500MB, 2GiB).")
+@click.option("--force", is_flag=True, help="Replace an existing --out (the old one is removed only after the "
+                                            "new one is complete).")
+@click.option("--emit-script", "emit_script", type=click.Path(path_type=Path), default=None,
+              help="Write a standalone Python script (torch + safetensors only) that performs this same "
+                   "conversion, and exit without converting.")
+@click.option("--map", "map_overrides", multiple=True, metavar="COMPONENT=FILE",
+              help="Use this name map for a component instead of the family's committed one (repeatable).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def convert(source: Path, family: str, out: Path, dtype: str, max_shard_size: str, force: bool,
+            emit_script: Path | None, map_overrides: tuple[str, ...], progress: bool, as_json: bool) -> None:
+    """Convert the official release SOURCE into a Diffusers-format repo at --out.
+
+    \b
+    Every source tensor is used exactly once or dropped on purpose by the family's committed
+    official->Diffusers map, and every parameter of the Diffusers models is written with its shape.
+    Tensors stream one at a time; the repo appears at --out only when complete.
+
+    \b
+    Example:
+      port convert official_weights/wan2.1-t2v-tiny --family wan2.1-t2v --out converted_weights/wan2.1-t2v-tiny
+    """
+    maps = {}
+    for item in map_overrides:
+        component, sep, path = item.partition("=")
+        if not sep or not path:
+            raise click.BadParameter(f"{item!r}: expected COMPONENT=FILE", param_hint="--map")
+        maps[component] = Path(path)
+    plan = plan_release(source, family, dtype=dtype, max_shard_size=parse_size(max_shard_size), maps=maps)
+    if emit_script is not None:
+        from porting.emit_script import write_script
+
+        write_script(plan, emit_script, out)
+        click.echo(f"wrote {emit_script}: python {emit_script} {source} {out}")
+        return
+    reports = execute(plan, out, force=force, progress=progress)
+    if as_json:
+        click.echo(json.dumps({"out": str(out), "components": [asdict(r) for r in reports]}, indent=2))
+    else:
+        click.echo(summary_table(reports))
+        click.echo(f"wrote {out} (conversion.json records the sources, maps and dtype changes)", file=sys.stdout)

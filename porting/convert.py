@@ -1,0 +1,876 @@
+"""`port convert`: stream an official release into a Diffusers-format repo, atomically.
+
+The conversion is planned completely before a byte is written: every component's name map is applied
+to the source key names, checked strictly against the target model built on the meta device (every
+source tensor used or dropped on purpose, every target parameter made once with its shape), and each
+target tensor gets its output dtype, shard file and byte offset. Only then does the writer run:
+
+- Streaming: one tensor at a time. safetensors are read with ``pread`` into one buffer per tensor, so
+  no mmap pages pile up in the process; pickles are opened with ``torch.load(mmap=True,
+  weights_only=True)`` and each tensor's pages are released (``madvise(MADV_DONTNEED)``) once written.
+  Safetensors shards are written by our own writer: header first, then tensor bytes in order.
+- Atomic: everything goes into a temporary folder beside the target, is fsync'd, and is renamed onto
+  the target at the end (with --force, swapped with the old one atomically; the old one is removed
+  only after). A killed run leaves only a hidden temporary folder, which the next run removes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import json
+import mmap
+import os
+import re
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from porting.errors import UserError
+from porting.namemap import NameMap, Op, Plan
+from porting.sources import (
+    SAFETENSORS_DTYPES,
+    PickleSource,
+    StateDictSource,
+    dtype_name,
+    read_safetensors_header,
+)
+
+DTYPES: dict[str, torch.dtype | None] = {"keep": None, "bf16": torch.bfloat16, "fp16": torch.float16,
+                                         "fp32": torch.float32}
+TEST_KILL_ENV = "VIDPORT_TEST_KILL_AFTER_TENSORS"  # test hook, read only by TensorSink
+TMP_TAG = ".vidport-tmp-"
+OLD_TAG = ".vidport-old-"
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+class ConvertError(UserError):
+    """A conversion that cannot start or finish; the target is untouched."""
+
+
+def parse_size(text: str) -> int:
+    """'5GB' -> 5_000_000_000, '512MiB' -> 536870912, '1000' -> 1000 (as Hugging Face spells sizes)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(text))
+    if not m or m.group(2).upper() not in _SIZE_UNITS:
+        raise ConvertError(f"--max-shard-size {text!r}: expected a size such as 5GB, 500MB or 2GiB")
+    size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).upper()])
+    if size <= 0:
+        raise ConvertError(f"--max-shard-size {text!r} must be positive")
+    return size
+
+
+# ----------------------------------------------------------------------------------------------
+# Streaming readers
+# ----------------------------------------------------------------------------------------------
+class StreamingSafetensors(StateDictSource):
+    """One or more safetensors files read with pread: each ``get`` returns a fresh tensor, no mmap."""
+
+    def __init__(self, paths: list[Path], description: str):
+        super().__init__()
+        self.description = description
+        self._paths = [Path(p) for p in paths]
+        self._where: dict[str, tuple[Path, int, int]] = {}  # name -> (file, absolute offset, nbytes)
+        for path in self._paths:
+            header = read_safetensors_header(path)
+            with open(path, "rb") as f:
+                base = 8 + int.from_bytes(f.read(8), "little")
+            entries = sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
+                             key=lambda kv: kv[1]["data_offsets"][0])
+            for k, v in entries:
+                if k in self._where:
+                    raise ConvertError(f"{description}: tensor {k!r} appears in two files")
+                start, end = v["data_offsets"]
+                info_dtype = v["dtype"]
+                self._infos[k] = _info(k, tuple(v["shape"]), info_dtype)
+                self._where[k] = (path, base + start, end - start)
+        self._fds: dict[Path, int] = {}
+
+    def get(self, name: str) -> torch.Tensor:
+        path, offset, nbytes = self._where[name]
+        info = self._infos[name]
+        out = torch.empty(info.shape, dtype=SAFETENSORS_DTYPES[info.dtype])
+        if nbytes:
+            fd = self._fds.get(path)
+            if fd is None:
+                fd = self._fds[path] = os.open(path, os.O_RDONLY)
+            buf = memoryview(out.reshape(-1).view(torch.uint8).numpy())
+            done = 0
+            while done < nbytes:
+                n = os.preadv(fd, [buf[done:]], offset + done)
+                if n <= 0:
+                    raise ConvertError(f"{path}: file ended inside tensor {name!r} (truncated download?)")
+                done += n
+        return out
+
+    def release(self, tensor: torch.Tensor) -> None:
+        """Nothing to release: each tensor is its own buffer, freed when dropped."""
+
+    def files(self) -> list[Path]:
+        return list(self._paths)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+def _info(name, shape, dtype):
+    from porting.sources import TensorInfo
+
+    return TensorInfo(name, shape, dtype)
+
+
+_LIBC = None
+
+
+def _madvise_dontneed(tensor: torch.Tensor) -> None:
+    """Drop the (clean, file-backed) pages under an mmap'd tensor so they leave our RSS."""
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+    storage = tensor.untyped_storage()
+    start, size = storage.data_ptr(), storage.nbytes()
+    if not size:
+        return
+    page = mmap.PAGESIZE
+    lo = start - start % page
+    hi = -(-(start + size) // page) * page
+    _LIBC.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)  # MADV_DONTNEED
+
+
+class StreamingPickle(StateDictSource):
+    """A weights-only ``.pth`` opened with mmap; pages of each tensor are released after use."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self._inner = PickleSource(path)
+        self.description = self._inner.description
+        self._infos = dict(self._inner.infos)
+        self._mmapped = self._probe_mmap()
+
+    def _probe_mmap(self) -> bool:
+        # torch.load(mmap=True) falls back to a plain load for legacy (non-zip) pickles: never madvise those
+        import zipfile
+
+        return zipfile.is_zipfile(self._inner.path)
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._inner.get(name)
+
+    def release(self, tensor: torch.Tensor) -> None:
+        if self._mmapped:
+            _madvise_dontneed(tensor)
+
+    def files(self) -> list[Path]:
+        return [self._inner.path]
+
+    def close(self) -> None:
+        self._inner._tensors = {}
+
+
+def open_streaming(path: Path) -> StateDictSource:
+    """A streaming reader for one official weights file (safetensors, its index, or a pickle)."""
+    path = Path(path)
+    name = path.name
+    if name.endswith(".safetensors.index.json"):
+        try:
+            weight_map = json.loads(path.read_text())["weight_map"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            raise ConvertError(f"{path}: not a safetensors index (needs a 'weight_map' object)") from None
+        shards = [path.parent / s for s in dict.fromkeys(weight_map.values())]
+        missing = [s.name for s in shards if not s.is_file()]
+        if missing:
+            raise ConvertError(f"{path}: names shard(s) {', '.join(missing)} which do not exist; re-download them")
+        src = StreamingSafetensors(shards, str(path))
+        stray = sorted(set(src.keys()) ^ set(weight_map))
+        if stray:
+            raise ConvertError(f"{path}: index and shards disagree on {len(stray)} tensor(s), e.g. {stray[:3]}")
+        src._paths.insert(0, path)
+        return src
+    if name.endswith(".safetensors"):
+        return StreamingSafetensors([path], str(path))
+    return StreamingPickle(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# The plan: what gets written where
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class TargetTensor:
+    name: str
+    op: Op
+    shape: tuple[int, ...]
+    source_dtype: str  # safetensors spelling
+    dtype: str  # output dtype, safetensors spelling
+
+    @property
+    def nbytes(self) -> int:
+        n = SAFETENSORS_DTYPES[self.dtype].itemsize
+        for s in self.shape:
+            n *= s
+        return n
+
+
+@dataclass
+class ComponentPlan:
+    """One weights component (``transformer``, ``vae``, ``text_encoder``) fully planned."""
+
+    name: str
+    source: StateDictSource
+    name_map: NameMap
+    map_origin: str
+    plan: Plan
+    weights_stem: str  # "diffusion_pytorch_model" (diffusers) or "model" (transformers)
+    keep_fp32: tuple[str, ...]  # module names kept in fp32 under a cast; "*" = the whole component
+    target_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # the target model's state dict
+    tensors: list[TargetTensor] = field(default_factory=list)
+    shards: list[list[TargetTensor]] = field(default_factory=list)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    def shard_names(self) -> list[str]:
+        if len(self.shards) == 1:
+            return [f"{self.weights_stem}.safetensors"]
+        n = len(self.shards)
+        return [f"{self.weights_stem}-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+
+
+@dataclass
+class ConversionPlan:
+    family: str
+    preset: str
+    release: Path
+    dtype: str
+    max_shard_size: int
+    components: list[ComponentPlan]
+    files: dict[str, str]  # relative path -> text (configs, model_index.json, scheduler)
+    copies: dict[str, Path]  # relative path -> source file (tokenizer)
+    source_files: list[Path]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self.components) + sum(len(t.encode()) for t in self.files.values()) + \
+            sum(p.stat().st_size for p in self.copies.values())
+
+
+def keeps_fp32(name: str, keep: tuple[str, ...]) -> bool:
+    """diffusers' rule for ``_keep_in_fp32_modules``: a module name is one dotted part of the key."""
+    if "*" in keep:
+        return True
+    parts = name.split(".")
+    return any(k in parts for k in keep)
+
+
+def output_dtype(name: str, source_dtype: str, requested: str, keep: tuple[str, ...]) -> str:
+    """keep: the source dtype. A cast applies to floating tensors; tensors of keep-in-fp32 modules are
+    never cast *down* (an fp32 source stays fp32 under bf16/fp16), only up (to fp32)."""
+    target = DTYPES[requested]
+    src = SAFETENSORS_DTYPES[source_dtype]
+    if target is None or not src.is_floating_point or src == target:
+        return source_dtype
+    if keeps_fp32(name, keep) and src.itemsize > target.itemsize:
+        return source_dtype
+    return dtype_name(target)
+
+
+def plan_component(name: str, source: StateDictSource, name_map: NameMap, map_origin: str,
+                   target_shapes: dict[str, tuple[int, ...]], *, weights_stem: str, keep_fp32: tuple[str, ...],
+                   dtype: str, max_shard_size: int) -> ComponentPlan:
+    """Apply the map to the source keys, verify strictly against the target, assign dtypes and shards."""
+    plan = name_map.plan(source.keys())
+    try:
+        plan.verify(source.shapes(), target_shapes, what=f"{name} target")
+    except UserError as e:
+        raise ConvertError(f"{name}: {source.description} does not convert with {map_origin}: {e}") from None
+    comp = ComponentPlan(name, source, name_map, map_origin, plan, weights_stem, keep_fp32, dict(target_shapes))
+    infos = source.infos
+    for op in plan.ops:
+        src_dtypes = {infos[s].dtype for s in op.sources}
+        if len(src_dtypes) != 1:
+            raise ConvertError(f"{name}: {op.target} merges tensors of different dtypes {sorted(src_dtypes)}")
+        src_dtype = src_dtypes.pop()
+        out = output_dtype(op.target, src_dtype, dtype, keep_fp32)
+        comp.tensors.append(TargetTensor(op.target, op, tuple(target_shapes[op.target]), src_dtype, out))
+    comp.shards = shard(comp.tensors, max_shard_size)
+    return comp
+
+
+def _tensor_table(comp: ComponentPlan) -> dict[str, tuple[int, ...]]:
+    """The target model's keys and shapes (what the emitted script checks its output against)."""
+    return comp.target_shapes
+
+
+def shard(tensors: list[TargetTensor], max_size: int) -> list[list[TargetTensor]]:
+    """Greedy, in write order: a new shard starts when the next tensor would overflow this one."""
+    shards: list[list[TargetTensor]] = [[]]
+    size = 0
+    for t in tensors:
+        if shards[-1] and size + t.nbytes > max_size:
+            shards.append([])
+            size = 0
+        shards[-1].append(t)
+        size += t.nbytes
+    return shards
+
+
+# ----------------------------------------------------------------------------------------------
+# The writer
+# ----------------------------------------------------------------------------------------------
+def safetensors_header(tensors: list[tuple[str, str, tuple[int, ...], int]]) -> bytes:
+    """The 8-byte length + JSON header (padded with spaces to 8 bytes) for tensors in file order."""
+    header: dict = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, dtype, shape, nbytes in tensors:
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw
+
+
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The tensor's raw little-endian bytes without a copy (when it is already contiguous)."""
+    flat = tensor.contiguous().reshape(-1)
+    if flat.numel() == 0:
+        return memoryview(b"")
+    return memoryview(flat.view(torch.uint8).numpy())
+
+
+class TensorSink:
+    """Counts written tensors. Test mode: ``VIDPORT_TEST_KILL_AFTER_TENSORS=N`` SIGKILLs this process right
+    after the N-th tensor is written, to prove a killed run leaves no target behind."""
+
+    def __init__(self) -> None:
+        raw = os.environ.get(TEST_KILL_ENV)
+        self.kill_after = int(raw) if raw else None
+        self.count = 0
+
+    def written(self) -> None:
+        self.count += 1
+        if self.kill_after is not None and self.count >= self.kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SafetensorsWriter:
+    """Writes one safetensors file incrementally: the header first, then each tensor's bytes in order."""
+
+    def __init__(self, path: Path, layout: list[TargetTensor], sink: TensorSink):
+        self.path = path
+        self.layout = layout
+        self.sink = sink
+        self.next = 0
+        self.f = open(path, "wb", buffering=0)  # noqa: SIM115 - closed in close()
+        self._write(safetensors_header([(t.name, t.dtype, t.shape, t.nbytes) for t in layout]))
+
+    def _write(self, data) -> None:
+        view = memoryview(data).cast("B")
+        while view.nbytes:
+            n = self.f.write(view)
+            view = view[n:]
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        spec = self.layout[self.next]
+        if name != spec.name or tuple(tensor.shape) != spec.shape or dtype_name(tensor.dtype) != spec.dtype:
+            raise RuntimeError(f"writer expected {spec.name} {spec.shape} {spec.dtype}, got {name} "
+                               f"{tuple(tensor.shape)} {dtype_name(tensor.dtype)}")
+        self._write(tensor_bytes(tensor))
+        self.next += 1
+        self.sink.written()
+
+    def close(self) -> None:
+        if self.next != len(self.layout):
+            raise RuntimeError(f"{self.path}: {len(self.layout) - self.next} tensors were never written")
+        os.fsync(self.f.fileno())
+        self.f.close()
+
+
+def write_component(comp: ComponentPlan, folder: Path, sink: TensorSink,
+                    on_bytes: Callable[[int], None]) -> dict[str, str]:
+    """Stream one component's tensors into its shard files; returns {tensor: shard file}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    where: dict[str, str] = {}
+    for shard_name, layout in zip(comp.shard_names(), comp.shards):
+        writer = SafetensorsWriter(folder / shard_name, layout, sink)
+        try:
+            for t in layout:
+                fetched: list[torch.Tensor] = []
+
+                def get(key: str, _fetched=fetched) -> torch.Tensor:
+                    _fetched.append(comp.source.get(key))
+                    return _fetched[-1]
+
+                out = t.op.compute(get).to(SAFETENSORS_DTYPES[t.dtype])
+                writer.write(t.name, out)
+                release = getattr(comp.source, "release", None)
+                if release is not None:
+                    for src in fetched:
+                        release(src)
+                del fetched, out
+                where[t.name] = shard_name
+                on_bytes(t.nbytes)
+        finally:
+            if not writer.f.closed:
+                if writer.next == len(layout):
+                    writer.close()
+                else:
+                    writer.f.close()
+    if len(comp.shards) > 1:
+        index = {"metadata": {"total_size": comp.nbytes}, "weight_map": dict(sorted(where.items()))}
+        write_text(folder / f"{comp.weights_stem}.safetensors.index.json", json.dumps(index, indent=2) + "\n")
+    return where
+
+
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        shutil.copyfileobj(fi, fo, 1 << 20)
+        fo.flush()
+        os.fsync(fo.fileno())
+
+
+def fsync_tree(root: Path) -> None:
+    for dirpath, _, _ in os.walk(root):
+        fd = os.open(dirpath, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# ----------------------------------------------------------------------------------------------
+# Provenance: SHA-256 of the sources, computed on a second thread while tensors stream
+# ----------------------------------------------------------------------------------------------
+class Hasher(threading.Thread):
+    def __init__(self, files: list[Path]):
+        super().__init__(daemon=True)
+        self.files = files
+        self.result: dict[Path, str] = {}
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for path in self.files:
+                h = hashlib.sha256()
+                with open(path, "rb") as f:
+                    while chunk := f.read(8 << 20):
+                        h.update(chunk)
+                self.result[path] = h.hexdigest()
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            self.error = e
+
+
+# ----------------------------------------------------------------------------------------------
+# Atomic output folder
+# ----------------------------------------------------------------------------------------------
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(out: Path, log: Callable[[str], None]) -> None:
+    """Temporary folders left by killed runs for this target (their process is gone) are removed."""
+    parent = out.parent
+    if not parent.is_dir():
+        return
+    for tag in (TMP_TAG, OLD_TAG):
+        prefix = f".{out.name}{tag}"
+        for p in parent.iterdir():
+            if not p.name.startswith(prefix):
+                continue
+            try:
+                pid = int(p.name[len(prefix):].split("-")[0])
+            except ValueError:
+                continue
+            if pid != os.getpid() and not _pid_alive(pid):
+                log(f"removing {p} left by an interrupted run (pid {pid})")
+                shutil.rmtree(p, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE). False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    AT_FDCWD = -100
+    rc = fn(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc != 0:
+        err = ctypes.get_errno()
+        if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            return False
+        raise OSError(err, os.strerror(err), str(b))
+    return True
+
+
+def publish(tmp: Path, out: Path, force: bool) -> None:
+    """Move the finished temporary folder onto the target; with force, the old target goes only after."""
+    fsync_tree(tmp)
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise ConvertError(f"{out} already exists; pass --force to replace it")
+        if _exchange(tmp, out):
+            old = tmp  # after the swap the old repo sits at the temporary path
+        else:
+            old = out.parent / f".{out.name}{OLD_TAG}{os.getpid()}"
+            os.rename(out, old)
+            os.rename(tmp, out)
+        _fsync_dir(out.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, out)
+    _fsync_dir(out.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _disk_full(e: OSError) -> bool:
+    return e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+# ----------------------------------------------------------------------------------------------
+# Run a plan
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class ComponentReport:
+    component: str
+    tensors: int
+    bytes: int
+    dtype: str
+    seconds: float
+
+
+def execute(cplan: ConversionPlan, out: Path, *, force: bool = False, progress: bool = True,
+            log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> list[ComponentReport]:
+    """Write the planned repo to ``out`` atomically. Returns the per-component summary."""
+    from tqdm import tqdm
+
+    out = Path(out).absolute()
+    if (out.exists() or out.is_symlink()) and not force:
+        raise ConvertError(f"{out} already exists; pass --force to replace it (the old one is removed only "
+                           "after the new one is complete)")
+    parent = out.parent
+    if not parent.is_dir():
+        try:
+            parent.mkdir(parents=True)
+        except OSError as e:
+            raise ConvertError(f"cannot create the output folder's parent {parent}: {e.strerror}") from None
+    remove_stale_temps(out, log)
+    need = cplan.nbytes
+    free = shutil.disk_usage(parent).free
+    if free < need:
+        raise ConvertError(f"not enough free space in {parent}: the repo needs {_human(need)}, "
+                           f"{_human(free)} free; free some space or pick another --out")
+    tmp = parent / f".{out.name}{TMP_TAG}{os.getpid()}"
+    try:
+        tmp.mkdir()
+    except OSError as e:
+        raise ConvertError(f"cannot write in {parent}: {e.strerror}; pick a writable --out") from None
+
+    hasher = Hasher(cplan.source_files)
+    hasher.start()
+    reports: list[ComponentReport] = []
+    sink = TensorSink()
+    current = str(tmp)
+    try:
+        bar = tqdm(total=sum(c.nbytes for c in cplan.components), unit="B", unit_scale=True, unit_divisor=1024,
+                   desc="convert", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+        with bar:
+            for comp in cplan.components:
+                t0 = time.perf_counter()
+                bar.set_description(comp.name)
+                current = f"{tmp / comp.name}"
+                write_component(comp, tmp / comp.name, sink, bar.update)
+                reports.append(ComponentReport(comp.name, len(comp.tensors), comp.nbytes,
+                                               _dtype_summary(comp), time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        for rel, text in cplan.files.items():
+            current = rel
+            write_text(tmp / rel, text)
+        for rel, src in cplan.copies.items():
+            current = rel
+            copy_file(src, tmp / rel)
+        hasher.join()
+        if hasher.error is not None:
+            raise ConvertError(f"cannot hash the source files: {hasher.error}")
+        write_text(tmp / "conversion.json", json.dumps(provenance(cplan, hasher.result), indent=2) + "\n")
+        reports.append(ComponentReport("configs+tokenizer", 0,
+                                       sum(len(t.encode()) for t in cplan.files.values()) +
+                                       sum(p.stat().st_size for p in cplan.copies.values()), "-",
+                                       time.perf_counter() - t0))
+        current = str(out)
+        publish(tmp, out, force)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _disk_full(e):
+            raise ConvertError(f"disk full while writing {current} (needs {_human(need)} in all); {out} is "
+                               "untouched and the temporary folder was removed") from None
+        raise ConvertError(f"cannot write {current}: {e.strerror or e}; {out} is untouched") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        for comp in cplan.components:
+            close = getattr(comp.source, "close", None)
+            if close is not None:
+                close()
+    return reports
+
+
+def _dtype_summary(comp: ComponentPlan) -> str:
+    counts: dict[str, int] = {}
+    for t in comp.tensors:
+        counts[t.dtype] = counts.get(t.dtype, 0) + 1
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ",".join(f"{k}x{v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def provenance(cplan: ConversionPlan, hashes: dict[Path, str]) -> dict:
+    """The contents of conversion.json."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        vidport_version = version("vidport")
+    except PackageNotFoundError:
+        vidport_version = "unknown"
+    release = cplan.release.resolve()
+    files = []
+    for p in cplan.source_files:
+        rel = p.resolve().relative_to(release) if release in p.resolve().parents else p
+        files.append({"path": str(rel), "bytes": p.stat().st_size, "sha256": hashes[p]})
+    components = {}
+    for c in cplan.components:
+        text = c.name_map.dumps()
+        components[c.name] = {
+            "source": c.source.description,
+            "map": {"path": c.map_origin, "sha256": hashlib.sha256(text.encode()).hexdigest(), "text": text},
+            "tensors": len(c.tensors),
+            "bytes": c.nbytes,
+            "files": c.shard_names(),
+            "dropped": list(c.plan.dropped),
+            "keep_in_fp32_modules": list(c.keep_fp32),
+            "dtype_changes": [{"tensor": t.name, "from": t.source_dtype, "to": t.dtype}
+                              for t in c.tensors if t.dtype != t.source_dtype],
+        }
+    return {
+        "vidport_version": vidport_version,
+        "torch_version": torch.__version__,
+        "family": cplan.family,
+        "preset": cplan.preset,
+        "dtype": cplan.dtype,
+        "max_shard_size": cplan.max_shard_size,
+        "source": {"release": str(cplan.release), "files": files},
+        "components": components,
+    }
+
+
+def summary_table(reports: list[ComponentReport]) -> str:
+    rows = [("component", "tensors", "bytes", "dtype", "seconds")]
+    for r in reports:
+        rows.append((r.component, str(r.tensors), _human(r.bytes), r.dtype, f"{r.seconds:.2f}"))
+    total_s = sum(r.seconds for r in reports)
+    rows.append(("total", str(sum(r.tensors for r in reports)), _human(sum(r.bytes for r in reports)), "",
+                 f"{total_s:.2f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = []
+    for j, row in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) if i in (0, 3) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        if j == 0 or j == len(rows) - 2:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Planning a release of a family
+# ----------------------------------------------------------------------------------------------
+def plan_release(release: str | Path, family_name: str, *, dtype: str = "keep", max_shard_size: int = 5 * 10**9,
+                 maps: dict[str, Path] | None = None) -> ConversionPlan:
+    """Plan the conversion of an official release (nothing is written). ``maps`` overrides the family's
+    committed official->Diffusers maps per component."""
+    from runtime.families import get_family
+
+    if dtype not in DTYPES:
+        raise ConvertError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    release = Path(release)
+    if not release.is_dir():
+        raise ConvertError(f"{release}: no such release folder")
+    fam = get_family(family_name)
+    builder = RELEASE_PLANNERS.get(family_name)
+    unknown = sorted(set(maps or {}) - set(fam.COMPONENTS))
+    if unknown:
+        raise ConvertError(f"--map names unknown component(s) {', '.join(unknown)}; {family_name} has "
+                           f"{', '.join(fam.COMPONENTS)}")
+    if builder is None:
+        raise ConvertError(f"port convert does not know the Diffusers layout of {family_name} yet")
+    return builder(fam, release, dtype=dtype, max_shard_size=max_shard_size, maps=maps or {})
+
+
+def _load_map(path: Path, component: str) -> NameMap:
+    if not Path(path).is_file():
+        raise ConvertError(f"the official->Diffusers map for {component} is missing ({path}); write it with "
+                           "`port diff-keys --write-map` or pull the committed one")
+    return NameMap.load(path)
+
+
+def _meta_state_shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def _plan_wan(fam, release: Path, *, dtype: str, max_shard_size: int, maps: dict[str, Path]) -> ConversionPlan:
+    """Wan2.1 T2V: official release -> the layout of Wan-AI/Wan2.1-T2V-*-Diffusers (WanPipeline)."""
+    import diffusers
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    # 1. every file the release must have, reported together
+    tok_dir = release / fam.OFFICIAL_FILES["tokenizer"]
+    missing = [n for n in ("config.json", fam.OFFICIAL_FILES["vae"], fam.OFFICIAL_FILES["text_encoder"])
+               if not (release / n).is_file()]
+    if not any(release.glob("diffusion_pytorch_model*.safetensors*")):
+        missing.insert(0, fam.OFFICIAL_FILES["transformer"])
+    if not tok_dir.is_dir() or not any(p.is_file() for p in tok_dir.iterdir()):
+        missing.append(fam.OFFICIAL_FILES["tokenizer"] + "/")
+    if missing:
+        raise ConvertError(f"{release}: not a complete {fam.NAME} release, missing {', '.join(missing)}")
+
+    # 2. configs from the release: the official DiT config.json, then tensor shapes for the VAE and umT5
+    dit = fam.read_official_config(release)
+    presets = {p: fam.dit_config(p) for p in fam.PRESETS}
+    preset = next((p for p, c in presets.items() if c == dit), None) or next(
+        (p for p, c in presets.items() if (c.dim, c.num_layers) == (dit.dim, dit.num_layers)), "1.3b")
+    sources = {c: open_streaming(fam.official_component_file(release, c)) for c in fam.COMPONENTS}
+    vae_cfg = dict(fam.vae_config(preset))
+    vae_shapes = sources["vae"].shapes()
+    if "encoder.conv1.weight" in vae_shapes and "conv2.weight" in vae_shapes:
+        vae_cfg.update(base_dim=vae_shapes["encoder.conv1.weight"][0], z_dim=vae_shapes["conv2.weight"][0])
+    t5_cfg = dict(fam.text_encoder_config(preset))
+    t5_shapes = sources["text_encoder"].shapes()
+    if "token_embedding.weight" in t5_shapes and "blocks.0.pos_embedding.embedding.weight" in t5_shapes:
+        vocab, d_model = t5_shapes["token_embedding.weight"]
+        buckets, heads = t5_shapes["blocks.0.pos_embedding.embedding.weight"]
+        t5_cfg.update(vocab_size=vocab, d_model=d_model, num_heads=heads, relative_attention_num_buckets=buckets,
+                      num_layers=len({k.split(".")[1] for k in t5_shapes if k.startswith("blocks.")}),
+                      d_kv=t5_shapes["blocks.0.attn.q.weight"][0] // heads,
+                      d_ff=t5_shapes["blocks.0.ffn.fc1.weight"][0])
+
+    # 3. the target models on the meta device: their state dicts are the strict targets
+    dit_diffusers = {k: v for k, v in dit.to_diffusers().items() if not k.startswith("_")}
+    with torch.device("meta"):
+        transformer = WanTransformer3DModel.from_config(dit_diffusers)
+        vae = AutoencoderKLWan.from_config(vae_cfg)
+        t5_config = UMT5Config(**t5_cfg)
+        text_encoder = UMT5EncoderModel(t5_config)
+    targets = {
+        # (module, weights file stem, keep-in-fp32 module names as the libraries declare them)
+        "transformer": (transformer, "diffusion_pytorch_model", tuple(WanTransformer3DModel._keep_in_fp32_modules)),
+        # AutoencoderKLWan declares none, but diffusers recommends an fp32 VAE (the Diffusers repos ship it so)
+        "vae": (vae, "diffusion_pytorch_model", ("*",)),
+        "text_encoder": (text_encoder, "model", tuple(UMT5EncoderModel._keep_in_fp32_modules or ())),
+    }
+    components = []
+    for name in fam.COMPONENTS:
+        module, stem, keep = targets[name]
+        map_path = Path(maps.get(name, fam.OFFICIAL_TO_DIFFUSERS[name]))
+        components.append(plan_component(
+            name, sources[name], _load_map(map_path, name), _display_path(map_path), _meta_state_shapes(module),
+            weights_stem=stem, keep_fp32=keep, dtype=dtype, max_shard_size=max_shard_size))
+
+    # 4. config files, scheduler, pipeline index, tokenizer
+    t5_out = components[fam.COMPONENTS.index("text_encoder")]
+    t5_config.architectures = ["UMT5EncoderModel"]
+    t5_config.dtype = SAFETENSORS_DTYPES[_majority_dtype(t5_out)]
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                        num_train_timesteps=fam.NUM_TRAIN_TIMESTEPS,
+                                        flow_shift=fam.SAMPLING.get(preset, fam.SAMPLING["1.3b"])["flow_shift"])
+    tok_class = _tokenizer_class(tok_dir)
+    model_index = {
+        "_class_name": "WanPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "scheduler": ["diffusers", "UniPCMultistepScheduler"],
+        "text_encoder": ["transformers", "UMT5EncoderModel"],
+        "tokenizer": ["transformers", tok_class],
+        "transformer": ["diffusers", "WanTransformer3DModel"],
+        "vae": ["diffusers", "AutoencoderKLWan"],
+    }
+    files = {
+        "model_index.json": json.dumps(model_index, indent=2) + "\n",
+        "scheduler/scheduler_config.json": scheduler.to_json_string(),
+        "transformer/config.json": transformer.to_json_string(),
+        "vae/config.json": vae.to_json_string(),
+        "text_encoder/config.json": t5_config.to_json_string(),
+    }
+    tok_files = sorted(p for p in tok_dir.rglob("*") if p.is_file())
+    copies = {f"tokenizer/{p.relative_to(tok_dir).as_posix()}": p for p in tok_files}
+    source_files = [release / "config.json"]
+    for c in components:
+        source_files += c.source.files()
+    source_files += tok_files
+    return ConversionPlan(fam.NAME, preset, release, dtype, max_shard_size, components, files, copies,
+                          source_files)
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _majority_dtype(comp: ComponentPlan) -> str:
+    sizes: dict[str, int] = {}
+    for t in comp.tensors:
+        sizes[t.dtype] = sizes.get(t.dtype, 0) + t.nbytes
+    return max(sizes, key=sizes.get)
+
+
+def _tokenizer_class(folder: Path) -> str:
+    try:
+        cls = json.loads((folder / "tokenizer_config.json").read_text()).get("tokenizer_class")
+    except (OSError, json.JSONDecodeError):
+        cls = None
+    return cls or "T5TokenizerFast"
+
+
+RELEASE_PLANNERS: dict[str, Callable[..., ConversionPlan]] = {"wan2.1-t2v": _plan_wan}

@@ -1,0 +1,407 @@
+"""`port convert` on the embedded tiny release: the output loads in diffusers (WanPipeline, no missing or
+unexpected keys, one denoising step) and in the native runtime strictly; the emitted standalone script
+writes the same bytes; a kill -9 leaves no target; disk-full and input errors are one line, exit 2,
+nothing written; tensors stream (peak RSS stays near one tensor)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from porting.cli import main as port_main
+from porting.sources import open_source
+from runtime.models.wan import family
+
+ROOT = Path(__file__).resolve().parents[1]
+RELEASE = ROOT / "official_weights" / "wan2.1-t2v-tiny"
+FAMILY = "wan2.1-t2v"
+MAPS_READY = all(p.is_file() for p in family.OFFICIAL_TO_DIFFUSERS.values()) or os.environ.get("VIDPORT_DEV_MAPS")
+pytestmark = pytest.mark.skipif(not MAPS_READY, reason="official->Diffusers maps not committed yet")
+# loader messages that mean a key was missing, unexpected or mis-shaped (diffusers and transformers)
+BAD_LOAD = re.compile(r"not used|not initialized|newly initialized|MISSING|UNEXPECTED|MISMATCH|mismatch",
+                      re.IGNORECASE)
+
+
+def port(*args: str) -> int:
+    """Run `port ...` in-process; returns the exit code."""
+    try:
+        port_main([str(a) for a in args])
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+def convert_args(out: Path, *extra: str) -> list[str]:
+    dev = os.environ.get("VIDPORT_DEV_MAPS")  # DEV ONLY: remove once the committed maps land
+    maps = [a for c in family.COMPONENTS for a in ("--map", f"{c}={dev}/official_to_diffusers_{c}.map")] if dev else []
+    return ["convert", str(RELEASE), "--family", FAMILY, "--out", str(out), "--no-progress", *maps, *extra]
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("convert") / "wan-tiny"
+    assert port(*convert_args(out)) == 0
+    return out
+
+
+class LoadLog(logging.Handler):
+    """Collects diffusers' and transformers' log records while loading."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+    def __enter__(self):
+        self._levels = {}
+        for name in ("diffusers", "transformers"):
+            logger = logging.getLogger(name)
+            self._levels[name] = logger.level
+            logger.setLevel(logging.INFO)  # the loaders' "all weights used" lines are INFO
+            logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        for name in ("diffusers", "transformers"):
+            logger = logging.getLogger(name)
+            logger.removeHandler(self)
+            logger.setLevel(self._levels[name])
+
+    def bad(self) -> list[str]:
+        return [m for m in self.messages if BAD_LOAD.search(m)]
+
+
+def load_pipeline(path: Path):
+    from diffusers import WanPipeline
+
+    with LoadLog() as log:
+        pipe = WanPipeline.from_pretrained(path)
+    return pipe, log
+
+
+# ----------------------------------------------------------------------------------------------
+# The proof: diffusers and the native runtime load the converted repo
+# ----------------------------------------------------------------------------------------------
+def test_layout(converted: Path):
+    for rel in ("model_index.json", "transformer/config.json", "transformer/diffusion_pytorch_model.safetensors",
+                "vae/config.json", "vae/diffusion_pytorch_model.safetensors", "text_encoder/config.json",
+                "text_encoder/model.safetensors", "tokenizer/tokenizer.json", "scheduler/scheduler_config.json",
+                "conversion.json"):
+        assert (converted / rel).is_file(), rel
+    index = json.loads((converted / "model_index.json").read_text())
+    assert index["_class_name"] == "WanPipeline"
+    assert index["transformer"] == ["diffusers", "WanTransformer3DModel"]
+    sched = json.loads((converted / "scheduler/scheduler_config.json").read_text())
+    assert sched["_class_name"] == "UniPCMultistepScheduler"
+    assert sched["prediction_type"] == "flow_prediction" and sched["use_flow_sigmas"] is True
+    assert sched["flow_shift"] == family.SAMPLING["tiny"]["flow_shift"]
+    for f in (RELEASE / "google/umt5-xxl").iterdir():
+        assert (converted / "tokenizer" / f.name).read_bytes() == f.read_bytes()
+    # no temporary folders left beside the target
+    assert [p.name for p in converted.parent.iterdir()] == [converted.name]
+
+
+def test_diffusers_loads_and_denoises(converted: Path):
+    pipe, log = load_pipeline(converted)
+    assert not log.bad(), log.bad()
+    assert any("WanTransformer3DModel" in m for m in log.messages)  # the capture does see diffusers' logs
+    out = pipe("a cat walks on the grass", height=32, width=48, num_frames=5, max_sequence_length=512,
+               num_inference_steps=1, output_type="np", generator=torch.Generator().manual_seed(0))
+    frames = out.frames[0]
+    assert frames.shape == (5, 32, 48, 3)
+    assert torch.isfinite(torch.as_tensor(frames)).all()
+
+
+def test_load_log_catches_missing_and_unexpected(converted: Path, tmp_path: Path):
+    """Negative control: the log check above fails when a key is missing or extra."""
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(converted, broken)
+    for rel in ("transformer/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        sd = load_file(broken / rel)
+        sd.pop(sorted(sd)[-1])
+        sd["not_a_parameter"] = torch.zeros(2)
+        save_file(sd, broken / rel, metadata={"format": "pt"})
+    _, log = load_pipeline(broken)
+    assert len(log.bad()) >= 2
+
+
+def test_values_follow_the_official_release(converted: Path):
+    """Tensors land under their Diffusers names unchanged (the Wan norm2/norm3 swap included)."""
+    dit = open_source(str(RELEASE / "diffusion_pytorch_model.safetensors"))
+    with safe_open(converted / "transformer/diffusion_pytorch_model.safetensors", "pt") as f:
+        assert torch.equal(f.get_tensor("blocks.1.norm2.weight"), dit.get("blocks.1.norm3.weight"))
+        assert torch.equal(f.get_tensor("blocks.0.attn1.to_q.weight"), dit.get("blocks.0.self_attn.q.weight"))
+        assert torch.equal(f.get_tensor("proj_out.weight"), dit.get("head.head.weight"))
+    t5 = torch.load(RELEASE / family.OFFICIAL_FILES["text_encoder"], weights_only=True)
+    with safe_open(converted / "text_encoder/model.safetensors", "pt") as f:
+        assert f.get_tensor("shared.weight").dtype == torch.bfloat16
+        assert torch.equal(f.get_tensor("shared.weight"), t5["token_embedding.weight"])
+        assert torch.equal(f.get_tensor("encoder.embed_tokens.weight"), t5["token_embedding.weight"])
+
+
+def test_native_runtime_loads_strictly(converted: Path):
+    from runtime.loading import load_wan_transformer
+
+    model = load_wan_transformer(converted / "transformer")
+    assert sum(p.numel() for p in model.parameters()) > 0
+    assert not any(p.is_meta for p in model.parameters())
+
+
+def test_conversion_record(converted: Path):
+    rec = json.loads((converted / "conversion.json").read_text())
+    files = {f["path"]: f for f in rec["source"]["files"]}
+    import hashlib
+
+    vae = RELEASE / family.OFFICIAL_FILES["vae"]
+    assert files[vae.name]["sha256"] == hashlib.sha256(vae.read_bytes()).hexdigest()
+    assert files[vae.name]["bytes"] == vae.stat().st_size
+    assert rec["vidport_version"] and rec["family"] == FAMILY and rec["preset"] == "tiny"
+    for comp in family.COMPONENTS:
+        c = rec["components"][comp]
+        assert c["map"]["text"].startswith("# vidport name map v1")
+        assert c["dtype_changes"] == []  # --dtype keep
+
+
+def test_summary_and_json(tmp_path: Path, capsys):
+    assert port(*convert_args(tmp_path / "a")) == 0
+    table = capsys.readouterr().out
+    for comp in (*family.COMPONENTS, "total"):
+        assert comp in table
+    assert port(*convert_args(tmp_path / "b", "--json")) == 0
+    data = json.loads(capsys.readouterr().out)
+    by = {c["component"]: c for c in data["components"]}
+    assert by["transformer"]["tensors"] == len(open_source(str(RELEASE)).keys())
+    assert by["text_encoder"]["dtype"] == "BF16"
+
+
+# ----------------------------------------------------------------------------------------------
+# dtype casting and sharding
+# ----------------------------------------------------------------------------------------------
+def test_bf16_keeps_fp32_modules(tmp_path: Path):
+    from diffusers import WanTransformer3DModel
+
+    out = tmp_path / "bf16"
+    assert port(*convert_args(out, "--dtype", "bf16", "--max-shard-size", "150KB")) == 0
+    src = open_source(str(out / "transformer"))
+    keep = WanTransformer3DModel._keep_in_fp32_modules
+    dtypes = {k: v.dtype for k, v in src.infos.items()}
+    kept = {k for k in dtypes if any(m in k.split(".") for m in keep)}
+    assert kept and {dtypes[k] for k in kept} == {"F32"}
+    assert {dtypes[k] for k in dtypes if k not in kept} == {"BF16"}
+    assert "blocks.0.scale_shift_table" in kept and "condition_embedder.time_embedder.linear_1.weight" in kept
+    assert len(list((out / "transformer").glob("*-of-*.safetensors"))) > 1  # sharded, with an index
+    assert (out / "transformer/diffusion_pytorch_model.safetensors.index.json").is_file()
+    assert {v.dtype for v in open_source(str(out / "vae")).infos.values()} == {"F32"}  # VAE stays fp32
+    rec = json.loads((out / "conversion.json").read_text())
+    changes = rec["components"]["transformer"]["dtype_changes"]
+    assert len(changes) == len(dtypes) - len(kept) and changes[0]["from"] == "F32" and changes[0]["to"] == "BF16"
+    pipe, log = load_pipeline(out)
+    assert not log.bad(), log.bad()
+    assert pipe.transformer.condition_embedder.time_embedder.linear_1.weight.dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------------------------
+# --emit-script: byte-identical safetensors
+# ----------------------------------------------------------------------------------------------
+def test_emitted_script_is_byte_identical(converted: Path, tmp_path: Path):
+    script = tmp_path / "convert_wan.py"
+    for dtype, shard in (("keep", "5GB"), ("fp16", "200KB")):
+        ref = converted if dtype == "keep" else tmp_path / f"ref-{dtype}"
+        if dtype != "keep":
+            assert port(*convert_args(ref, "--dtype", dtype, "--max-shard-size", shard)) == 0
+        assert port(*convert_args(ref, "--dtype", dtype, "--max-shard-size", shard, "--emit-script", script)) == 0
+        text = script.read_text()
+        assert "import vidport" not in text and "from porting" not in text and "from runtime" not in text
+        out = tmp_path / f"script-{dtype}"
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        r = subprocess.run([sys.executable, "-I", str(script), str(RELEASE), str(out)], capture_output=True,
+                           text=True, cwd=tmp_path, env=env)
+        assert r.returncode == 0, r.stderr
+        ours = sorted(p.relative_to(ref) for p in ref.rglob("*") if p.is_file() and p.name != "conversion.json")
+        theirs = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file() and p.name != "conversion.json")
+        assert ours == theirs
+        assert any(p.suffix == ".safetensors" for p in ours)
+        for rel in ours:
+            assert (ref / rel).read_bytes() == (out / rel).read_bytes(), rel
+
+
+# ----------------------------------------------------------------------------------------------
+# Atomicity
+# ----------------------------------------------------------------------------------------------
+def _subprocess_convert(out: Path, kill_after: int | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.pop("VIDPORT_TEST_KILL_AFTER_TENSORS", None)
+    if kill_after is not None:
+        env["VIDPORT_TEST_KILL_AFTER_TENSORS"] = str(kill_after)
+    return subprocess.run([sys.executable, "-m", "porting.cli", *convert_args(out)], capture_output=True,
+                          text=True, cwd=ROOT, env=env)
+
+
+def test_kill_9_leaves_no_target_and_rerun_succeeds(tmp_path: Path, capsys):
+    out = tmp_path / "killed"
+    # killed right after the last tensor: every weight is on disk, configs and the rename are not
+    total = sum(len(open_source(str(RELEASE), c).keys()) for c in family.COMPONENTS) + 1  # + the tie
+    r = _subprocess_convert(out, kill_after=total)
+    assert r.returncode == -9, r.stderr
+    assert not out.exists()
+    leftovers = [p for p in tmp_path.iterdir() if ".vidport-tmp-" in p.name]
+    assert leftovers and any(leftovers[0].rglob("*.safetensors"))  # it had written the weights
+    assert port(*convert_args(out)) == 0
+    assert "left by an interrupted run" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["killed"]
+    _, log = load_pipeline(out)
+    assert not log.bad()
+
+
+def test_existing_target_needs_force(converted: Path, tmp_path: Path, capsys):
+    out = tmp_path / "x"
+    out.mkdir()
+    (out / "keep.txt").write_text("old")
+    assert port(*convert_args(out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "already exists" in err and "--force" in err and len(err.splitlines()) == 1
+    assert (out / "keep.txt").read_text() == "old"
+    assert port(*convert_args(out, "--force")) == 0
+    assert not (out / "keep.txt").exists() and (out / "model_index.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]
+
+
+def test_disk_full_mid_write(tmp_path: Path, capsys, monkeypatch):
+    import porting.convert as engine
+
+    out = tmp_path / "full"
+    out.mkdir()
+    (out / "keep.txt").write_text("old")
+    calls = {"n": 0}
+    real = engine.SafetensorsWriter._write
+
+    def full(self, data):
+        calls["n"] += 1
+        if calls["n"] > 40:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(engine.SafetensorsWriter, "_write", full)
+    assert port(*convert_args(out, "--force")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "disk full" in err and "untouched" in err and len(err.splitlines()) == 1
+    assert (out / "keep.txt").read_text() == "old" and sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]
+
+
+def test_not_enough_space_up_front(tmp_path: Path, capsys, monkeypatch):
+    import porting.convert as engine
+
+    monkeypatch.setattr(engine.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 1000))
+    assert port(*convert_args(tmp_path / "o")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not enough free space" in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# Input errors: one line, exit 2, nothing written
+# ----------------------------------------------------------------------------------------------
+def test_missing_release_files(tmp_path: Path, capsys):
+    broken = tmp_path / "release"
+    shutil.copytree(RELEASE, broken)
+    (broken / family.OFFICIAL_FILES["vae"]).unlink()
+    shutil.rmtree(broken / "google")
+    out = tmp_path / "o"
+    assert port("convert", broken, "--family", FAMILY, "--out", out, "--no-progress") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Wan2.1_VAE.pth" in err and "google/umt5-xxl" in err
+    assert not out.exists()
+
+
+def test_bad_dtype_and_unwritable_out(tmp_path: Path, capsys):
+    assert port(*convert_args(tmp_path / "o", "--dtype", "int8")) == 2
+    assert "int8" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert port(*convert_args(blocker / "o")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(blocker) in err
+    assert port(*convert_args(tmp_path / "o", "--family", "nope")) == 2
+    assert "unknown model family" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_map_that_misses_a_key_is_refused(tmp_path: Path, capsys):
+    text = family.OFFICIAL_TO_DIFFUSERS["transformer"].read_text()
+    broken = tmp_path / "t.map"
+    broken.write_text("\n".join(line for line in text.splitlines() if "norm3" not in line) + "\n")
+    assert port(*convert_args(tmp_path / "o", "--map", f"transformer={broken}")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "match no rule" in err and "norm3" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.map"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Streaming: peak RSS stays near one tensor whatever the checkpoint size
+# ----------------------------------------------------------------------------------------------
+STREAM_CHILD = textwrap.dedent("""
+    import sys, torch
+    from pathlib import Path
+    from safetensors.torch import save_file
+    from porting.convert import TensorSink, open_streaming, plan_component, write_component
+    from porting.namemap import NameMap
+
+    def hwm():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) * 1024
+
+    tmp = Path(sys.argv[1])
+    n, numel = 8, 2 << 20  # 8 tensors of 8 MiB (fp32): 64 MiB per checkpoint
+    for i in range(n):  # written one at a time so that building the inputs stays small too
+        t = {f"w{i}": torch.full((numel,), float(i))}
+        save_file(t, tmp / f"part{i}.safetensors")
+        del t
+    sd = {f"w{i}": torch.full((numel,), float(i)) for i in range(n)}
+    torch.save(sd, tmp / "ckpt.pth")
+    save_file(sd, tmp / "ckpt.safetensors")
+    del sd
+    name_map = NameMap.loads("rename ^w(\\\\d+)$ -> out.\\\\1.weight")
+    shapes = {f"out.{i}.weight": (numel,) for i in range(n)}
+    for name in ("ckpt.pth", "ckpt.safetensors"):
+        src = open_streaming(tmp / name)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
+        base = hwm()
+        comp = plan_component("c", src, name_map, "test", shapes, weights_stem="model", keep_fp32=(),
+                              dtype="keep", max_shard_size=20 << 20)
+        write_component(comp, tmp / ("out-" + name), TensorSink(), lambda b: None)
+        src.close()
+        print(name, hwm() - base, flush=True)
+""")
+
+
+def test_streaming_peak_rss(tmp_path: Path):
+    r = subprocess.run([sys.executable, "-c", STREAM_CHILD, str(tmp_path)], capture_output=True, text=True,
+                       cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    growth = dict(line.split() for line in r.stdout.splitlines())
+    one_tensor = 8 << 20
+    assert set(growth) == {"ckpt.pth", "ckpt.safetensors"}
+    for name, grew in growth.items():
+        # a checkpoint is 64 MiB; holding it (or its mmap pages) would show as >= 64 MiB of growth
+        assert int(grew) < 3 * one_tensor, f"{name}: peak RSS grew {int(grew) >> 20} MiB while streaming"
+    out = open_source(str(tmp_path / "out-ckpt.pth" / "model.safetensors.index.json"))
+    assert len(out.keys()) == 8 and float(out.get("out.7.weight")[0]) == 7.0
