@@ -122,6 +122,11 @@ def main() -> None:
             native.set_attention_backend(name)
             measure(f"vidport eager ({name})", run_native)
     native.set_attention_backend(attention.resolve_backend("auto", "cuda"))
+    for blk in native.blocks:
+        blk.attn.heads_first = False
+    measure("vidport eager (q/k/v sequence-first)", run_native)
+    for blk in native.blocks:
+        blk.attn.heads_first = True
 
     if args.profile:  # eager native, before any compile
         from torch.profiler import ProfilerActivity, profile

@@ -35,12 +35,16 @@ def main() -> None:
     y = torch.randn(B, S, C, device=dev).to(bf)
     results["gated_residual"] = rel(fused.gated_residual(x, y, add), fused._gated_residual_ref(x, y, add))
     qkv = torch.randn(B, S, 3 * C, device=dev).to(bf)
-    q = qkv.chunk(3, dim=-1)[0]  # strided view, as in the model
     w = 1 + 0.1 * torch.randn(C, device=dev)
+    wk = 1 + 0.1 * torch.randn(C, device=dev)
     cos, sin = rope_tables((3, 20, 50), preset("1.3b"), torch.device(dev))
-    got = fused.qk_norm_rope(q, w, cos, sin, 1e-6, H)
-    want = fused.apply_rope(F.rms_norm(q.float(), (C,), w, 1e-6).to(bf).unflatten(-1, (H, -1)), cos, sin)
-    results["qk_norm_rope"] = rel(got, want)
+    q, k, v = qkv.chunk(3, dim=-1)
+    want = [fused.apply_rope(F.rms_norm(t.float(), (C,), ww, 1e-6).to(bf).unflatten(-1, (H, -1)), cos, sin)
+            for t, ww in ((q, w), (k, wk))] + [v.unflatten(-1, (H, -1))]
+    for heads_first in (True, False):
+        got = fused.qkv_norm_rope(qkv, w, wk, cos, sin, 1e-6, H, heads_first=heads_first)
+        for name, g_, w_ in zip("qkv", got, want):
+            results[f"qkv_norm_rope[{name}, heads_first={heads_first}]"] = rel(g_, w_)
     results["rms_norm"] = rel(fused.rms_norm(x, w, 1e-6), F.rms_norm(x.float(), (C,), w, 1e-6).to(bf))
     W = torch.randn(8960, C, device=dev).to(bf) / C**0.5
     bias = 0.02 * torch.randn(8960, device=dev).to(bf)

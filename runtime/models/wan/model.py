@@ -107,18 +107,19 @@ class SelfAttention(nn.Module):
         self.norm_q = RMSNorm(cfg.dim, cfg.eps)
         self.norm_k = RMSNorm(cfg.dim, cfg.eps)
         self.attn_op = AttentionOp()
+        self.heads_first = True  # memory layout of q/k/v on the fused CUDA path (a speed choice only)
 
     def forward(self, x, rope, key_mask=None):
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
-        if fused.enabled_for(x):
-            # one pass each: RMSNorm across heads + RoPE, written as [B, S, heads, head_dim]
-            q = fused.qk_norm_rope(q, self.norm_q.weight, *rope, self.norm_q.eps, self.num_heads)
-            k = fused.qk_norm_rope(k, self.norm_k.weight, *rope, self.norm_k.eps, self.num_heads)
+        qkv = self.qkv(x)  # one GEMM for q, k and v
+        if fused.enabled_for(qkv):  # one launch: split, RMSNorm across heads, RoPE
+            q, k, v = fused.qkv_norm_rope(qkv, self.norm_q.weight, self.norm_k.weight, *rope, self.norm_q.eps,
+                                          self.num_heads, heads_first=self.heads_first)
         else:
+            q, k, v = qkv.chunk(3, dim=-1)
             # [B, S, dim] -> [B, S, heads, head_dim]
             q = apply_rope(self.norm_q(q).unflatten(-1, (self.num_heads, -1)), *rope)
             k = apply_rope(self.norm_k(k).unflatten(-1, (self.num_heads, -1)), *rope)
-        v = fused.heads_first(v, self.num_heads)
+            v = v.unflatten(-1, (self.num_heads, -1))
         return self.proj(self.attn_op(q, k, v, key_mask).flatten(2))
 
 

@@ -1,0 +1,70 @@
+"""Model load time: a Diffusers-format transformer folder -> GPU, vidport's strict loader vs diffusers.
+
+    python benchmarks/bench_load.py            # Wan 1.3B transformer, bf16 safetensors written once to a temp dir
+
+vidport: ``runtime.loading.load_wan_transformer`` (mmap'd safetensors, tensor by tensor, through the name map,
+straight to the device, no random init). diffusers: ``WanTransformer3DModel.from_pretrained(torch_dtype=bf16)
+.to("cuda")``. Each is timed twice: the first run after the other's (page cache warm for both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import diffusers_wan, table  # noqa: E402
+from runtime.models.wan.config import preset  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="1.3b")
+    ap.add_argument("--device", default="cuda")
+    args = ap.parse_args()
+    from diffusers import WanTransformer3DModel
+
+    from runtime.loading import load_wan_transformer
+
+    cfg = preset(args.preset)
+    dev = torch.device(args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "transformer"
+        diffusers_wan(cfg, device="cpu", dtype=torch.bfloat16).save_pretrained(folder)
+        size = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 2**30
+
+        def sync():
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+
+        def ours():
+            return load_wan_transformer(folder, dtype=torch.bfloat16, device=dev)
+
+        def theirs():
+            return WanTransformer3DModel.from_pretrained(folder, torch_dtype=torch.bfloat16).to(dev)
+
+        times = {"vidport load_wan_transformer": [], "diffusers from_pretrained + .to": []}
+        for _ in range(2):
+            for name, fn in (("diffusers from_pretrained + .to", theirs), ("vidport load_wan_transformer", ours)):
+                sync()
+                start = time.perf_counter()
+                model = fn()
+                sync()
+                times[name].append(time.perf_counter() - start)
+                del model
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+    base = min(times["diffusers from_pretrained + .to"])
+    rows = [[k, f"{min(v):.2f}", f"{min(v) / base:.3f}x"] for k, v in times.items()]
+    print(f"# {size:.2f} GiB bf16 safetensors -> {dev}")
+    print(table(rows, ["loader", "seconds (best of 2)", "ratio vs diffusers"]))
+
+
+if __name__ == "__main__":
+    main()
