@@ -179,11 +179,11 @@ class _Module:
     index: str | None = None
     rank: float = 0.0  # rank within its signature class, in [0, 1]
 
-    @property
+    @functools.cached_property
     def signature(self) -> tuple:
         return tuple(sorted(info.shape for info in self.leaves.values()))
 
-    @property
+    @functools.cached_property
     def dtypes(self) -> tuple:
         return tuple(sorted(info.dtype for info in self.leaves.values()))
 
@@ -282,12 +282,16 @@ class _Matcher:
         pairs = sorted(zip(rows.tolist(), cols.tolist()), key=lambda rc: S[rc[0]].pos)
         # pairs whose swap costs the same without key order were decided by order alone
         by_order: dict[int, set[int]] = defaultdict(set)
-        for i, (r1, c1) in enumerate(pairs):
-            for j in range(i + 1, len(pairs)):
-                r2, c2 = pairs[j]
-                if base[r1, c2] + base[r2, c1] <= base[r1, c1] + base[r2, c2] + EPS:
-                    by_order[i].add(j)
-                    by_order[j].add(i)
+        if len(pairs) > 1:
+            r = np.array([p[0] for p in pairs])
+            c = np.array([p[1] for p in pairs])
+            b = base[np.ix_(r, c)]  # b[i, j]: source of pair i with target of pair j
+            d = np.diag(b)
+            swap = (b + b.T) <= (d[:, None] + d[None, :] + EPS)
+            np.fill_diagonal(swap, False)
+            for i, j in zip(*np.nonzero(np.triu(swap))):
+                by_order[int(i)].add(int(j))
+                by_order[int(j)].add(int(i))
         if not self.order_ok:
             for group in _components(by_order):
                 srcs = [S[pairs[i][0]] for i in group]
@@ -346,25 +350,25 @@ class _Matcher:
 
     # --- merges / splits ------------------------------------------------------------------------
     def _merges_and_splits(self) -> None:
-        src_sigs = {m.signature for m in self.smods.values() if m.path not in self.used_s}
-        tgt_sigs = {m.signature for m in self.tmods.values() if m.path not in self.used_t}
-        orphans_t = [m for m in self.tmods.values() if m.path not in self.used_t and m.signature not in src_sigs]
-        orphans_s = [m for m in self.smods.values() if m.path not in self.used_s and m.signature not in tgt_sigs]
+        """Unmatched modules whose last name is spelled by the parts of several unmatched siblings on the
+        other side (qkv <- to_q, to_k, to_v), when the shapes concatenate. A module whose signature the
+        other side also has may still be a merge (a tiny model's kv can look like its ffn input)."""
         free_s = [m for m in self.smods.values() if m.path not in self.used_s]
         free_t = [m for m in self.tmods.values() if m.path not in self.used_t]
-        for t in orphans_t:
-            self._fuse(t, free_s, merge=True)
-        for s in orphans_s:
-            self._fuse(s, free_t, merge=False)
+        index_s, index_t = _PartIndex(free_s), _PartIndex(free_t)
+        for t in free_t:
+            self._fuse(t, index_s, merge=True)
+        for s in free_s:
+            self._fuse(s, index_t, merge=False)
 
-    def _fuse(self, whole: _Module, pool: list[_Module], *, merge: bool) -> None:
-        """Find the group of modules in ``pool`` whose parts concatenate into ``whole``."""
+    def _fuse(self, whole: _Module, index: _PartIndex, *, merge: bool) -> None:
+        """Find the group of sibling modules whose parts concatenate into ``whole``."""
         used = self.used_s if merge else self.used_t
         if whole.path in (self.used_t if merge else self.used_s):
             return
         word = whole.path.rpartition(".")[2]
         best: list[tuple[float, int, list[_Module], tuple[str, ...], int]] = []
-        for group, parts in _part_groups([m for m in pool if m.path not in used], word):
+        for group, parts in index.groups(word, used):
             dim = _concat_dim([g for g in group], whole)
             if dim is None:
                 continue
@@ -529,33 +533,47 @@ def _pair_leaves(s: _Module, t: _Module) -> list[tuple[str, str]]:
     return pairs
 
 
-def _part_groups(pool: list[_Module], word: str):
-    """Sibling modules whose last segments are ``prefix + part + suffix`` and whose parts, in key
-    order, spell ``word`` (q, k, v -> qkv). Yields (modules, parts)."""
-    families: dict[tuple, list[tuple[str, _Module]]] = defaultdict(list)
-    for m in pool:
-        par, _, last = m.path.rpartition(".")
-        for i in range(len(last)):
-            for j in range(i + 1, len(last) + 1):
-                part = last[i:j]
-                if part in word and not part.isdigit():
-                    families[(par, last[:i], last[j:])].append((part, m))
-    for members in families.values():
-        members.sort(key=lambda pm: pm[1].pos)
-        if len(members) < 2:
-            continue
-        # the subsequence of members whose parts concatenate to the word (in order)
-        chosen = _spell(members, word)
-        if chosen and len(chosen) >= 2:
-            yield [m for _, m in chosen], tuple(p for p, _ in chosen)
+class _PartIndex:
+    """Sibling modules whose last segments read ``prefix + part + suffix`` (to_q, to_k, to_v)."""
+
+    def __init__(self, pool: list[_Module]):
+        self.families: dict[tuple, list[tuple[str, _Module]]] = defaultdict(list)
+        self.by_part: dict[str, set[tuple]] = defaultdict(set)
+        for m in pool:
+            par, _, last = m.path.rpartition(".")
+            for i in range(len(last)):
+                for j in range(i + 1, len(last) + 1):
+                    part = last[i:j]
+                    if not part.isdigit():
+                        key = (par, last[:i], last[j:])
+                        self.families[key].append((part, m))
+                        self.by_part[part].add(key)
+
+    def groups(self, word: str, used: set[str]):
+        """Groups of at least two siblings whose parts spell ``word`` (q, k, v -> qkv)."""
+        keys = set()
+        for i in range(len(word)):
+            for j in range(i + 1, len(word) + 1):
+                keys |= self.by_part.get(word[i:j], set())
+        for key in sorted(keys):
+            members = [(p, m) for p, m in self.families[key] if p in word and m.path not in used]
+            if len(members) < 2:
+                continue
+            members.sort(key=lambda pm: pm[1].pos)
+            chosen = _spell(members, word)
+            if chosen and len(chosen) >= 2:
+                yield [m for _, m in chosen], tuple(p for p, _ in chosen)
 
 
 def _spell(members: list[tuple[str, _Module]], word: str) -> list[tuple[str, _Module]] | None:
+    """Members whose parts, in the word's own order, spell ``word`` (qkv: q, then k, then v). The word
+    fixes the concatenation order, so this needs no key order; among several spellings the one that
+    follows key order wins."""
     if not word:
         return []
     for i, (part, m) in enumerate(members):
         if word.startswith(part):
-            rest = _spell(members[i + 1:], word[len(part):])
+            rest = _spell(members[:i] + members[i + 1:], word[len(part):])
             if rest is not None:
                 return [(part, m)] + rest
     return None
