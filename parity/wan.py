@@ -1,0 +1,229 @@
+"""Wan2.1 T2V parity setups: what runs on each side of the harness, per component.
+
+Each setup returns the two modules to hook, the two callables that run them on identical inputs, and
+the name map from the reference's parameter names to the native's. The reference is always external
+code: diffusers (``WanTransformer3DModel``, ``AutoencoderKLWan`` with weights converted by diffusers'
+own ``convert_wan_vae_to_diffusers``, ``WanPipeline``) and transformers (``UMT5EncoderModel``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from parity.harness import IDENTITY_MAP
+from porting.errors import UserError
+from porting.namemap import NameMap, Rule
+from runtime.models.wan import family
+
+PROMPT = "a cat walks on the grass in the sun"
+NEGATIVE = "static, blurry details, worst quality"
+
+
+@dataclass
+class Setup:
+    component: str
+    reference: nn.Module
+    run_reference: Any
+    native: nn.Module
+    run_native: Any
+    name_map: NameMap
+    reference_name: str
+    native_name: str
+
+
+def _versions() -> tuple[str, str]:
+    import diffusers
+    import transformers
+
+    return diffusers.__version__, transformers.__version__
+
+
+def prefixed(maps: dict[str, NameMap]) -> NameMap:
+    """One map over a ModuleDict of components: each component's rules under its prefix."""
+    rules = []
+    for prefix, m in maps.items():
+        for r in m.rules:
+            body = r.pattern[1:] if r.pattern.startswith("^") else r.pattern
+            reps = tuple(f"{prefix}.{rep}" for rep in r.replacements)
+            rules.append(Rule(r.kind, f"^{prefix}\\.{body}", reps, parts=r.parts, dim=r.dim, shape=r.shape,
+                              from_shape=r.from_shape))
+    return NameMap(rules, source="components", target="components")
+
+
+def diffusers_to_native() -> NameMap:
+    return NameMap.load(family.DIFFUSERS_TO_NATIVE)
+
+
+def check_repo(repo: Path, component: str) -> Path:
+    folder = Path(repo) / component
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{repo}: no {component}/config.json; pass a Diffusers-format Wan repo "
+                        "(e.g. written by `port convert`)")
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------
+# transformer: native WanDiT (runtime loader) vs diffusers WanTransformer3DModel, same folder
+# ----------------------------------------------------------------------------------------------
+def transformer_inputs(text_dim: int, device, dtype, *, batch: int = 1, seed: int = 1):
+    """Latents with a non-square token grid (3 x 6 x 10), two timesteps when batch=2, 7 text tokens."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 16, 3, 12, 20, generator=g)
+    t = torch.tensor([999.0, 321.0][:batch] if batch <= 2 else [500.0] * batch)
+    ctx = torch.randn(batch, 7, text_dim, generator=g)
+    return x.to(device, dtype), t.to(device), ctx.to(device, dtype)
+
+
+def transformer_setup(repo: Path, *, dtype=torch.float32, device="cpu", native: nn.Module | None = None) -> Setup:
+    from diffusers import WanTransformer3DModel
+
+    from runtime.loading import load_wan_transformer
+
+    folder = check_repo(repo, "transformer")
+    ref = WanTransformer3DModel.from_pretrained(folder, torch_dtype=dtype).to(device).eval()
+    nat = native if native is not None else load_wan_transformer(folder, dtype=dtype, device=device)
+    cfg = nat.cfg
+    x, t, ctx = transformer_inputs(cfg.text_dim, device, dtype, batch=2)
+    # diffusers' pipeline hands the model a context zero-padded to text_len; the native model pads itself
+    ctx_padded = F.pad(ctx, (0, 0, 0, cfg.text_len - ctx.shape[1]))
+    dv, _ = _versions()
+    return Setup("transformer", ref, lambda: ref(x, t, ctx_padded, return_dict=False)[0], nat,
+                 lambda: nat(x, t, ctx), diffusers_to_native(),
+                 f"diffusers {dv} WanTransformer3DModel", "vidport WanDiT")
+
+
+# ----------------------------------------------------------------------------------------------
+# VAE: the runtime's AutoencoderKLWan (converted repo) vs the official file converted by diffusers
+# ----------------------------------------------------------------------------------------------
+def reference_vae(official_vae: Path, config: dict, *, device="cpu"):
+    """diffusers AutoencoderKLWan with the official ``Wan2.1_VAE.pth`` converted by diffusers' own
+    ``convert_wan_vae_to_diffusers`` (the single-file loader's converter)."""
+    from diffusers import AutoencoderKLWan
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
+    sd = torch.load(official_vae, map_location="cpu", weights_only=True)
+    sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+    vae = AutoencoderKLWan(**{k: v for k, v in config.items() if not k.startswith("_")})
+    missing, unexpected = vae.load_state_dict(convert_wan_vae_to_diffusers(sd), strict=True)
+    return vae.to(device).eval()
+
+
+def vae_setup(repo: Path, official: Path, *, device="cpu", frames: int = 5, height: int = 32,
+              width: int = 48) -> Setup:
+    import json
+
+    from runtime.models.wan.pipeline import load_components  # noqa: F401  (the runtime's loader module)
+    from runtime.models.wan.pipeline import _strict
+
+    folder = check_repo(repo, "vae")
+    official_file = Path(official) / family.OFFICIAL_FILES["vae"] if Path(official).is_dir() else Path(official)
+    if not official_file.is_file():
+        raise UserError(f"{official_file}: no official VAE file; pass --official RELEASE_FOLDER")
+    from diffusers import AutoencoderKLWan
+
+    # the runtime loads the VAE strictly, in fp32 (runtime.models.wan.pipeline.load_components)
+    nat = _strict(AutoencoderKLWan, folder, torch_dtype=torch.float32).to(device).eval()
+    ref = reference_vae(official_file, json.loads((folder / "config.json").read_text()), device=device)
+    g = torch.Generator().manual_seed(2)
+    video = (torch.rand(1, 3, frames, height, width, generator=g) * 2 - 1).to(device)
+
+    def run(vae):
+        z = vae.encode(video).latent_dist.mode()
+        return vae.decode(z, return_dict=False)[0]
+
+    dv, _ = _versions()
+    return Setup("vae", ref, lambda: run(ref), nat, lambda: run(nat), IDENTITY_MAP,
+                 f"diffusers {dv} AutoencoderKLWan + convert_wan_vae_to_diffusers({official_file.name})",
+                 f"runtime AutoencoderKLWan ({folder})")
+
+
+# ----------------------------------------------------------------------------------------------
+# text encoder: the runtime's EncodePrompt vs diffusers WanPipeline's prompt encoding
+# ----------------------------------------------------------------------------------------------
+def text_encoder_setup(repo: Path, *, dtype=torch.float32, device="cpu") -> Setup:
+    from diffusers import WanPipeline
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    from runtime.models.wan.pipeline import EncodePrompt, _strict
+
+    folder = check_repo(repo, "text_encoder")
+    tok_folder = Path(repo) / "tokenizer"
+    tokenizer = AutoTokenizer.from_pretrained(tok_folder)
+    nat = _strict(UMT5EncoderModel, folder, dtype=dtype).to(device).eval()
+    ref = UMT5EncoderModel.from_pretrained(folder, dtype=dtype).to(device).eval()
+    text_len = _text_len(repo)
+    encode = EncodePrompt(tokenizer, nat, text_len, dtype)
+    # diffusers' own prompt encoding, on a pipeline holding only the reference encoder and the tokenizer
+    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=ref, transformer=None, vae=None, scheduler=None)
+
+    def run_ref():
+        return pipe._get_t5_prompt_embeds(PROMPT, max_sequence_length=text_len, device=torch.device(device),
+                                          dtype=dtype)
+
+    dv, tv = _versions()
+    return Setup("text_encoder", ref, run_ref, nat, lambda: encode.embed(PROMPT, torch.device(device)),
+                 IDENTITY_MAP, f"diffusers {dv} WanPipeline._get_t5_prompt_embeds + transformers {tv} "
+                 "UMT5EncoderModel", "runtime EncodePrompt (UMT5EncoderModel)")
+
+
+def _text_len(repo: Path) -> int:
+    from runtime.loading import read_diffusers_config
+
+    cfg = read_diffusers_config(Path(repo) / "transformer")
+    return int(cfg.get("text_len", 512))
+
+
+# ----------------------------------------------------------------------------------------------
+# pipeline: VideoGenerator vs diffusers WanPipeline, same weights, same seed; latents after N steps
+# ----------------------------------------------------------------------------------------------
+def pipeline_setup(repo: Path, *, dtype=torch.float32, device="cpu", steps: int | None = None, seed: int = 0,
+                   cfg: str = "serial", frames: int | None = None, height: int | None = None,
+                   width: int | None = None) -> Setup:
+    from diffusers import WanPipeline
+
+    from runtime.generator import VideoGenerator
+
+    repo = Path(repo)
+    check_repo(repo, "transformer")
+    gen = VideoGenerator.from_pretrained(repo, dtype="fp32" if dtype == torch.float32 else "bf16",
+                                         device=device, attention_backend="sdpa-math", cfg=cfg)
+    pipe = WanPipeline.from_pretrained(repo, torch_dtype=dtype)
+    pipe.vae.to(torch.float32)
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    d = dict(gen.defaults)
+    kw = dict(num_frames=frames or d["num_frames"], height=height or d["height"], width=width or d["width"],
+              num_inference_steps=steps or d["num_inference_steps"], guidance_scale=d["guidance_scale"])
+
+    def run_ref():
+        latents = []
+
+        def keep(p, i, t, tensors):
+            latents.append(tensors["latents"].clone())
+            return tensors
+
+        pipe(PROMPT, negative_prompt=NEGATIVE, generator=torch.Generator("cpu").manual_seed(seed),
+             callback_on_step_end=keep, output_type="np", **kw)
+        return latents[-1]
+
+    def run_native():
+        gen.generate_video(PROMPT, negative_prompt=NEGATIVE, seed=seed, **kw)
+        return gen.last_state.latents
+
+    c = gen.components
+    ref = nn.ModuleDict({"text_encoder": pipe.text_encoder, "transformer": pipe.transformer, "vae": pipe.vae})
+    nat = nn.ModuleDict({"text_encoder": c.text_encoder, "transformer": c.transformer, "vae": c.vae})
+    name_map = prefixed({"text_encoder": IDENTITY_MAP, "transformer": diffusers_to_native(), "vae": IDENTITY_MAP})
+    dv, _ = _versions()
+    return Setup("pipeline", ref, run_ref, nat, run_native, name_map, f"diffusers {dv} WanPipeline",
+                 f"vidport VideoGenerator (cfg={cfg})")
+
+
+SETUPS = {"transformer": transformer_setup, "vae": vae_setup, "text_encoder": text_encoder_setup,
+          "pipeline": pipeline_setup}
