@@ -209,7 +209,10 @@ def test_generation_on_two_ranks_equals_one(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("videos") / "fox.mp4"
     with VideoGenerator.from_pretrained(repo, num_gpus=2, **options) as gen:
-        got = gen.generate_video("a red fox in the snow", output_path=out, **request)
+        steps = []
+        got = gen.generate_video("a red fox in the snow", output_path=out, on_step=lambda i, n: steps.append(i),
+                                 **request)
+        assert steps == [0, 1, 2]  # rank 0's progress reaches the caller
         assert got.shape == want.shape == (5, 32, 48, 3)
         assert (got == want).all(), f"frames differ: max abs {abs(got.astype(int) - want).max()}"
         assert out.stat().st_size > 0 and gen.last_report.settings["num_gpus"] == 2

@@ -41,7 +41,7 @@ def _load(worker: Worker, source, load_kwargs: dict, cfg_parallel: bool) -> dict
 
 def _generate(worker: Worker, prompt: str, kwargs: dict):
     gen = worker.state["generator"]
-    frames = gen.generate_video(prompt, **kwargs)
+    frames = gen.generate_video(prompt, on_step=worker.report_progress, **kwargs)
     return frames, gen.last_report
 
 
@@ -57,12 +57,12 @@ class ParallelVideoGenerator:
 
     def generate_video(self, prompt: str, *, output_path: str | os.PathLike | None = None,
                        on_step: Callable[[int, int], None] | None = None, **kwargs) -> np.ndarray | None:
-        """Same arguments as ``VideoGenerator.generate_video`` (``on_step`` is not forwarded to the ranks).
+        """Same arguments as ``VideoGenerator.generate_video``; ``on_step`` hears rank 0's steps.
         Under torchrun only rank 0 gets the frames (and writes the mp4); other ranks get None."""
         from runtime.pipeline.validate import validate_output_path
 
         out = None if output_path is None else validate_output_path(output_path)
-        result = self.pool.run(_generate, prompt, kwargs)
+        result = self.pool.run(_generate, prompt, kwargs, on_progress=on_step)
         if result is None:  # a torchrun rank other than 0
             return None
         frames, report = result

@@ -16,6 +16,7 @@ back, after it has finished: outputs are written by the caller, never half-way b
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import shutil
@@ -24,6 +25,7 @@ import tempfile
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -47,6 +49,12 @@ class Worker:
     world_size: int
     device: torch.device
     state: dict = field(default_factory=dict, compare=False, repr=False)
+    progress: Callable[..., None] | None = field(default=None, compare=False, repr=False)
+
+    def report_progress(self, *values) -> None:
+        """Pass ``values`` to the caller's ``on_progress`` (rank 0 only; no-op elsewhere or without one)."""
+        if self.progress is not None and self.rank == 0:
+            self.progress(*values)
 
     @property
     def is_main(self) -> bool:
@@ -84,6 +92,7 @@ class WorkerPool:
     """``num_procs`` ranks that stay up between ``run`` calls; close it (or use ``with``) when done.
 
     A failed ``run`` closes the pool: every rank is stopped and the worker's exception re-raised here.
+    A pool still open when the interpreter exits is closed then.
     """
 
     def __init__(self, num_procs: int, *, device: str | None = None, timeout: timedelta = DEFAULT_TIMEOUT):
@@ -92,7 +101,8 @@ class WorkerPool:
         self._procs: list = []
         self._local: Worker | None = None  # under torchrun: this process's rank
         if under_torchrun():
-            self._local, self._owns_group = _join_torchrun(num_procs, device_type, timeout)
+            self._local, owns_group = _join_torchrun(num_procs, device_type, timeout)
+            self._finalizer = weakref.finalize(self, _leave_torchrun, owns_group)
             return
         if isinstance(num_procs, bool) or not isinstance(num_procs, int) or num_procs < 1:
             raise UserError(f"the number of processes must be an integer >= 1, got {num_procs!r}")
@@ -102,38 +112,47 @@ class WorkerPool:
         ctx = mp.get_context("spawn")
         self._messages = ctx.SimpleQueue()
         self._inboxes = [ctx.SimpleQueue() for _ in range(num_procs)]
-        self._store_dir = tempfile.mkdtemp(prefix="vidport-pg-")
-        init_method = f"file://{os.path.join(self._store_dir, 'store')}"
+        store_dir = tempfile.mkdtemp(prefix="vidport-pg-")
+        init_method = f"file://{os.path.join(store_dir, 'store')}"
         self._procs = [ctx.Process(target=_worker_main, name=f"vidport-rank{rank}",
                                    args=(rank, num_procs, device_type, init_method, timeout, self._inboxes[rank],
                                          self._messages, os.getpid()))
                        for rank in range(num_procs)]
+        # runs on close(), on garbage collection, or at interpreter exit (before multiprocessing's own
+        # exit handler, which would otherwise wait forever for the idle ranks)
+        self._finalizer = weakref.finalize(self, _stop_ranks, self._procs, self._inboxes, store_dir, False)
         try:
             for p in self._procs:
                 p.start()
         except BaseException:
-            self.close()
+            self.close(force=True)
             raise
 
-    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """``fn(worker, *args)`` on every rank; rank 0's result (under torchrun: ``None`` off rank 0)."""
+    def run(self, fn: Callable[..., Any], *args: Any, on_progress: Callable[..., None] | None = None) -> Any:
+        """``fn(worker, *args)`` on every rank; rank 0's result (under torchrun: ``None`` off rank 0).
+
+        ``on_progress(*values)`` is called here for every ``worker.progress(*values)`` rank 0 makes.
+        """
         if self._local is not None:
-            result = fn(self._local, *args)
+            result = fn(dataclasses.replace(self._local, progress=on_progress), *args)
             return result if self._local.rank == 0 else None
-        if not self._procs:
+        if not self._finalizer.alive:
             raise WorkerError("this worker pool is closed (a worker failed, or close() was called)")
         try:
             for inbox in self._inboxes:
-                inbox.put((fn, args))
-            return self._wait_for_result()
+                inbox.put((fn, args, on_progress is not None))
+            return self._wait_for_result(on_progress)
         except BaseException:
-            self.close()
+            self.close(force=True)
             raise
 
-    def _wait_for_result(self) -> Any:
+    def _wait_for_result(self, on_progress) -> Any:
         while True:
             if not self._messages.empty():
                 kind, rank, body = self._messages.get()
+                if kind == "progress":
+                    on_progress(*body)
+                    continue
                 if kind == "error":
                     self._raise_first_cause(rank, body)
                 return pickle.loads(body)
@@ -162,32 +181,15 @@ class WorkerPool:
         raise WorkerError(f"rank {r} of {self.num_procs} {how} without reporting an error "
                           "(out of memory? see its output above)")
 
-    def close(self) -> None:
-        """Stop every rank: politely, then by signal."""
+    def close(self, force: bool = False) -> None:
+        """Stop every rank: politely (``force``: at once, by signal)."""
         if self._local is not None:
-            if self._owns_group and dist.is_initialized():
-                dist.destroy_process_group()
-            self._local = None
+            self._finalizer()
             return
-        procs, self._procs = self._procs, []
-        if not procs:
-            return
-        for p, inbox in zip(procs, self._inboxes):
-            if p.is_alive():
-                inbox.put(None)
-        deadline = time.monotonic() + 10
-        for p in procs:
-            p.join(timeout=max(0.0, deadline - time.monotonic()))
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-        deadline = time.monotonic() + 5
-        for p in procs:
-            p.join(timeout=max(0.0, deadline - time.monotonic()))
-            if p.is_alive():
-                p.kill()
-                p.join()
-        shutil.rmtree(self._store_dir, ignore_errors=True)
+        detached = self._finalizer.detach()
+        if detached is not None:
+            _, stop, (procs, inboxes, store_dir, _), _ = detached
+            stop(procs, inboxes, store_dir, force)
 
     def __enter__(self) -> WorkerPool:
         return self
@@ -195,11 +197,31 @@ class WorkerPool:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
+
+def _stop_ranks(procs, inboxes, store_dir: str, force: bool) -> None:
+    if not force:
+        for p, inbox in zip(procs, inboxes):
+            if p.is_alive():
+                inbox.put(None)
+        deadline = time.monotonic() + 10
+        for p in procs:
+            p.join(timeout=max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + 5
+    for p in procs:
+        p.join(timeout=max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join()
+    if store_dir:
+        shutil.rmtree(store_dir, ignore_errors=True)
+
+
+def _leave_torchrun(owns_group: bool) -> None:
+    if owns_group and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -235,8 +257,9 @@ def _worker_main(rank, world, device_type, init_method, timeout, inbox, messages
     try:
         worker = _start_rank(rank, world, device_type, init_method, timeout)
         while (job := inbox.get()) is not None:
-            fn, args = job
-            result = fn(worker, *args)
+            fn, args, wants_progress = job
+            progress = (lambda *values: messages.put(("progress", rank, values))) if wants_progress else None
+            result = fn(dataclasses.replace(worker, progress=progress), *args)
             if rank == 0:
                 # pickled here (tensors by value), so nothing refers to this process once it exits
                 messages.put(("result", rank, pickle.dumps(result)))
