@@ -1,0 +1,103 @@
+"""Attention backends: every backend this machine can run equals the SDPA math kernel; asking for one
+that cannot run is one clear line listing what can; the environment variable overrides; ``auto``
+follows its table."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from porting.errors import UserError
+from runtime import attention
+from runtime.attention import ENV_OVERRIDE, available_backends, get_backend, resolve_backend
+from runtime.models.wan.config import preset
+from runtime.models.wan.model import WanDiT
+
+CPU_BACKENDS = available_backends("cpu")
+
+
+@pytest.fixture(autouse=True)
+def no_override(monkeypatch):
+    monkeypatch.delenv(ENV_OVERRIDE, raising=False)
+
+
+def qkv(seed=0, batch=2, seq=37, heads=3, head_dim=16):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, seq, heads, head_dim, generator=g) for _ in range(3)]
+
+
+def test_cpu_runs_the_portable_backends():
+    assert CPU_BACKENDS == ["sdpa", "sdpa-flash", "sdpa-math"]
+
+
+@pytest.mark.parametrize("name", CPU_BACKENDS)
+def test_backend_equals_sdpa_math(name):
+    q, k, v = qkv()
+    want = attention.sdpa_math(q, k, v)
+    got = get_backend(name)(q, k, v)
+    assert got.shape == q.shape  # [B, S, H, D] in and out
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5, msg=lambda m: f"{name} vs sdpa-math: {m}")
+
+
+@pytest.mark.parametrize("name", CPU_BACKENDS)
+def test_backend_key_mask_equals_dropping_the_keys(name):
+    q, k, v = qkv(seed=1)
+    keep = torch.ones(2, 37, dtype=torch.bool)
+    keep[0, 30:] = False  # batch element 0 has 7 padded keys
+    got = get_backend(name)(q, k, v, keep)
+    want0 = attention.sdpa_math(q[:1], k[:1, :30], v[:1, :30])
+    torch.testing.assert_close(got[:1], want0, rtol=0, atol=1e-5)
+    torch.testing.assert_close(got[1:], attention.sdpa_math(q[1:], k[1:], v[1:]), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", CPU_BACKENDS)
+def test_tiny_dit_same_output_on_every_backend(name):
+    torch.manual_seed(0)
+    model = WanDiT(preset("tiny")).eval()
+    x, t, ctx = torch.randn(1, 16, 2, 6, 8), torch.tensor([500.0]), torch.randn(1, 5, 32)
+    with torch.no_grad():
+        model.set_attention_backend("sdpa-math")
+        want = model(x, t, ctx)
+        model.set_attention_backend(resolve_backend(name, "cpu"))
+        got = model(x, t, ctx)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_unavailable_backend_is_one_clear_line():
+    with pytest.raises(UserError) as info:
+        resolve_backend("sdpa-cudnn", "cpu")
+    message = str(info.value)
+    assert message == ("attention backend 'sdpa-cudnn' cannot run on cpu; "
+                       "runnable here: auto, sdpa, sdpa-flash, sdpa-math")
+    assert isinstance(info.value, ValueError)  # callers catching ValueError keep working
+
+
+def test_unknown_backend_lists_the_runnable_ones():
+    with pytest.raises(UserError, match=r"^unknown attention backend 'xformers'; runnable here: auto, sdpa, "):
+        resolve_backend("xformers", "cpu")
+
+
+def test_environment_variable_overrides(monkeypatch):
+    assert resolve_backend("sdpa", "cpu") == "sdpa"
+    monkeypatch.setenv(ENV_OVERRIDE, "sdpa-math")
+    assert resolve_backend("sdpa", "cpu") == "sdpa-math"
+    assert resolve_backend(None, "cpu") == "sdpa-math"
+    monkeypatch.setenv(ENV_OVERRIDE, "flash-attn")
+    with pytest.raises(UserError, match=f"^attention backend {ENV_OVERRIDE}=flash-attn cannot run on cpu;"):
+        resolve_backend("sdpa", "cpu")
+
+
+def test_auto_follows_the_table(monkeypatch):
+    assert resolve_backend("auto", "cpu") == "sdpa"
+    assert resolve_backend(None, "cpu") == "sdpa"
+    # pretend to be a GPU of a given compute capability; the table decides
+    capability = {"value": (9, 0)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability["value"])
+    assert resolve_backend("auto", "cuda", torch.bfloat16) == "sdpa-cudnn"  # Hopper, measured fastest
+    assert resolve_backend("auto", "cuda", torch.float32) == "sdpa"  # cuDNN attention has no fp32 kernel
+    capability["value"] = (8, 0)
+    assert resolve_backend("auto", "cuda", torch.bfloat16) == "sdpa"
+    assert "sdpa-cudnn" in available_backends("cuda") and "sdpa-efficient" in available_backends("cuda")
+    for rule in attention.AUTO_RULES:  # every rule names a real backend and says where it comes from
+        assert rule.backend in attention.BACKENDS and rule.measured
