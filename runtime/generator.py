@@ -107,7 +107,7 @@ class VideoGenerator:
         torch_dtype = resolve_dtype(dtype, device)
         folder = resolve_repo(path_or_hub_id)
         module = pipeline_module(folder)
-        backend = _resolve_backend(attention_backend, device)
+        backend = _resolve_backend(attention_backend, device, torch_dtype)
         components = module.load_components(folder, dtype=torch_dtype, device=device, scheduler=scheduler,
                                             flow_shift=flow_shift)
         components.transformer.set_attention_backend(backend)
@@ -195,11 +195,11 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     raise UserError(f"dtype {dtype!r} is not supported; choose bf16 or fp32")
 
 
-def _resolve_backend(name: str | None, device: torch.device) -> str:
+def _resolve_backend(name: str | None, device: torch.device, dtype: torch.dtype | None = None) -> str:
     from runtime.attention import resolve_backend
 
     try:
-        return resolve_backend(name, device)
+        return resolve_backend(name, device, dtype)  # auto depends on the dtype (no fp32 cuDNN kernel)
     except UserError:
         raise
     except ValueError as e:
