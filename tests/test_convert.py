@@ -27,8 +27,6 @@ from runtime.models.wan import family
 ROOT = Path(__file__).resolve().parents[1]
 RELEASE = ROOT / "official_weights" / "wan2.1-t2v-tiny"
 FAMILY = "wan2.1-t2v"
-MAPS_READY = all(p.is_file() for p in family.OFFICIAL_TO_DIFFUSERS.values()) or os.environ.get("VIDPORT_DEV_MAPS")
-pytestmark = pytest.mark.skipif(not MAPS_READY, reason="official->Diffusers maps not committed yet")
 # loader messages that mean a key was missing, unexpected or mis-shaped (diffusers and transformers)
 BAD_LOAD = re.compile(r"not used|not initialized|newly initialized|MISSING|UNEXPECTED|MISMATCH|mismatch",
                       re.IGNORECASE)
@@ -44,9 +42,7 @@ def port(*args: str) -> int:
 
 
 def convert_args(out: Path, *extra: str) -> list[str]:
-    dev = os.environ.get("VIDPORT_DEV_MAPS")  # DEV ONLY: remove once the committed maps land
-    maps = [a for c in family.COMPONENTS for a in ("--map", f"{c}={dev}/official_to_diffusers_{c}.map")] if dev else []
-    return ["convert", str(RELEASE), "--family", FAMILY, "--out", str(out), "--no-progress", *maps, *extra]
+    return ["convert", str(RELEASE), "--family", FAMILY, "--out", str(out), "--no-progress", *extra]
 
 
 @pytest.fixture(scope="module")

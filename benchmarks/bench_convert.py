@@ -1,0 +1,131 @@
+"""Benchmark `port convert` on a synthetic official release at the real Wan2.1 1.3B DiT shapes.
+
+    python benchmarks/bench_convert.py [--workdir /tmp] [--dtype keep] [--keep-files]
+
+Writes (once) a 5.7 GB fp32 DiT safetensors with the 825 keys and shapes of the real
+Wan2.1-T2V-1.3B release (runtime/models/wan/reference/official_dit_1.3b_keys.txt, random data) plus
+the official 1.3B config.json; the VAE, umT5 and tokenizer are the tiny ones of the embedded release
+(the DiT is what is big). Then, on the same disk:
+
+- `cp` of the DiT file followed by `sync` of the copy (fsync'd, as `port convert` fsyncs its shards);
+- `port convert` in a child process: wall time, the transformer component's own seconds, and the
+  child's peak RSS (``ru_maxrss`` from wait4).
+
+Targets (issue 4): conversion >= 0.5x the throughput of `cp`, peak RSS < 1 GB. Everything written is
+removed at the end unless --keep-files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from porting.convert import safetensors_header, tensor_bytes  # noqa: E402
+from runtime.models.wan import family  # noqa: E402
+from runtime.models.wan.tiny_release import read_listing  # noqa: E402
+
+TINY = ROOT / "official_weights" / "wan2.1-t2v-tiny"
+
+
+def make_release(folder: Path) -> int:
+    """A 1.3B-shaped official release; returns the DiT file's size. Tensors are written one at a time."""
+    folder.mkdir(parents=True)
+    listing = read_listing(family.REFERENCE_KEYS / "official_dit_1.3b_keys.txt")
+    entries = [(name, "F32", shape, 4 * _numel(shape)) for name, shape in listing]
+    gen = torch.Generator().manual_seed(0)
+    path = folder / family.OFFICIAL_FILES["transformer"]
+    with open(path, "wb") as f:
+        f.write(safetensors_header(entries))
+        for _name, _, shape, _ in entries:
+            f.write(tensor_bytes(torch.rand(shape, generator=gen)))
+    (folder / "config.json").write_text(json.dumps(family.dit_config("1.3b").to_official(), indent=4) + "\n")
+    for name in (family.OFFICIAL_FILES["vae"], family.OFFICIAL_FILES["text_encoder"]):
+        shutil.copyfile(TINY / name, folder / name)
+    shutil.copytree(TINY / family.OFFICIAL_FILES["tokenizer"], folder / family.OFFICIAL_FILES["tokenizer"])
+    return path.stat().st_size
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def timed_child(cmd: list[str]) -> tuple[float, int, str]:
+    """Run a command; (wall seconds, peak RSS bytes of the child, stdout)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    out = proc.stdout.read()
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {err.decode()[-2000:]}")
+    return wall, usage.ru_maxrss * 1024, out.decode()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", default=tempfile.gettempdir(), help="folder on the disk to measure")
+    ap.add_argument("--dtype", default="keep", choices=["keep", "bf16", "fp16", "fp32"])
+    ap.add_argument("--keep-files", action="store_true")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench_convert-", dir=args.workdir))
+    try:
+        release = work / "release"
+        t0 = time.perf_counter()
+        size = make_release(release)
+        print(f"synthetic release: {size / 1e9:.2f} GB DiT in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        dit = release / family.OFFICIAL_FILES["transformer"]
+
+        copy = work / "copy.safetensors"
+        cp_wall, _, _ = timed_child(["sh", "-c", f"cp '{dit}' '{copy}' && sync '{copy}'"])
+        copy.unlink()
+
+        out = work / "converted"
+        cmd = [sys.executable, "-m", "porting.cli", "convert", str(release), "--family", "wan2.1-t2v",
+               "--out", str(out), "--dtype", args.dtype, "--no-progress", "--json"]
+        wall, rss, stdout = timed_child(cmd)
+        report = {c["component"]: c for c in json.loads(stdout)["components"]}
+        dit_s = report["transformer"]["seconds"]
+        written = report["transformer"]["bytes"]
+        result = {
+            "dit_bytes": size,
+            "dtype": args.dtype,
+            "cp_seconds": round(cp_wall, 2),
+            "cp_GBps": round(size / cp_wall / 1e9, 3),
+            "convert_wall_seconds": round(wall, 2),
+            "convert_transformer_seconds": round(dit_s, 2),
+            "convert_GBps_transformer": round(size / dit_s / 1e9, 3),
+            "convert_GBps_end_to_end": round(size / wall / 1e9, 3),
+            "ratio_vs_cp_transformer": round(cp_wall / dit_s, 2),
+            "ratio_vs_cp_end_to_end": round(cp_wall / wall, 2),
+            "bytes_written_transformer": written,
+            "peak_rss_MB": round(rss / 1e6, 1),
+            "cpus": os.cpu_count(),
+        }
+        print(json.dumps(result, indent=2))
+    finally:
+        if args.keep_files:
+            print(f"kept {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
