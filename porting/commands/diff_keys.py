@@ -46,7 +46,10 @@ def diff_keys(source: str, target: str, component: str | None, as_json: bool, wr
     if write_map is not None:
         try:
             write_map.parent.mkdir(parents=True, exist_ok=True)
-            write_map.write_text(result.name_map.dumps())
+            head, _, body = result.name_map.dumps().partition("\n")
+            provenance = f"# written by: port diff-keys {source} {target}" + (f" --component {component}"
+                                                                             if component else "")
+            write_map.write_text(f"{head}\n{provenance}\n{body}")
         except OSError as e:
             raise UserError(f"{write_map}: cannot write the map ({e.strerror})") from None
     if as_json:
