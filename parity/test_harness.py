@@ -187,7 +187,8 @@ def test_batched_native_call_matches_list_of_samples():
     row = report.row("0")
     assert row.status == "pass" and "batched" in row.note
     nat[0].bias.data += 1e-3
-    assert run_parity(ref, lambda: (ref(a), ref(b)), nat, lambda: nat(torch.cat([a, b]))).first_failure.pair.native == "0"
+    report = run_parity(ref, lambda: (ref(a), ref(b)), nat, lambda: nat(torch.cat([a, b])))
+    assert report.first_failure.pair.native == "0"
 
 
 def test_metrics_count_nan_and_fail():

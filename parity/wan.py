@@ -114,11 +114,10 @@ def reference_vae(official_vae: Path, config: dict, *, device="cpu"):
     return vae.to(device).eval()
 
 
-def vae_setup(repo: Path, official: Path, *, device="cpu", frames: int = 5, height: int = 32,
-              width: int = 48) -> Setup:
+def vae_setup(repo: Path, official: Path, *, device="cpu", frames: int = 5, height: int = 16,
+              width: int = 24) -> Setup:
     import json
 
-    from runtime.models.wan.pipeline import load_components  # noqa: F401  (the runtime's loader module)
     from runtime.models.wan.pipeline import _strict
 
     folder = check_repo(repo, "vae")
