@@ -123,10 +123,10 @@ def main() -> None:
             measure(f"vidport eager ({name})", run_native)
     native.set_attention_backend(attention.resolve_backend("auto", "cuda"))
     for blk in native.blocks:
-        blk.attn.heads_first = False
-    measure("vidport eager (q/k/v sequence-first)", run_native)
-    for blk in native.blocks:
         blk.attn.heads_first = True
+    measure("vidport eager (q/k/v heads-first)", run_native)
+    for blk in native.blocks:
+        blk.attn.heads_first = False
 
     if args.profile:  # eager native, before any compile
         from torch.profiler import ProfilerActivity, profile

@@ -63,7 +63,10 @@ def load_into(module: nn.Module, source: StateDictSource, name_map: NameMap | No
         dtype = dtype_fn(op.target, tensor) if dtype_fn else (
             current.dtype if current.dtype.is_floating_point else tensor.dtype)
         dev = device if device is not None else (current.device if not current.is_meta else "cpu")
-        _set_tensor(module, op.target, tensor.to(device=dev, dtype=dtype))
+        value = tensor.to(device=dev, dtype=dtype)
+        if value._base is not None:  # a view of a staged buffer or a split: own the memory
+            value = value.clone()
+        _set_tensor(module, op.target, value)
         loaded.add(op.target)
     return loaded
 
@@ -104,6 +107,7 @@ def load_wan_transformer(folder: str | Path, *, dtype: torch.dtype = torch.float
     with torch.device("meta"):
         model = WanDiT(config)
     source = open_source(str(folder))
+    source.stage_on(device)  # on a GPU: the file's bytes in large pinned chunks, then views (fast)
     name_map = NameMap.load(family.DIFFUSERS_TO_NATIVE)
 
     def pick(name, tensor):
