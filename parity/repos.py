@@ -31,7 +31,8 @@ def converted_tiny_repo(out: Path, release: Path = TINY_RELEASE) -> tuple[Path, 
 
         from porting.cli import cli
 
-        result = CliRunner().invoke(cli, ["convert", str(release), "--family", family.NAME, "--out", str(out)])
+        args = ["convert", str(release), "--family", family.NAME, "--out", str(out), "--no-progress"]
+        result = CliRunner().invoke(cli, args)
         if result.exit_code != 0:
             raise UserError(f"port convert {release} failed: {result.output.strip().splitlines()[-1:]}"
                             f"{result.exception or ''}")

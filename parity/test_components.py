@@ -50,7 +50,7 @@ def test_text_encoder(tiny_repo):
 @pytest.mark.skipif(importlib.util.find_spec("runtime.generator") is None, reason="runtime.generator not present")
 @pytest.mark.parametrize("cfg", ["serial", "batched"])
 def test_pipeline_latents(tiny_repo, cfg):
-    report = run(SETUPS["pipeline"](tiny_repo, steps=3, cfg=cfg, height=16, width=24))
+    report = run(SETUPS["pipeline"](tiny_repo, steps=3, cfg=cfg, height=16, width=32))
     calls = report.row("transformer").calls
     assert calls == (6 if cfg == "serial" else 3)  # 3 steps, guidance on: cond + uncond
     assert report.row("<output>").status == "pass"  # the latents after 3 steps

@@ -192,7 +192,7 @@ def pipeline_setup(repo: Path, *, dtype=torch.float32, device="cpu", steps: int 
     check_repo(repo, "transformer")
     gen = VideoGenerator.from_pretrained(repo, dtype="fp32" if dtype == torch.float32 else "bf16",
                                          device=device, attention_backend="sdpa-math", cfg=cfg)
-    pipe = WanPipeline.from_pretrained(repo, torch_dtype=dtype)
+    pipe = WanPipeline.from_pretrained(repo, dtype=dtype)
     pipe.vae.to(torch.float32)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
