@@ -1,0 +1,24 @@
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+TINY_RELEASE = Path(__file__).resolve().parents[1] / "official_weights" / "wan2.1-t2v-tiny"
+
+
+@pytest.fixture(scope="session")
+def converted_tiny_release(tmp_path_factory) -> Path:
+    """The embedded tiny official release, converted by `port convert` into a Diffusers-format repo
+    (once per session). Read-only for tests: copy it before changing anything."""
+    from porting.cli import main
+
+    out = tmp_path_factory.mktemp("converted") / "wan2.1-t2v-tiny"
+    try:
+        main(["convert", str(TINY_RELEASE), "--family", "wan2.1-t2v", "--out", str(out), "--no-progress"])
+    except SystemExit as e:
+        if e.code:
+            pytest.fail(f"port convert of {TINY_RELEASE} failed (exit {e.code})")
+    return out
