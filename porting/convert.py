@@ -94,14 +94,20 @@ class StreamingSafetensors(StateDictSource):
                 self._where[k] = (path, base + start, end - start)
         self._fds: dict[Path, int] = {}
 
-    def get(self, name: str) -> torch.Tensor:
+    def locate(self, name: str) -> tuple[int, int, int]:
+        """(open file descriptor, absolute offset, byte count) of a tensor's raw bytes."""
         path, offset, nbytes = self._where[name]
+        fd = self._fds.get(path)
+        if fd is None:
+            fd = self._fds[path] = os.open(path, os.O_RDONLY)
+        return fd, offset, nbytes
+
+    def get(self, name: str) -> torch.Tensor:
+        fd, offset, nbytes = self.locate(name)
+        path = self._where[name][0]
         info = self._infos[name]
         out = torch.empty(info.shape, dtype=SAFETENSORS_DTYPES[info.dtype])
         if nbytes:
-            fd = self._fds.get(path)
-            if fd is None:
-                fd = self._fds[path] = os.open(path, os.O_RDONLY)
             buf = memoryview(out.reshape(-1).view(torch.uint8).numpy())
             done = 0
             while done < nbytes:
@@ -388,6 +394,30 @@ class SafetensorsWriter:
         self.next += 1
         self.sink.written()
 
+    def copy(self, name: str, fd: int, offset: int, nbytes: int) -> None:
+        """Write a tensor whose bytes already lie in a file, unchanged: copied in the kernel
+        (copy_file_range, as `cp` does), never through Python memory."""
+        spec = self.layout[self.next]
+        if name != spec.name or nbytes != spec.nbytes:
+            raise RuntimeError(f"writer expected {spec.name} ({spec.nbytes} bytes), got {name} ({nbytes} bytes)")
+        done = 0
+        while done < nbytes:
+            try:
+                n = os.copy_file_range(fd, self.f.fileno(), nbytes - done, offset + done)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                n = 0
+            if n == 0:  # unsupported here or end of file: copy through a buffer
+                chunk = os.pread(fd, min(nbytes - done, 64 << 20), offset + done)
+                if not chunk:
+                    raise ConvertError(f"source file ended inside tensor {name!r} (truncated download?)")
+                self._write(chunk)
+                n = len(chunk)
+            done += n
+        self.next += 1
+        self.sink.written()
+
     def close(self) -> None:
         if self.next != len(self.layout):
             raise RuntimeError(f"{self.path}: {len(self.layout) - self.next} tensors were never written")
@@ -404,6 +434,12 @@ def write_component(comp: ComponentPlan, folder: Path, sink: TensorSink,
         writer = SafetensorsWriter(folder / shard_name, layout, sink)
         try:
             for t in layout:
+                where[t.name] = shard_name
+                if t.dtype == t.source_dtype and t.op.kind in ("rename", "tie", "reshape") and \
+                        isinstance(comp.source, StreamingSafetensors):
+                    writer.copy(t.name, *comp.source.locate(t.op.sources[0]))  # bytes unchanged
+                    on_bytes(t.nbytes)
+                    continue
                 fetched: list[torch.Tensor] = []
 
                 def get(key: str, _fetched=fetched) -> torch.Tensor:
@@ -417,7 +453,6 @@ def write_component(comp: ComponentPlan, folder: Path, sink: TensorSink,
                     for src in fetched:
                         release(src)
                 del fetched, out
-                where[t.name] = shard_name
                 on_bytes(t.nbytes)
         finally:
             if not writer.f.closed:
@@ -468,11 +503,13 @@ class Hasher(threading.Thread):
 
     def run(self) -> None:
         try:
+            buf = bytearray(8 << 20)
+            view = memoryview(buf)
             for path in self.files:
                 h = hashlib.sha256()
-                with open(path, "rb") as f:
-                    while chunk := f.read(8 << 20):
-                        h.update(chunk)
+                with open(path, "rb", buffering=0) as f:
+                    while n := f.readinto(buf):
+                        h.update(view[:n])
                 self.result[path] = h.hexdigest()
         except BaseException as e:  # noqa: BLE001 - reported by the main thread
             self.error = e
