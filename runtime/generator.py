@@ -221,19 +221,24 @@ def resolve_repo(path_or_hub_id: str | os.PathLike) -> Path:
 
 
 def download(repo_id: str) -> Path:
+    from huggingface_hub import errors as hub
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
-    hint = "pass a local Diffusers-format folder, or run `port convert` on an official release"
     try:
         return Path(snapshot_download(repo_id, allow_patterns=["model_index.json", "*/*.json", "*/*.safetensors",
                                                                "tokenizer/*", "*/*.model"]))
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled, OSError) as e:
-        raise UserError(f"cannot download {repo_id} from the Hugging Face hub ({type(e).__name__}); {hint}") \
-            from None
-    except HfHubHTTPError as e:
-        status = getattr(getattr(e, "response", None), "status_code", None)
-        raise UserError(f"cannot download {repo_id} from the Hugging Face hub (HTTP {status}); {hint}") from None
+    except (hub.LocalEntryNotFoundError, hub.OfflineModeIsEnabled):
+        reason = "offline or hub unreachable, and not in the local cache"
+    except hub.GatedRepoError:
+        reason = "gated repo: accept its license on the hub, then `hf auth login`"
+    except hub.RepositoryNotFoundError:
+        reason = "no such repo on the hub, or it is private"
+    except hub.HfHubHTTPError as e:
+        reason = f"HTTP {getattr(getattr(e, 'response', None), 'status_code', '?')}"
+    except OSError as e:
+        reason = f"{type(e).__name__}: {e}".splitlines()[0]
+    raise UserError(f"cannot download {repo_id} from the Hugging Face hub ({reason}); pass a local "
+                    "Diffusers-format folder, or run `port convert` on an official release")
 
 
 def pipeline_module(folder: Path):
