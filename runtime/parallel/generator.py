@@ -49,8 +49,9 @@ class ParallelVideoGenerator:
     """``VideoGenerator``'s ``generate_video``/``last_report`` over ``num_gpus`` ranks. ``close()`` (or
     ``with``) stops the ranks; a failed generation stops them too and re-raises the worker's error."""
 
-    def __init__(self, pool: WorkerPool, source: str, info: dict, num_gpus: int, cfg_parallel: bool):
-        self.pool, self.source = pool, source
+    def __init__(self, pool: WorkerPool, source: str, info: dict, num_gpus: int, cfg_parallel: bool,
+                 load_seconds: float = 0.0):
+        self.pool, self.source, self.load_seconds = pool, source, load_seconds
         self.defaults = info["defaults"]
         self.num_gpus, self.cfg_parallel = num_gpus, cfg_parallel
         self.last_report = None
@@ -67,6 +68,7 @@ class ParallelVideoGenerator:
             return None
         frames, report = result
         report.settings.update(num_gpus=self.num_gpus, cfg_parallel=self.cfg_parallel)
+        report.timings["load"] = self.load_seconds  # as the caller saw it: starting the ranks included
         if out is not None:
             from runtime.video import write_mp4
 
@@ -100,6 +102,7 @@ def from_pretrained(path_or_hub_id, *, num_gpus: int, device=None, cfg_parallel:
     device_type = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     if cfg_parallel and num_gpus % 2:
         raise UserError(f"cfg_parallel needs an even number of GPUs, got num_gpus={num_gpus}")
+    start = time.perf_counter()
     folder = resolve_repo(path_or_hub_id)  # download once, in the caller, before any rank starts
     if not isinstance(timeout, timedelta):
         timeout = timedelta(seconds=timeout)
@@ -111,4 +114,5 @@ def from_pretrained(path_or_hub_id, *, num_gpus: int, device=None, cfg_parallel:
         raise
     if info is None:  # torchrun rank other than 0: defaults are the same everywhere
         info = {"defaults": pool._local.state["generator"].defaults}
-    return ParallelVideoGenerator(pool, str(path_or_hub_id), info, num_gpus, cfg_parallel)
+    return ParallelVideoGenerator(pool, str(path_or_hub_id), info, num_gpus, cfg_parallel,
+                                  load_seconds=time.perf_counter() - start)

@@ -17,6 +17,7 @@ back, after it has finished: outputs are written by the caller, never half-way b
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing.util
 import os
 import pickle
 import shutil
@@ -190,6 +191,7 @@ class WorkerPool:
         if detached is not None:
             _, stop, (procs, inboxes, store_dir, _), _ = detached
             stop(procs, inboxes, store_dir, force)
+            self._messages = None  # release the queues' semaphores now, not at interpreter exit
 
     def __enter__(self) -> WorkerPool:
         return self
@@ -215,6 +217,7 @@ def _stop_ranks(procs, inboxes, store_dir: str, force: bool) -> None:
         if p.is_alive():
             p.kill()
             p.join()
+    inboxes.clear()
     if store_dir:
         shutil.rmtree(store_dir, ignore_errors=True)
 
@@ -272,7 +275,10 @@ def _worker_main(rank, world, device_type, init_method, timeout, inbox, messages
             payload = None
         messages.put(("error", rank, (payload, f"{type(exc).__name__}: {exc}", traceback.format_exc())))
         _exit(1)  # skip process-group teardown: peers may be stuck in a collective
-    _exit(0)  # skip the interpreter's slow teardown; everything is closed
+    # multiprocessing's exit handler unregisters the semaphores this process made (tqdm's locks); the
+    # rest of the interpreter's teardown is slow and has nothing left to do
+    multiprocessing.util._exit_function()
+    _exit(0)
 
 
 def _exit(code: int) -> None:
