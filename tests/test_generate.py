@@ -369,3 +369,26 @@ def _read_ffmpeg(path):
 
     with imageio.get_reader(path, format="FFMPEG") as reader:
         yield from reader
+
+
+@pytest.mark.parametrize("component,file", [("text_encoder", "model.safetensors"),
+                                            ("vae", "diffusion_pytorch_model.safetensors")])
+def test_strict_load_of_library_components(tiny_repo, tmp_path, component, file):
+    """transformers/diffusers only warn about missing tensors (and initialize them randomly): we fail."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from runtime import VideoGenerator
+
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repo, repo)
+    tensors = load_file(repo / component / file)
+    dropped = [k for k in sorted(tensors) if "shared" not in k and "embed_tokens" not in k][-1]  # not a tie
+    del tensors[dropped]
+    tensors["extra.weight"] = torch.zeros(2)
+    save_file(tensors, repo / component / file, metadata={"format": "pt"})
+    with pytest.raises(UserError) as err:
+        VideoGenerator.from_pretrained(repo, device="cpu")
+    msg = str(err.value)
+    assert "strict load failed" in msg and dropped in msg and "extra.weight" in msg and "\n" not in msg
