@@ -113,6 +113,6 @@ def from_pretrained(path_or_hub_id, *, num_gpus: int, device=None, cfg_parallel:
         pool.close()
         raise
     if info is None:  # torchrun rank other than 0: defaults are the same everywhere
-        info = {"defaults": pool._local.state["generator"].defaults}
+        info = {"defaults": pool.local_worker.state["generator"].defaults}
     return ParallelVideoGenerator(pool, str(path_or_hub_id), info, num_gpus, cfg_parallel,
                                   load_seconds=time.perf_counter() - start)

@@ -129,6 +129,11 @@ class WorkerPool:
             self.close(force=True)
             raise
 
+    @property
+    def local_worker(self) -> Worker | None:
+        """Under torchrun, this process's rank (its ``state`` included); None for spawned ranks."""
+        return self._local
+
     def run(self, fn: Callable[..., Any], *args: Any, on_progress: Callable[..., None] | None = None) -> Any:
         """``fn(worker, *args)`` on every rank; rank 0's result (under torchrun: ``None`` off rank 0).
 

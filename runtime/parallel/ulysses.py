@@ -18,20 +18,23 @@ from runtime.models.wan.model import AttentionOp
 def _all_to_all(x: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
     """Exchange ``x [P, ...]``: row ``i`` goes to rank ``i``; row ``i`` of the result came from rank ``i``."""
     x = x.contiguous()
-    out = torch.empty_like(x)  # after .contiguous(): empty_like keeps strides, the collective assumes dense
+    out = torch.empty_like(x)  # dense: empty_like keeps a strided input's strides, the collective would not
     dist.all_to_all_single(out, x, group=group)
     return out
 
 
-def seq_to_heads(x: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
-    """``[..., S/P, H, D]`` (my tokens, all heads) -> ``[..., S, H/P, D]`` (all tokens, my heads)."""
+def seq_to_heads(tensors: list[torch.Tensor], group: dist.ProcessGroup | None) -> list[torch.Tensor]:
+    """Each ``[B, S/P, H, D]`` (my tokens, all heads) -> ``[B, S, H/P, D]`` (all tokens, my heads), in one
+    all-to-all for all the tensors."""
     p = dist.get_world_size(group)
-    *lead, s, h, d = x.shape
-    # [..., s, P, h/P, d] -> [P, ..., s, h/P, d]: chunk i of the heads goes to rank i
-    x = x.reshape(*lead, s, p, h // p, d).movedim(-3, 0)
-    x = _all_to_all(x, group)  # row i: rank i's tokens, my heads
-    # [P, ..., s, h/P, d] -> [..., P*s, h/P, d] in rank (= sequence) order
-    return x.movedim(0, -4).reshape(*lead, p * s, h // p, d)
+    b, s, h, d = tensors[0].shape
+    # one send buffer [P, n, B, S/P, H/P, D]: row i holds head chunk i of every tensor, for rank i
+    send = tensors[0].new_empty(p, len(tensors), b, s, h // p, d)
+    for i, t in enumerate(tensors):
+        send[:, i].copy_(t.unflatten(2, (p, h // p)).permute(2, 0, 1, 3, 4))
+    recv = _all_to_all(send, group)  # row i: rank i's tokens, my heads
+    # [P, n, B, S/P, H/P, D] -> [n, B, P*S/P, H/P, D] in rank (= sequence) order
+    return list(recv.permute(1, 2, 0, 3, 4, 5).reshape(len(tensors), b, p * s, h // p, d).unbind(0))
 
 
 def heads_to_seq(x: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
@@ -39,7 +42,7 @@ def heads_to_seq(x: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tens
     p = dist.get_world_size(group)
     *lead, s, h, d = x.shape
     # [..., P, S/P, h, d] -> [P, ..., S/P, h, d]: sequence chunk i goes back to rank i
-    x = x.reshape(*lead, p, s // p, h, d).movedim(-4, 0)
+    x = x.unflatten(-3, (p, s // p)).movedim(-4, 0)  # a view of any strided input: one copy, in _all_to_all
     x = _all_to_all(x, group)  # row j: my tokens, rank j's heads
     # [P, ..., S/P, h, d] -> [..., S/P, P*h, d] with heads in rank order
     return x.movedim(0, -3).reshape(*lead, s // p, p * h, d)
@@ -60,8 +63,8 @@ class DistributedAttention(AttentionOp):
         self.group = group
 
     def forward(self, q, k, v, key_mask=None):
-        # one all-to-all for q, k and v: [3, B, S/P, H, D] -> [3, B, S, H/P, D]
-        q, k, v = seq_to_heads(torch.stack([q, k, v]), self.group)
+        # one all-to-all for q, k and v: [B, S/P, H, D] -> [B, S, H/P, D]
+        q, k, v = seq_to_heads([q, k, v], self.group)
         if key_mask is not None:
             n_keys = int(key_mask.sum(dim=1).max())  # host sync; only when S is not divisible by P
             k, v = k[:, :n_keys], v[:, :n_keys]
