@@ -137,7 +137,7 @@ class WorkerPool:
     def run(self, fn: Callable[..., Any], *args: Any, on_progress: Callable[..., None] | None = None) -> Any:
         """``fn(worker, *args)`` on every rank; rank 0's result (under torchrun: ``None`` off rank 0).
 
-        ``on_progress(*values)`` is called here for every ``worker.progress(*values)`` rank 0 makes.
+        ``on_progress(*values)`` is called here for every ``worker.report_progress(*values)`` of rank 0.
         """
         if self._local is not None:
             result = fn(dataclasses.replace(self._local, progress=on_progress), *args)
@@ -191,6 +191,7 @@ class WorkerPool:
         """Stop every rank: politely (``force``: at once, by signal)."""
         if self._local is not None:
             self._finalizer()
+            self._local = None
             return
         detached = self._finalizer.detach()
         if detached is not None:
