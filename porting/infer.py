@@ -32,8 +32,12 @@ import numpy as np
 
 from porting.sources import TensorInfo
 
-# weights of the matching cost; names and index count fully, order breaks what they leave equal
-W_NAME, W_INDEX, W_CONTEXT, W_ORDER, W_DTYPE = 1.0, 0.5, 1.0, 8.0, 0.05
+# weights of the matching cost. Names and context count fully. Key order costs per position of
+# displacement inside a signature class, so a whole shifted block is expensive but a clear name
+# difference (time_embed vs text_embed) beats one swapped neighbour. The container index is only a
+# faint hint in the assignment (Wan VAE renumbers its decoder); in the swap test it counts fully.
+W_NAME, W_CONTEXT, W_DTYPE = 1.0, 1.0, 0.05
+W_ORDER_STEP, W_INDEX_HINT, W_INDEX = 0.1, 0.02, 0.5
 EPS = 1e-9
 
 
@@ -260,9 +264,8 @@ class _Matcher:
 
     # --- costs ------------------------------------------------------------------------------
     def _base_cost(self, s: _Module, t: _Module, *, use_context: bool) -> float:
+        """Everything but key order and the container index."""
         c = W_NAME * (1.0 - name_similarity(s.tokens, t.tokens))
-        if s.index != t.index:
-            c += W_INDEX
         if use_context:
             c += W_CONTEXT * (1.0 - self.ctx.score(s.path, t.path))
         if "?" not in s.dtypes + t.dtypes and s.dtypes != t.dtypes:
@@ -276,9 +279,14 @@ class _Matcher:
         _rank(S)
         _rank(T)
         base = np.array([[self._base_cost(s, t, use_context=use_context) for t in T] for s in S])
-        order = np.abs(np.array([s.rank for s in S])[:, None] - np.array([t.rank for t in T])[None, :])
-        cost = base + (W_ORDER * order if self.order_ok else 0.0)
+        index = np.array([[float(s.index != t.index) for t in T] for s in S])
+        # displacement in positions of the larger class
+        steps = max(len(S), len(T)) - 1
+        order = np.abs(np.array([s.rank for s in S])[:, None] - np.array([t.rank for t in T])[None, :]) * steps
+        # an alphabetical listing still breaks exact ties (determinism) but outweighs nothing
+        cost = base + W_INDEX_HINT * index + (W_ORDER_STEP if self.order_ok else 1e-4) * order
         rows, cols = linear_sum_assignment(cost)
+        base = base + W_INDEX * index  # what the swap test weighs: names, context, dtype and index
         pairs = sorted(zip(rows.tolist(), cols.tolist()), key=lambda rc: S[rc[0]].pos)
         # pairs whose swap costs the same without key order were decided by order alone
         by_order: dict[int, set[int]] = defaultdict(set)
@@ -441,53 +449,48 @@ class _Matcher:
         # each leftover key becomes its own one-tensor "module"
         ks = {k: _Module(k, {"": v}, i, name_tokens(k), first_index(k)) for i, (k, v) in enumerate(left_s.items())}
         kt = {k: _Module(k, {"": v}, i, name_tokens(k), first_index(k)) for i, (k, v) in enumerate(left_t.items())}
-        by_shape: dict[tuple, tuple[list[_Module], list[_Module]]] = {}
-        for m in ks.values():
-            by_shape.setdefault(m.signature, ([], []))[0].append(m)
-        for m in kt.values():
-            by_shape.setdefault(m.signature, ([], []))[1].append(m)
+        rest_s, rest_t = self._sub_assign(list(ks.values()), list(kt.values()), key=lambda m: m.signature)
+        # equal numel, other shape: a reshape, chosen among same-size tensors by the same evidence
+        rest_s, rest_t = self._sub_assign(rest_s, rest_t, key=lambda m: _numel(m.leaves[""].shape))
+        for s in rest_s:
+            cands = [t.path for t in kt.values() if _numel(t.leaves[""].shape) == _numel(s.leaves[""].shape)]
+            self.unresolved.append(Unresolved(s.path, "source", "no target tensor of this size is left", cands))
+        for t in rest_t:
+            cands = [s.path for s in ks.values() if _numel(s.leaves[""].shape) == _numel(t.leaves[""].shape)]
+            self.unresolved.append(Unresolved(t.path, "target", "no source tensor maps onto it", cands))
+
+    def _sub_assign(self, S: list[_Module], T: list[_Module], key) -> tuple[list[_Module], list[_Module]]:
+        """Assign one-tensor modules class by class (``key`` makes the classes); returns the leftovers."""
+        classes: dict[object, tuple[list[_Module], list[_Module]]] = {}
+        for m in S:
+            classes.setdefault(key(m), ([], []))[0].append(m)
+        for m in T:
+            classes.setdefault(key(m), ([], []))[1].append(m)
         sub = _Matcher.__new__(_Matcher)
         sub.__dict__.update(self.__dict__)
         sub.out, sub.used_s, sub.used_t, sub.unresolved = [], set(), set(), []
-        for S, T in by_shape.values():
-            if S and T:
-                sub._assign(S, T, use_context=True)
-        for c in sub.out:  # module paths of one-tensor modules are the keys themselves
-            self.out.append(Correspondence(c.kind, tuple(s[:-1] for s in c.sources),
-                                           tuple(t[:-1] for t in c.targets), by_order=c.by_order))
+        for cs, ct in classes.values():
+            if cs and ct:
+                sub._assign(cs, ct, use_context=True)
+        shapes_s = {m.path: m.leaves[""].shape for m in S}
+        shapes_t = {m.path: m.leaves[""].shape for m in T}
+        for c in sub.out:  # the module path of a one-tensor module is the key itself
+            src, tgt = c.sources[0][:-1], c.targets[0][:-1]
+            if shapes_s[src] == shapes_t[tgt]:
+                self.out.append(Correspondence("rename", (src,), (tgt,), by_order=c.by_order))
+            else:
+                self.out.append(Correspondence("reshape", (src,), (tgt,), shape=shapes_t[tgt],
+                                               from_shape=shapes_s[src], by_order=c.by_order))
         for u in sub.unresolved:
             self.unresolved.append(Unresolved(u.key[:-1], u.side, u.reason, [c[:-1] for c in u.candidates]))
-        rest_s = [m for m in ks.values() if m.path not in sub.used_s]
-        rest_t = [m for m in kt.values() if m.path not in sub.used_t]
-        self._reshapes(rest_s, rest_t)
+        return ([m for m in S if m.path not in sub.used_s], [m for m in T if m.path not in sub.used_t])
 
-    def _reshapes(self, rest_s: list[_Module], rest_t: list[_Module]) -> None:
-        def numel(m):
-            return int(np.prod(next(iter(m.leaves.values())).shape, dtype=np.int64))
 
-        taken: set[str] = set()
-        for s in rest_s:
-            cands = [t for t in rest_t if t.path not in taken and numel(t) == numel(s)]
-            if len(cands) > 1:
-                sims = [name_similarity(s.tokens, t.tokens) for t in cands]
-                top = max(sims)
-                best = [t for t, v in zip(cands, sims) if v >= top - EPS]
-                if len(best) == 1:
-                    cands = best
-            if len(cands) == 1:
-                t = cands[0]
-                taken.add(t.path)
-                self.out.append(Correspondence("reshape", (s.path,), (t.path,), shape=t.leaves[""].shape,
-                                               from_shape=s.leaves[""].shape))
-                continue
-            reason = ("no target tensor of this shape or size" if not cands else
-                      "several target tensors of equal size fit equally well")
-            self.unresolved.append(Unresolved(s.path, "source", reason, [t.path for t in cands]))
-        for t in rest_t:
-            if t.path in taken:
-                continue
-            cands = [s.path for s in rest_s if s.leaves[""].shape == t.leaves[""].shape]
-            self.unresolved.append(Unresolved(t.path, "target", "no source tensor maps onto it", cands))
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def _rank(mods: list[_Module]) -> None:
@@ -526,7 +529,7 @@ def _pair_leaves(s: _Module, t: _Module) -> list[tuple[str, str]]:
             rest.append(sl)
     for sl in rest:
         shape = s.leaves[sl].shape
-        options = [tl for tl, ti in left_t.items() if ti.shape == shape]
+        options = [tl for tl, ti in left_t.items() if ti.shape == shape] or list(left_t)  # reshape: one leaf
         options.sort(key=lambda tl: -name_similarity(name_tokens(sl), name_tokens(tl)))
         pairs.append((sl, options[0]))
         del left_t[options[0]]
