@@ -392,3 +392,34 @@ def test_strict_load_of_library_components(tiny_repo, tmp_path, component, file)
         VideoGenerator.from_pretrained(repo, device="cpu")
     msg = str(err.value)
     assert "strict load failed" in msg and dropped in msg and "extra.weight" in msg and "\n" not in msg
+
+
+def test_euler_option_matches_diffusers_with_euler(tiny_repo, reference):
+    """scheduler="euler": flow-match Euler with the configured shift, as diffusers steps it."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from runtime import VideoGenerator
+
+    gen = VideoGenerator.from_pretrained(tiny_repo, attention_backend="sdpa-math", dtype="fp32", device="cpu",
+                                         scheduler="euler")
+    gen.generate_video(PROMPT, negative_prompt=NEGATIVE, **SIZE, num_inference_steps=3, guidance_scale=5.0, seed=2)
+    unipc = reference.scheduler
+    reference.scheduler = FlowMatchEulerDiscreteScheduler(shift=unipc.config.flow_shift)
+    try:
+        _, want = run_reference(reference, seed=2)
+    finally:
+        reference.scheduler = unipc
+    assert type(gen.components.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"
+    torch.testing.assert_close(gen.last_state.latents, want, rtol=0, atol=1e-4,
+                               msg=lambda m: f"runtime (euler) vs diffusers (euler): {m}")
+
+
+def test_cli_prints_path_and_timings(tiny_repo, tmp_path, monkeypatch, capsys):
+    from porting.cli import main
+
+    monkeypatch.chdir(tmp_path)  # the default output goes to ./out/
+    main(["generate", str(tiny_repo), "--prompt", PROMPT, "--steps", "1", "--guidance", "1"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith(f"wrote out/{tiny_repo.name}-seed0.mp4")
+    assert (tmp_path / "out" / f"{tiny_repo.name}-seed0.mp4").is_file()
+    assert lines[1].startswith("timings: load ") and "denoise" in lines[1] and "s/step" in lines[1]
