@@ -196,13 +196,35 @@ def test_pool_keeps_its_processes(pool2):
 
 
 # --- a whole generation -----------------------------------------------------------------------
-def test_generation_on_two_ranks_equals_one(tmp_path_factory):
-    from test_generate import write_tiny_repo
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory):
+    from test_generate import write_tiny_repo  # the tiny Diffusers-format repo the generator tests use
 
+    return write_tiny_repo(tmp_path_factory.mktemp("wan-tiny-parallel"))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"num_gpus": 3}, "sequence parallelism over 3 ranks needs the head count to divide evenly, but the model "
+                      "has 4 heads; valid sizes: 1, 2, 4"),
+    ({"num_gpus": 3, "cfg_parallel": True}, "cfg_parallel needs an even number of GPUs, got num_gpus=3"),
+    ({"num_gpus": 2, "sequence_parallel": True}, "unknown option(s) for num_gpus=2: sequence_parallel; "
+                                                 "parallel options are cfg_parallel and timeout"),
+])
+def test_generator_refuses_bad_layouts_before_starting_ranks(tiny_repo, options, message):
     from runtime import VideoGenerator
 
     before = worker_pids()
-    repo = write_tiny_repo(tmp_path_factory.mktemp("wan-tiny-parallel"))
+    with pytest.raises(UserError) as info:
+        VideoGenerator.from_pretrained(tiny_repo, device="cpu", **options)
+    assert str(info.value) == message
+    assert worker_pids() == before
+
+
+def test_generation_on_two_ranks_equals_one(tiny_repo, tmp_path_factory):
+    from runtime import VideoGenerator
+
+    before = worker_pids()
+    repo = tiny_repo
     options = dict(attention_backend="sdpa-math", dtype="fp32", device="cpu")
     request = dict(num_frames=5, height=32, width=48, num_inference_steps=3, guidance_scale=5.0, seed=3)
     want = VideoGenerator.from_pretrained(repo, **options).generate_video("a red fox in the snow", **request)

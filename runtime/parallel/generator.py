@@ -17,15 +17,17 @@ import numpy as np
 
 from porting.errors import UserError
 from runtime.parallel.launch import DEFAULT_TIMEOUT, Worker, WorkerPool
+from runtime.parallel.wan import check_heads
 
-PARALLEL_OPTIONS = ("cfg_parallel", "timeout")
+# what VideoGenerator.from_pretrained passes on to each rank's own (single-device) from_pretrained
+LOAD_OPTIONS = ("attention_backend", "dtype", "cfg", "scheduler", "flow_shift")
 
 
 def _load(worker: Worker, source, load_kwargs: dict, cfg_parallel: bool) -> dict:
     import torch.distributed as dist
 
     from runtime.generator import VideoGenerator
-    from runtime.parallel import check_heads, parallelize
+    from runtime.parallel import parallelize
 
     gen = VideoGenerator.from_pretrained(source, num_gpus=1, device=worker.device, **load_kwargs)
     dit = gen.components.transformer
@@ -89,6 +91,17 @@ class ParallelVideoGenerator:
         self.close()
 
 
+def _num_heads(folder) -> int | None:
+    """The DiT's head count from ``transformer/config.json`` (Diffusers layout), if it says."""
+    import json
+    from pathlib import Path
+
+    try:
+        return int(json.loads((Path(folder) / "transformer" / "config.json").read_text())["num_attention_heads"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def from_pretrained(path_or_hub_id, *, num_gpus: int, device=None, cfg_parallel: bool = False,
                     timeout: float | timedelta = DEFAULT_TIMEOUT, **load_kwargs) -> ParallelVideoGenerator:
     """``VideoGenerator.from_pretrained(..., num_gpus=N)`` lands here. ``device``: "cuda" (default when
@@ -103,7 +116,14 @@ def from_pretrained(path_or_hub_id, *, num_gpus: int, device=None, cfg_parallel:
     if cfg_parallel and num_gpus % 2:
         raise UserError(f"cfg_parallel needs an even number of GPUs, got num_gpus={num_gpus}")
     start = time.perf_counter()
+    unknown = sorted(set(load_kwargs) - set(LOAD_OPTIONS))
+    if unknown:
+        raise UserError(f"unknown option(s) for num_gpus={num_gpus}: {', '.join(unknown)}; "
+                        f"parallel options are cfg_parallel and timeout")
     folder = resolve_repo(path_or_hub_id)  # download once, in the caller, before any rank starts
+    heads = _num_heads(folder)
+    if heads is not None:  # fail before starting any rank, with the sizes that work
+        check_heads(heads, num_gpus // 2 if cfg_parallel else num_gpus)
     if not isinstance(timeout, timedelta):
         timeout = timedelta(seconds=timeout)
     pool = WorkerPool(num_gpus, device=device_type, timeout=timeout)
