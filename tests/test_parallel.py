@@ -190,6 +190,24 @@ def test_killed_worker_is_reported():
     assert worker_pids() - before == set()
 
 
+def test_under_torchrun_this_process_is_the_rank(monkeypatch):
+    """With torchrun's environment, launch runs the function here (no spawn) on the env:// group."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(key, value)
+    before = worker_pids()
+    assert launch(_pids, 1, device="cpu") == [os.getpid()]
+    assert not dist.is_initialized()  # the group launch created is gone
+    assert worker_pids() == before
+    with pytest.raises(UserError, match="torchrun started 1"):
+        launch(_pids, 2, device="cpu")
+
+
 def test_pool_keeps_its_processes(pool2):
     first = pool2.run(_pids)
     assert pool2.run(_pids) == first and set(first) <= worker_pids()
