@@ -412,3 +412,17 @@ def test_cli_hub_offline_is_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "hf:Wan-AI/Wan2.1-T2V-1.3B-Diffusers/transformer" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_tiny_official_dit_to_native_equals_the_composed_committed_maps():
+    """Alphabetical listing, but names tell self_attn->attn and cross_attn->cross_attn apart: the map
+    straight from the tiny release to native equals official->diffusers (checked against diffusers'
+    converter above) followed by diffusers->native (checked numerically above)."""
+    source = open_source(str(TINY))
+    d = diff_keys(source, open_source("native:wan2.1-t2v-tiny"))
+    assert d.complete
+    to_diffusers = {t: s[0] for t, s in plan_of(NameMap.load(family.OFFICIAL_TO_DIFFUSERS["transformer"]),
+                                                 source.keys()).items()}
+    composed = {t: tuple(to_diffusers[s] for s in srcs)
+                for t, srcs in plan_of(NameMap.load(family.DIFFUSERS_TO_NATIVE), list(to_diffusers)).items()}
+    assert plan_of(d.name_map, source.keys()) == composed
