@@ -217,11 +217,12 @@ class _Context:
     def __init__(self) -> None:
         self.image: dict[str, str] = {}  # source ancestor -> deepest common target ancestor
 
-    def add(self, src_path: str, tgt_path: str) -> None:
-        tgt_parent = parent(tgt_path)
-        for anc in ancestors(src_path):
+    def add(self, src_module: str, tgt_module: str) -> None:
+        """Record a matched pair of modules: each source ancestor maps into the common prefix of the
+        targets of everything matched below it."""
+        for anc in [src_module] + ancestors(src_module):
             old = self.image.get(anc)
-            self.image[anc] = tgt_parent if old is None else _common_prefix(old, tgt_parent)
+            self.image[anc] = tgt_module if old is None else _common_prefix(old, tgt_module)
 
     def score(self, src_path: str, tgt_path: str) -> float:
         """1 if the target lies where the deepest matched ancestor of the source went, 0 if not,
@@ -260,7 +261,6 @@ class _Matcher:
         self.unresolved: list[Unresolved] = []
         self.used_s: set[str] = set()  # source module paths consumed
         self.used_t: set[str] = set()
-        self.ambiguous: list[tuple[list[str], list[str]]] = []
 
     # --- costs ------------------------------------------------------------------------------
     def _base_cost(self, s: _Module, t: _Module, *, use_context: bool) -> float:
@@ -325,7 +325,7 @@ class _Matcher:
     def _rename(self, s: _Module, t: _Module, *, by_order: bool = False) -> None:
         self.used_s.add(s.path)
         self.used_t.add(t.path)
-        self.ctx.add(_key(s.path, "x"), _key(t.path, "x"))
+        self.ctx.add(s.path, t.path)
         for sl, tl in _pair_leaves(s, t):
             self.out.append(Correspondence("rename", (_key(s.path, sl),), (_key(t.path, tl),), by_order=by_order))
 
@@ -409,9 +409,9 @@ class _Matcher:
                 self.out.append(Correspondence("split", (_key(whole.path, leaf),), members, parts=parts, dim=dim))
         for g in group:
             if merge:
-                self.ctx.add(_key(g.path, "x"), _key(whole.path, "x"))
+                self.ctx.add(g.path, whole.path)
             else:
-                self.ctx.add(_key(whole.path, "x"), _key(g.path, "x"))
+                self.ctx.add(whole.path, g.path)
 
     # --- ties -------------------------------------------------------------------------------------
     def _ties(self) -> None:

@@ -394,6 +394,7 @@ def _bad_inputs(tmp: Path) -> list[tuple[str, str]]:
     ]
 
 
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
     for spec, must in _bad_inputs(tmp_path):
         code, out, err = run_cli(capsys, spec, "native:wan2.1-t2v-tiny")
