@@ -209,3 +209,26 @@ def test_one_tolerance_table_per_dtype():
     assert set(TOLERANCES) == {"fp32", "bf16", "fp16"}
     with pytest.raises(ValueError):
         tolerance(torch.int8)
+
+
+# --- the command ----------------------------------------------------------------------------------------
+def test_port_parity_command(tiny_repo):
+    from click.testing import CliRunner
+
+    from porting.cli import cli
+
+    result = CliRunner().invoke(cli, ["parity", "wan2.1-t2v", "--component", "text_encoder", "--weights",
+                                      str(tiny_repo), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output[result.output.index("{"):])
+    assert data["passed"] and data["dtype"] == "fp32" and len(data["modules"]) > 10
+
+
+def test_port_parity_bad_weights_is_one_line(tmp_path, capsys):
+    from porting.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["parity", "wan2.1-t2v", "--weights", str(tmp_path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model_index.json" in err
