@@ -130,7 +130,7 @@ def assert_same(got, want, what):
 
 
 # --- sequence parallelism ---------------------------------------------------------------------
-@pytest.mark.parametrize("backend", ["sdpa-math", "sdpa"])
+@pytest.mark.parametrize("backend", ["sdpa-math", "sdpa", "sdpa-flash"])
 def test_two_ranks_equal_one_process(pool2, backend):
     state_dict, cases, want = reference_outputs(TINY)
     got = pool2.run(_sequence_parallel, TINY, state_dict, cases, backend)
