@@ -75,14 +75,15 @@ class VideoGenerator:
     def from_pretrained(cls, path_or_hub_id: str | os.PathLike, *, num_gpus: int = 1,
                         attention_backend: str | None = None, dtype: str | torch.dtype | None = None,
                         device: str | torch.device | None = None, cfg: str | CFGStrategy = "serial",
-                        scheduler: str | None = None, flow_shift: float | None = None, **parallel_options
-                        ) -> VideoGenerator:
+                        scheduler: str | None = None, flow_shift: float | None = None, compile: bool = False,
+                        **parallel_options) -> VideoGenerator:
         """Load a Diffusers-format repo (folder or hub id).
 
         ``dtype``: "bf16" or "fp32" for the DiT and text encoder (default bf16 on CUDA, fp32 on CPU; the
         VAE always decodes in fp32). ``attention_backend``: a name from ``runtime.attention`` (default:
         the best for the device). ``scheduler``: None = as configured in ``scheduler/``, or "unipc" /
-        "euler"; ``flow_shift`` overrides the configured shift.
+        "euler"; ``flow_shift`` overrides the configured shift. ``compile``: ``torch.compile`` each DiT
+        block (in place; the first steps pay the compile time).
 
         ``num_gpus > 1`` delegates to ``runtime.parallel.launch.from_pretrained(path_or_hub_id,
         num_gpus=..., attention_backend=..., dtype=..., device=..., cfg=..., scheduler=...,
@@ -98,7 +99,7 @@ class VideoGenerator:
                                 "which this installation lacks; use num_gpus=1")
             return launch.from_pretrained(path_or_hub_id, num_gpus=num_gpus, attention_backend=attention_backend,
                                           dtype=dtype, device=device, cfg=cfg, scheduler=scheduler,
-                                          flow_shift=flow_shift, **parallel_options)
+                                          flow_shift=flow_shift, compile=compile, **parallel_options)
         if parallel_options:
             raise UserError(f"unknown option(s) for num_gpus=1: {', '.join(sorted(parallel_options))}")
 
@@ -111,6 +112,9 @@ class VideoGenerator:
         components = module.load_components(folder, dtype=torch_dtype, device=device, scheduler=scheduler,
                                             flow_shift=flow_shift)
         components.transformer.set_attention_backend(backend)
+        if compile:
+            for block in components.transformer.blocks:
+                block.compile(dynamic=False)  # in place: parameter names and hooks stay as they are
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return cls(components, module, cfg=cfg, source=str(path_or_hub_id),

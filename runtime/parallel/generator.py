@@ -20,7 +20,7 @@ from runtime.parallel.launch import DEFAULT_TIMEOUT, Worker, WorkerPool
 from runtime.parallel.wan import check_heads
 
 # what VideoGenerator.from_pretrained passes on to each rank's own (single-device) from_pretrained
-LOAD_OPTIONS = ("attention_backend", "dtype", "cfg", "scheduler", "flow_shift")
+LOAD_OPTIONS = ("attention_backend", "dtype", "cfg", "scheduler", "flow_shift", "compile")
 
 
 def _load(worker: Worker, source, load_kwargs: dict, cfg_parallel: bool) -> dict:
