@@ -68,6 +68,6 @@ def parity(family, component, reference, weights, official, dtype, device, seed,
         report = run_parity(setup.reference, setup.run_reference, setup.native, setup.run_native,
                             name_map=setup.name_map, dtype=dtype if component != "vae" else "fp32", seed=seed,
                             reference_name=setup.reference_name, native_name=setup.native_name,
-                            save_failing=save_failing)
+                            save_failing=save_failing, store_device="cpu" if device == "cuda" else None)
     click.echo(report.to_json() if as_json else report.table())
     sys.exit(0 if report.passed else 1)
