@@ -263,6 +263,7 @@ class ConversionPlan:
     files: dict[str, str]  # relative path -> text (configs, model_index.json, scheduler)
     copies: dict[str, Path]  # relative path -> source file (tokenizer)
     source_files: list[Path]
+    hasher: Hasher | None = None  # already hashing source_files, when planning started it
 
     @property
     def nbytes(self) -> int:
@@ -495,11 +496,18 @@ def fsync_tree(root: Path) -> None:
 # Provenance: SHA-256 of the sources, computed on a second thread while tensors stream
 # ----------------------------------------------------------------------------------------------
 class Hasher(threading.Thread):
+    """SHA-256 of the source files on a second thread. Planning starts it as soon as the files are known,
+    so hashing overlaps the library imports and the tensor copy instead of adding to them."""
+
     def __init__(self, files: list[Path]):
         super().__init__(daemon=True)
         self.files = files
         self.result: dict[Path, str] = {}
         self.error: BaseException | None = None
+        self._cancel = threading.Event()
+
+    def cancel(self) -> None:
+        self._cancel.set()
 
     def run(self) -> None:
         try:
@@ -509,6 +517,8 @@ class Hasher(threading.Thread):
                 h = hashlib.sha256()
                 with open(path, "rb", buffering=0) as f:
                     while n := f.readinto(buf):
+                        if self._cancel.is_set():
+                            return
                         h.update(view[:n])
                 self.result[path] = h.hexdigest()
         except BaseException as e:  # noqa: BLE001 - reported by the main thread
@@ -637,8 +647,9 @@ def execute(cplan: ConversionPlan, out: Path, *, force: bool = False, progress: 
     except OSError as e:
         raise ConvertError(f"cannot write in {parent}: {e.strerror}; pick a writable --out") from None
 
-    hasher = Hasher(cplan.source_files)
-    hasher.start()
+    hasher = cplan.hasher if cplan.hasher is not None else Hasher(cplan.source_files)
+    if hasher.ident is None:  # not started yet
+        hasher.start()
     reports: list[ComponentReport] = []
     sink = TensorSink()
     current = str(tmp)
@@ -797,10 +808,6 @@ def _meta_state_shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
 
 def _plan_wan(fam, release: Path, *, dtype: str, max_shard_size: int, maps: dict[str, Path]) -> ConversionPlan:
     """Wan2.1 T2V: official release -> the layout of Wan-AI/Wan2.1-T2V-*-Diffusers (WanPipeline)."""
-    import diffusers
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
-
     # 1. every file the release must have, reported together
     tok_dir = release / fam.OFFICIAL_FILES["tokenizer"]
     missing = [n for n in ("config.json", fam.OFFICIAL_FILES["vae"], fam.OFFICIAL_FILES["text_encoder"])
@@ -812,12 +819,31 @@ def _plan_wan(fam, release: Path, *, dtype: str, max_shard_size: int, maps: dict
     if missing:
         raise ConvertError(f"{release}: not a complete {fam.NAME} release, missing {', '.join(missing)}")
 
-    # 2. configs from the release: the official DiT config.json, then tensor shapes for the VAE and umT5
+    # 2. the DiT config from the official config.json; the sources; start hashing them right away
     dit = fam.read_official_config(release)
     presets = {p: fam.dit_config(p) for p in fam.PRESETS}
     preset = next((p for p, c in presets.items() if c == dit), None) or next(
         (p for p, c in presets.items() if (c.dim, c.num_layers) == (dit.dim, dit.num_layers)), "1.3b")
     sources = {c: open_streaming(fam.official_component_file(release, c)) for c in fam.COMPONENTS}
+    tok_files = sorted(p for p in tok_dir.rglob("*") if p.is_file())
+    source_files = [release / "config.json"] + [f for c in fam.COMPONENTS for f in sources[c].files()] + tok_files
+    hasher = Hasher(source_files)
+    hasher.start()
+    try:
+        return _plan_wan_targets(fam, release, dit, preset, sources, tok_dir, tok_files, source_files, hasher,
+                                 dtype=dtype, max_shard_size=max_shard_size, maps=maps)
+    except BaseException:
+        hasher.cancel()
+        raise
+
+
+def _plan_wan_targets(fam, release, dit, preset, sources, tok_dir, tok_files, source_files, hasher, *,
+                      dtype, max_shard_size, maps) -> ConversionPlan:
+    import diffusers
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    # 3. VAE and umT5 configs: the family's, with the dimensions read from the tensor shapes
     vae_cfg = dict(fam.vae_config(preset))
     vae_shapes = sources["vae"].shapes()
     if "encoder.conv1.weight" in vae_shapes and "conv2.weight" in vae_shapes:
@@ -832,7 +858,7 @@ def _plan_wan(fam, release: Path, *, dtype: str, max_shard_size: int, maps: dict
                       d_kv=t5_shapes["blocks.0.attn.q.weight"][0] // heads,
                       d_ff=t5_shapes["blocks.0.ffn.fc1.weight"][0])
 
-    # 3. the target models on the meta device: their state dicts are the strict targets
+    # 4. the target models on the meta device: their state dicts are the strict targets
     dit_diffusers = {k: v for k, v in dit.to_diffusers().items() if not k.startswith("_")}
     with torch.device("meta"):
         transformer = WanTransformer3DModel.from_config(dit_diffusers)
@@ -854,7 +880,7 @@ def _plan_wan(fam, release: Path, *, dtype: str, max_shard_size: int, maps: dict
             name, sources[name], _load_map(map_path, name), _display_path(map_path), _meta_state_shapes(module),
             weights_stem=stem, keep_fp32=keep, dtype=dtype, max_shard_size=max_shard_size))
 
-    # 4. config files, scheduler, pipeline index, tokenizer
+    # 5. config files, scheduler, pipeline index, tokenizer
     t5_out = components[fam.COMPONENTS.index("text_encoder")]
     t5_config.architectures = ["UMT5EncoderModel"]
     t5_config.dtype = SAFETENSORS_DTYPES[_majority_dtype(t5_out)]
@@ -878,14 +904,9 @@ def _plan_wan(fam, release: Path, *, dtype: str, max_shard_size: int, maps: dict
         "vae/config.json": vae.to_json_string(),
         "text_encoder/config.json": t5_config.to_json_string(),
     }
-    tok_files = sorted(p for p in tok_dir.rglob("*") if p.is_file())
     copies = {f"tokenizer/{p.relative_to(tok_dir).as_posix()}": p for p in tok_files}
-    source_files = [release / "config.json"]
-    for c in components:
-        source_files += c.source.files()
-    source_files += tok_files
     return ConversionPlan(fam.NAME, preset, release, dtype, max_shard_size, components, files, copies,
-                          source_files)
+                          source_files, hasher)
 
 
 def _display_path(path: Path) -> str:

@@ -54,6 +54,8 @@ def convert(source: Path, family: str, out: Path, dtype: str, max_shard_size: st
     if emit_script is not None:
         from porting.emit_script import write_script
 
+        if plan.hasher is not None:
+            plan.hasher.cancel()  # the script hashes nothing here
         write_script(plan, emit_script, out)
         click.echo(f"wrote {emit_script}: python {emit_script} {source} {out}")
         return
