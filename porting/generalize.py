@@ -35,10 +35,13 @@ class _Rule:
     tgts: list[list[tuple]]
     first: int  # position of the first source key it came from
 
-    def key_without(self, i: int, j: tuple[int, int] | None, pre: str = "", post: str = "") -> tuple:
-        src = tuple(("*",) if k == i else s for k, s in enumerate(self.src))
-        tgts = tuple(tuple(("*", pre, post) if (a, b) == j else seg for b, seg in enumerate(t))
-                     for a, t in enumerate(self.tgts))
+    def key_without(self, i: int, j: tuple[int, int], pre: str = "", post: str = "", *, inside: bool = False) -> tuple:
+        """This rule with source segment i and target segment j blanked: rules with equal keys differ
+        only in the value that the target copies. ``inside``: the value is part of the source segment
+        (``to_q`` -> ``q``); otherwise part of the target segment (``q`` -> ``to_q``)."""
+        blank_s, blank_t = (("*in", pre, post), ("*",)) if inside else (("*",), ("*", pre, post))
+        src = tuple(blank_s if k == i else s for k, s in enumerate(self.src))
+        tgts = tuple(tuple(blank_t if (a, b) == j else seg for b, seg in enumerate(t)) for a, t in enumerate(self.tgts))
         return (self.kind, self.opts, src, tgts)
 
 
@@ -163,34 +166,38 @@ def _generalize_numbers(members: list[_Rule]) -> list[_Rule]:
 # step 3: alternations
 # ----------------------------------------------------------------------------------------------
 def _alternation_keys(r: _Rule):
-    """(key, i, j, value, pre, post) for each way this rule could join an alternation."""
+    """(key, i, j, values, pre, post, inside) for each way this rule could join an alternation."""
     for i, seg in enumerate(r.src):
-        if seg[0] == "lit" and not seg[1].isdigit():
-            value = seg[1]
-            for a, t in enumerate(r.tgts):
-                for b, tseg in enumerate(t):
-                    if len(tseg) == 1 and isinstance(tseg[0], str) and value in tseg[0] and tseg[0] != PART:
-                        for m in re.finditer(re.escape(value), tseg[0]):
-                            pre, post = tseg[0][:m.start()], tseg[0][m.end():]
-                            yield r.key_without(i, (a, b), pre, post), i, (a, b), (value,), pre, post
-        elif seg[0] == "cap" and seg[1] is not None:
-            for a, t in enumerate(r.tgts):
-                for b, tseg in enumerate(t):
-                    if i in tseg:
-                        k = tseg.index(i)
-                        pre, post = "".join(tseg[:k]), "".join(tseg[k + 1:])
-                        yield r.key_without(i, (a, b), pre, post), i, (a, b), seg[1], pre, post
+        for a, t in enumerate(r.tgts):
+            for b, tseg in enumerate(t):
+                if seg[0] == "lit" and not seg[1].isdigit():
+                    if len(tseg) != 1 or not isinstance(tseg[0], str) or tseg[0] == PART:
+                        continue
+                    value, whole = seg[1], tseg[0]
+                    for m in re.finditer(re.escape(value), whole):  # q -> to_q
+                        pre, post = whole[:m.start()], whole[m.end():]
+                        yield r.key_without(i, (a, b), pre, post), i, (a, b), (value,), pre, post, False
+                    if whole != value and whole and not whole.isdigit():  # to_q -> q
+                        for m in re.finditer(re.escape(whole), value):
+                            pre, post = value[:m.start()], value[m.end():]
+                            yield r.key_without(i, (a, b), pre, post, inside=True), i, (a, b), (whole,), pre, \
+                                post, True
+                elif seg[0] == "cap" and seg[1] is not None and i in tseg:
+                    k = tseg.index(i)
+                    pre, post = "".join(tseg[:k]), "".join(tseg[k + 1:])
+                    yield r.key_without(i, (a, b), pre, post), i, (a, b), seg[1], pre, post, False
+                elif seg[0] == "capin" and tseg == (i,):
+                    _, pre, values, post = seg
+                    yield r.key_without(i, (a, b), pre, post, inside=True), i, (a, b), values, pre, post, True
 
 
 def _alternations(rules: list[_Rule]) -> list[_Rule]:
     rules = list(rules)
     while True:
-        groups: dict[tuple, list[tuple[_Rule, int, tuple | None, tuple, str, str]]] = defaultdict(list)
+        groups: dict[tuple, list[tuple]] = defaultdict(list)
         for r in rules:
-            for key, i, j, values, pre, post in _alternation_keys(r):
-                if j is None:
-                    continue
-                groups[key].append((r, i, j, values, pre, post))
+            for key, *rest in _alternation_keys(r):
+                groups[key].append((r, *rest))
         best = None
         for key, items in groups.items():
             distinct = {id(x[0]) for x in items}
@@ -199,15 +206,19 @@ def _alternations(rules: list[_Rule]) -> list[_Rule]:
         if best is None:
             return rules
         items = sorted(best[1].values(), key=lambda x: x[0].first)
-        r0, i, (a, b), _, pre, post = items[0]
+        r0, i, (a, b), _, pre, post, inside = items[0]
         values: list[str] = []
         for x in items:
             for v in x[3]:
                 if v not in values:
                     values.append(v)
         merged = _Rule(r0.kind, r0.opts, list(r0.src), [list(t) for t in r0.tgts], r0.first)
-        merged.src[i] = ("cap", tuple(values))
-        merged.tgts[a][b] = tuple(p for p in (pre, i, post) if p != "")
+        if inside:
+            merged.src[i] = ("capin", pre, tuple(values), post)
+            merged.tgts[a][b] = (i,)
+        else:
+            merged.src[i] = ("cap", tuple(values))
+            merged.tgts[a][b] = tuple(p for p in (pre, i, post) if p != "")
         gone = {id(x[0]) for x in items}
         rules = [r for r in rules if id(r) not in gone] + [merged]
 
@@ -224,6 +235,11 @@ def _emit(r: _Rule) -> Rule:
             n += 1
             group_of[k] = n
             pattern.append(r"(\d+)" if seg[1] is None else "(" + "|".join(re.escape(v) for v in seg[1]) + ")")
+        elif seg[0] == "capin":
+            n += 1
+            group_of[k] = n
+            _, pre, values, post = seg
+            pattern.append(re.escape(pre) + "(" + "|".join(re.escape(v) for v in values) + ")" + re.escape(post))
         else:
             n += 1
             _, pre, parts, post = seg
@@ -259,11 +275,19 @@ def build_map(correspondences: Sequence[Correspondence], source_keys: Iterable[s
               source: str = "", target: str = "") -> NameMap:
     """Ordered regex rules equivalent to ``correspondences`` on ``source_keys`` (checked)."""
     order = {k: i for i, k in enumerate(source_keys)}
-    literal = [_literal_rule(c, min(order.get(s, 0) for s in c.sources)) for c in correspondences]
-    rules = _alternations(_numeric_groups(literal))
+
+    def literal():
+        return [_literal_rule(c, min(order.get(s, 0) for s in c.sources)) for c in correspondences]
+
+    rules = _alternations(_numeric_groups(literal()))
     rules.sort(key=lambda r: r.first)
     name_map = NameMap([_emit(r) for r in rules], source=source, target=target)
-    _check(name_map, correspondences, order)
+    try:
+        _check(name_map, correspondences, order)
+    except NameMapError:  # never expected; one literal rule per correspondence is always exact
+        name_map = NameMap([_emit(r) for r in sorted(literal(), key=lambda r: r.first)], source=source,
+                           target=target)
+        _check(name_map, correspondences, order)
     return name_map
 
 

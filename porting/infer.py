@@ -453,8 +453,16 @@ class _Matcher:
         # equal numel, other shape: a reshape, chosen among same-size tensors by the same evidence
         rest_s, rest_t = self._sub_assign(rest_s, rest_t, key=lambda m: _numel(m.leaves[""].shape))
         for s in rest_s:
-            cands = [t.path for t in kt.values() if _numel(t.leaves[""].shape) == _numel(s.leaves[""].shape)]
-            self.unresolved.append(Unresolved(s.path, "source", "no target tensor of this size is left", cands))
+            shape = s.leaves[""].shape
+            cands = [t.path for t in kt.values() if _numel(t.leaves[""].shape) == _numel(shape)]
+            if cands:
+                self.unresolved.append(Unresolved(s.path, "source", "no target tensor of this size is left", cands))
+                continue
+            # every target of this shape is filled already: perhaps a tied copy of a source that maps there
+            filled = [t for c in self.out for t in c.targets if self.target[t].shape == shape]
+            self.unresolved.append(Unresolved(
+                s.path, "source", "every target tensor of this shape is already filled; if this is a tied copy "
+                "of the tensor that fills one, drop it" if filled else "no target tensor of this size", filled))
         for t in rest_t:
             cands = [s.path for s in ks.values() if _numel(s.leaves[""].shape) == _numel(t.leaves[""].shape)]
             self.unresolved.append(Unresolved(t.path, "target", "no source tensor maps onto it", cands))

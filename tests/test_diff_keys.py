@@ -427,3 +427,28 @@ def test_tiny_official_dit_to_native_equals_the_composed_committed_maps():
     composed = {t: tuple(to_diffusers[s] for s in srcs)
                 for t, srcs in plan_of(NameMap.load(family.DIFFUSERS_TO_NATIVE), list(to_diffusers)).items()}
     assert plan_of(d.name_map, source.keys()) == composed
+
+
+def test_diffusers_to_official_is_the_converter_inverted():
+    """The other direction: no tie-breaking table either way, same rule budget."""
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    truth = {s: (t,) for t, s in converter_truth("official_dit_14b_keys.txt",
+                                                 convert_wan_transformer_to_diffusers).items()}
+    src = KeysFileSource(REF / "diffusers_dit_14b_keys.txt")
+    d = diff_keys(src, KeysFileSource(REF / "official_dit_14b_keys.txt"))
+    assert plan_of(d.name_map, src.keys()) == {k: truth[k] for k in truth}
+    assert len(d.name_map.rules) <= 20
+
+
+def test_transformers_to_official_umt5_flags_the_tied_copy():
+    d = diff_keys(KeysFileSource(REF / "transformers_umt5xxl_keys.txt"),
+                  KeysFileSource(REF / "official_umt5xxl_keys.txt"))
+    assert [(u.key, u.candidates) for u in d.inference.unresolved] == [("shared.weight", ["token_embedding.weight"])]
+    assert "tied copy" in d.inference.unresolved[0].reason and not d.unfilled_target
+
+
+@pytest.mark.parametrize("path", sorted(family.MAPS.glob("*.map")), ids=lambda p: p.name)
+def test_committed_maps_reverse(path):
+    name_map = NameMap.load(path)
+    assert name_map.reverse().rules  # derivable, never written twice
