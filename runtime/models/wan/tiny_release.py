@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -85,7 +86,12 @@ def make_tokenizer(folder: Path, vocab_size: int) -> None:
     tok.decoder = decoders.Metaspace()
     trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"],
                                       unk_token="<unk>", shrinking_factor=0.75)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the parallel trainer's float sums vary run to run
     tok.train_from_iterator([TOKENIZER_CORPUS] * 4, trainer=trainer)
+    # keep the scores to 1e-9: the last bits of the trainer's floats are not reproducible
+    spec = json.loads(tok.to_str())
+    spec["model"]["vocab"] = [[piece, round(score, 9)] for piece, score in spec["model"]["vocab"]]
+    tok = Tokenizer.from_str(json.dumps(spec))
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
                                                        special_tokens=[("</s>", 1)])
     folder.mkdir(parents=True, exist_ok=True)
