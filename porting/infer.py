@@ -567,11 +567,16 @@ class _PartIndex:
             for j in range(i + 1, len(word) + 1):
                 keys |= self.by_part.get(word[i:j], set())
         for key in sorted(keys):
-            members = [(p, m) for p, m in self.families[key] if p in word and m.path not in used]
+            _, pre, post = key
+            # wq, wk, wv -> wqkv: the fused name may carry the siblings' common prefix/suffix once
+            w = word
+            if (pre or post) and w.startswith(pre) and w.endswith(post) and len(w) > len(pre) + len(post):
+                w = w[len(pre):len(w) - len(post)]
+            members = [(p, m) for p, m in self.families[key] if p in w and m.path not in used]
             if len(members) < 2:
                 continue
             members.sort(key=lambda pm: pm[1].pos)
-            chosen = _spell(members, word)
+            chosen = _spell(members, w)
             if chosen and len(chosen) >= 2:
                 yield [m for _, m in chosen], tuple(p for p, _ in chosen)
 

@@ -311,6 +311,16 @@ def test_tie_merge_reshape_and_split_on_synthetic_layouts():
         torch.testing.assert_close(back[k], tensors[k])
 
 
+def test_fused_name_may_carry_the_common_prefix():
+    src = infos([(f"l.{i}.w{x}.weight", [4, 4]) for i in range(2) for x in "qkvo"])
+    tgt = infos([(f"h.{i}.attn.{n}.weight", [12 if n == "wqkv" else 4, 4]) for i in range(2) for n in ("wqkv", "wo")])
+    inf = infer(src, tgt)
+    assert not inf.unresolved
+    merges = [c for c in inf.correspondences if c.kind == "merge"]
+    assert [(c.sources, c.parts) for c in merges][0] == (("l.0.wq.weight", "l.0.wk.weight", "l.0.wv.weight"),
+                                                         ("q", "k", "v"))
+
+
 def test_inference_is_deterministic():
     src, tgt = KeysFileSource(REF / "official_vae_keys.txt"), open_source("native:wan2.1-t2v-1.3b/vae")
     assert diff_keys(src, tgt).name_map.dumps() == diff_keys(src, tgt).name_map.dumps()
