@@ -1,22 +1,29 @@
 """Infer a name map between two state-dict layouts from names, shapes, dtypes and key order alone.
 
-No table for any particular model lives here. The evidence, strongest first:
+No table for any particular model lives here. The evidence:
 
 1. **Shape signatures.** Keys are grouped into modules (the name minus its last segment); a module's
-   signature is the multiset of its tensors' shapes. Only modules with equal signatures may be renamed
-   onto each other; everything else must be a declared transform (merge, split, tie, reshape).
+   signature is the multiset of its tensors' shapes. Only modules with equal signatures are renamed
+   onto each other; everything else must be a declared transform.
 2. **Names.** Token similarity of module paths (``self_attn.q`` ~ ``attn1.to_q``, ``embedding`` ~
-   ``embedder``); digits are left out of names because they number things differently on each side.
-3. **Container index.** The first number of a path (``blocks.7``) tends to be kept.
-4. **Context.** Modules already matched tell where a parent went (``attn1`` -> ``attn``), which places
-   merges (``to_q/to_k/to_v`` -> ``qkv``) and the leftovers of uneven classes.
-5. **Key order.** Writers list tensors in module order; the relative rank inside a signature class
-   decides between otherwise equal candidates (``self_attn`` before ``cross_attn``). A listing sorted
-   alphabetically carries no such evidence; then ties of everything else are reported as unresolved.
+   ``embedder``); digits are left out because each side numbers things its own way.
+3. **Context.** Modules already matched tell where a parent went (``attn1`` -> ``attn``); that places
+   merges and the leftovers of classes with more sources than targets.
+4. **Key order.** Writers list tensors in module order. Order costs per position of displacement inside
+   a signature class: a whole shifted block is expensive, one swapped neighbour is cheaper than a clear
+   name difference. It decides between otherwise equal candidates (``self_attn`` before
+   ``cross_attn``). An alphabetical listing carries no such evidence.
+5. **Container index.** The first number of a path (``blocks.7``): a faint hint only, since some
+   layouts renumber (the Wan VAE decoder).
 
-Within each signature class the assignment is a minimum-cost matching (Hungarian). Pairs that could
-be swapped at equal cost of all evidence except key order are "decided by order"; where the order is
-not evidence they are returned as unresolved, with their candidates, instead of guessed.
+Transforms: a **merge** where the last names of sibling modules spell the fused name (``to_q``,
+``to_k``, ``to_v`` -> ``qkv``) and their shapes concatenate along one dim (a **split** is the same seen
+from the other side); a **tie** where a target's only candidate source is already used; a **reshape**
+between leftover tensors of equal numel.
+
+Within each class the assignment is a minimum-cost matching (Hungarian). Pairs that could be swapped at
+equal cost of everything except key order are "decided by order"; when the order is not evidence they
+are returned as unresolved, with their candidates, instead of guessed.
 """
 
 from __future__ import annotations
