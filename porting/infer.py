@@ -352,7 +352,7 @@ class _Matcher:
         for S, T in self.classes().values():
             if S and len(S) == len(T):
                 self._assign(S, T, use_context=False)
-        # 2. transforms for modules whose signature the other side lacks
+        # 2. merges/splits: unmatched modules whose name the parts of unmatched siblings spell
         self._merges_and_splits()
         # 3. the rest, now with context (uneven classes, leftovers)
         for S, T in self.classes().values():
