@@ -22,7 +22,8 @@ COMPONENTS = ("transformer", "vae", "text_encoder", "pipeline")
               help="Diffusers-format repo (e.g. from `port convert`). Default: the embedded tiny release, "
                    "converted into a temporary folder.")
 @click.option("--official", type=click.Path(path_type=Path), default=None,
-              help="Official release folder, the VAE reference's source (default: the embedded tiny release).")
+              help="Official release folder: the reference DiT/VAE are converted from it by diffusers' own "
+                   "converters (default with no --weights: the embedded tiny release).")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -58,9 +59,13 @@ def parity(family, component, reference, weights, official, dtype, device, seed,
             repo, how = converted_tiny_repo(Path(tmp) / "wan2.1-t2v-tiny")
             click.echo(f"tiny repo: {how}", err=True)
         kwargs = {"device": device}
-        if component == "vae":
-            kwargs["official"] = official or TINY_RELEASE
-        else:
+        if component in ("transformer", "vae"):
+            # the reference converts the official release itself (diffusers' single-file converters)
+            kwargs["official"] = official or (TINY_RELEASE if weights is None else None)
+            if kwargs["official"] is None and component == "vae":
+                raise UserError("--component vae with --weights needs --official RELEASE (the official VAE file "
+                                "is the reference's source)")
+        if component != "vae":
             kwargs["dtype"] = torch_dtype
         if component == "pipeline" and steps:
             kwargs["steps"] = steps

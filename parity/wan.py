@@ -80,13 +80,32 @@ def transformer_inputs(text_dim: int, device, dtype, *, batch: int = 1, seed: in
     return x.to(device, dtype), t.to(device), ctx.to(device, dtype)
 
 
-def transformer_setup(repo: Path, *, dtype=torch.float32, device="cpu", native: nn.Module | None = None) -> Setup:
+def official_state_dict(release: Path, component: str) -> dict[str, torch.Tensor]:
+    from porting.sources import open_source
+
+    src = open_source(str(family.official_component_file(Path(release), component)))
+    return {k: src.get(k) for k in src.keys()}
+
+
+def transformer_setup(repo: Path, *, dtype=torch.float32, device="cpu", native: nn.Module | None = None,
+                      official: Path | None = None) -> Setup:
+    """``official``: an official release folder; the reference then holds the official DiT converted by
+    diffusers' own ``convert_wan_transformer_to_diffusers`` (so the comparison covers `port convert` too),
+    not the repo's tensors."""
     from diffusers import WanTransformer3DModel
 
     from runtime.loading import load_wan_transformer
 
     folder = check_repo(repo, "transformer")
-    ref = WanTransformer3DModel.from_pretrained(folder, dtype=dtype).to(device).eval()
+    ref = WanTransformer3DModel.from_pretrained(folder, dtype=dtype)  # dtype layout as diffusers keeps it
+    source = "repo"
+    if official is not None:
+        from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+        ref.load_state_dict(convert_wan_transformer_to_diffusers(official_state_dict(official, "transformer")),
+                            strict=True)
+        source = f"convert_wan_transformer_to_diffusers({Path(official).name})"
+    ref = ref.to(device).eval()
     nat = native if native is not None else load_wan_transformer(folder, dtype=dtype, device=device)
     cfg = nat.cfg
     x, t, ctx = transformer_inputs(cfg.text_dim, device, dtype, batch=2)
@@ -95,7 +114,7 @@ def transformer_setup(repo: Path, *, dtype=torch.float32, device="cpu", native: 
     dv, _ = _versions()
     return Setup("transformer", ref, lambda: ref(x, t, ctx_padded, return_dict=False)[0], nat,
                  lambda: nat(x, t, ctx), diffusers_to_native(),
-                 f"diffusers {dv} WanTransformer3DModel", "vidport WanDiT")
+                 f"diffusers {dv} WanTransformer3DModel ({source})", "vidport WanDiT")
 
 
 # ----------------------------------------------------------------------------------------------
