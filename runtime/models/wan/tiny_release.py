@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import sys
 from pathlib import Path
@@ -78,20 +77,23 @@ def make_tensors(listing, seed: int, dtype=torch.float32) -> dict[str, torch.Ten
 
 
 def make_tokenizer(folder: Path, vocab_size: int) -> None:
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """A small SentencePiece-style Unigram tokenizer (the umT5 tokenizer's kind), built directly from word
+    and character counts of a fixed corpus so that it is reproducible to the byte (the library's trainer
+    breaks ties differently from run to run)."""
+    from collections import Counter
 
-    tok = Tokenizer(models.Unigram())
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    words = Counter("\u2581" + w for w in TOKENIZER_CORPUS.lower().split())
+    chars = Counter(c for w in words.elements() for c in w)
+    counts = {**chars, **dict(words.most_common(vocab_size - 3 - len(chars)))}
+    total = sum(counts.values())
+    pieces = sorted(((p, round(math.log(n / total), 9)) for p, n in counts.items()), key=lambda ps: (-ps[1], ps[0]))
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + pieces
+    tok = Tokenizer(models.Unigram(vocab, unk_id=2, byte_fallback=False))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"],
-                                      unk_token="<unk>", shrinking_factor=0.75)
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the parallel trainer's float sums vary run to run
-    tok.train_from_iterator([TOKENIZER_CORPUS] * 4, trainer=trainer)
-    # keep the scores to 1e-9: the last bits of the trainer's floats are not reproducible
-    spec = json.loads(tok.to_str())
-    spec["model"]["vocab"] = [[piece, round(score, 9)] for piece, score in spec["model"]["vocab"]]
-    tok = Tokenizer.from_str(json.dumps(spec))
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
                                                        special_tokens=[("</s>", 1)])
     folder.mkdir(parents=True, exist_ok=True)
