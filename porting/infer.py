@@ -19,7 +19,8 @@ No table for any particular model lives here. The evidence:
 Transforms: a **merge** where the last names of sibling modules spell the fused name (``to_q``,
 ``to_k``, ``to_v`` -> ``qkv``) and their shapes concatenate along one dim (a **split** is the same seen
 from the other side); a **tie** where a target's only candidate source is already used; a **reshape**
-between leftover tensors of equal numel.
+between leftover tensors whose shapes differ only in unit dims (other equal-numel pairs could as well be
+transposes, so they are reported, not guessed).
 
 Within each class the assignment is a minimum-cost matching (Hungarian). Pairs that could be swapped at
 equal cost of everything except key order are "decided by order"; when the order is not evidence they
@@ -457,13 +458,16 @@ class _Matcher:
         ks = {k: _Module(k, {"": v}, i, name_tokens(k), first_index(k)) for i, (k, v) in enumerate(left_s.items())}
         kt = {k: _Module(k, {"": v}, i, name_tokens(k), first_index(k)) for i, (k, v) in enumerate(left_t.items())}
         rest_s, rest_t = self._sub_assign(list(ks.values()), list(kt.values()), key=lambda m: m.signature)
-        # equal numel, other shape: a reshape, chosen among same-size tensors by the same evidence
-        rest_s, rest_t = self._sub_assign(rest_s, rest_t, key=lambda m: _numel(m.leaves[""].shape))
+        # equal numel, other shape: a reshape when only unit dims differ ([1, 6, d] -> [6, d]); chosen
+        # among such tensors by the same evidence. [a, b] -> [b, a] could as well be a transpose: not guessed.
+        rest_s, rest_t = self._sub_assign(rest_s, rest_t, key=lambda m: _squeezed(m.leaves[""].shape))
         for s in rest_s:
             shape = s.leaves[""].shape
-            cands = [t.path for t in kt.values() if _numel(t.leaves[""].shape) == _numel(shape)]
+            cands = [t.path for t in rest_t if _numel(t.leaves[""].shape) == _numel(shape)]
             if cands:
-                self.unresolved.append(Unresolved(s.path, "source", "no target tensor of this size is left", cands))
+                self.unresolved.append(Unresolved(
+                    s.path, "source", "only tensors of equal size but other dims are left (a transpose and a "
+                    "reshape look alike by shape)", cands))
                 continue
             # every target of this shape is filled already: perhaps a tied copy of a source that maps there
             filled = [t for c in self.out for t in c.targets if self.target[t].shape == shape]
@@ -471,7 +475,7 @@ class _Matcher:
                 s.path, "source", "every target tensor of this shape is already filled; if this is a tied copy "
                 "of the tensor that fills one, drop it" if filled else "no target tensor of this size", filled))
         for t in rest_t:
-            cands = [s.path for s in ks.values() if _numel(s.leaves[""].shape) == _numel(t.leaves[""].shape)]
+            cands = [s.path for s in rest_s if _numel(s.leaves[""].shape) == _numel(t.leaves[""].shape)]
             self.unresolved.append(Unresolved(t.path, "target", "no source tensor maps onto it", cands))
 
     def _sub_assign(self, S: list[_Module], T: list[_Module], key) -> tuple[list[_Module], list[_Module]]:
@@ -499,6 +503,10 @@ class _Matcher:
         for u in sub.unresolved:
             self.unresolved.append(Unresolved(u.key[:-1], u.side, u.reason, [c[:-1] for c in u.candidates]))
         return ([m for m in S if m.path not in sub.used_s], [m for m in T if m.path not in sub.used_t])
+
+
+def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(d for d in shape if d != 1)
 
 
 def _numel(shape: tuple[int, ...]) -> int:

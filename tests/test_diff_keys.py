@@ -321,6 +321,17 @@ def test_fused_name_may_carry_the_common_prefix():
                                                          ("q", "k", "v"))
 
 
+def test_transposed_shapes_are_not_guessed_as_reshapes():
+    """[768, 2304] -> [2304, 768] (GPT-2 Conv1D vs Linear) has equal numel, but a reshape would scramble it."""
+    src = infos([("h.0.attn.c_attn.weight", [8, 24]), ("h.0.ln.weight", [8])])
+    tgt = infos([("layers.0.attn.qkv.weight", [24, 8]), ("layers.0.norm.weight", [8])])
+    inf = infer(src, tgt)
+    assert [c.kind for c in inf.correspondences] == ["rename"]
+    assert [(u.key, u.candidates) for u in inf.unresolved if u.side == "source"] == [
+        ("h.0.attn.c_attn.weight", ["layers.0.attn.qkv.weight"])]
+    assert "transpose" in inf.unresolved[0].reason
+
+
 def test_inference_is_deterministic():
     src, tgt = KeysFileSource(REF / "official_vae_keys.txt"), open_source("native:wan2.1-t2v-1.3b/vae")
     assert diff_keys(src, tgt).name_map.dumps() == diff_keys(src, tgt).name_map.dumps()
