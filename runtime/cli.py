@@ -44,7 +44,13 @@ def generate(model, prompt, negative_prompt, output, num_frames, height, width, 
              attention_backend, dtype, device, scheduler, flow_shift, cfg, cfg_parallel, compile_, as_json):
     """Generate a video with MODEL: a Diffusers-format folder (e.g. written by `port convert`) or a
     hub id such as Wan-AI/Wan2.1-T2V-1.3B-Diffusers."""
-    from runtime.pipeline.validate import validate_output_path
+    from runtime.pipeline.validate import validate_output_path, validate_request
+
+    # explicit values are checked before minutes of loading (unset ones take the model's defaults later)
+    validate_request(prompt, negative_prompt, num_frames=1 if num_frames is None else num_frames,
+                     height=16 if height is None else height, width=16 if width is None else width,
+                     num_inference_steps=1 if steps is None else steps,
+                     guidance_scale=1.0 if guidance is None else guidance, seed=seed)
 
     if output is None:
         name = re.sub(r"[^\w.-]+", "-", Path(model.rstrip("/")).name) or "video"
