@@ -103,7 +103,7 @@ HASH_CONTENT_LIMIT = 1 << 30  # hash weight files' contents up to 1 GiB in total
 
 
 def weights_identity(repo: Path, label: str | None = None) -> dict:
-    """Path, sha256 of the component configs, and sha256 of the weights (contents when small)."""
+    """Path, sha256 of the component configs, of the weights (contents when small) and of the tokenizer."""
     repo = Path(repo)
     configs = [repo / "model_index.json", *sorted(repo.glob("*/config.json")),
                *sorted(repo.glob("*/scheduler_config.json"))]
@@ -128,7 +128,13 @@ def weights_identity(repo: Path, label: str | None = None) -> dict:
             else:  # safetensors header: names, dtypes, shapes, offsets
                 n = int.from_bytes(f.read(8), "little")
                 w.update(f.read(n))
+    t = hashlib.sha256()  # the tokenizer decides the token ids, so it is part of the identity
+    for p in sorted((repo / "tokenizer").glob("*")):
+        if p.is_file():
+            t.update(p.name.encode())
+            t.update(p.read_bytes())
     return {"path": label or str(repo), "config_sha256": h.hexdigest(), "weights_sha256": w.hexdigest(),
+            "tokenizer_sha256": t.hexdigest(),
             "weights_hashed": "contents" if total <= HASH_CONTENT_LIMIT else "safetensors headers"}
 
 
@@ -380,8 +386,8 @@ def check_references(family: str, repo: Path, *, device: str = "cpu", dtype: str
     results = []
     for ref in refs:
         meta = json.loads(ref.with_suffix(".json").read_text())
-        for key in ("config_sha256", "weights_sha256"):
-            if meta["weights"][key] != identity[key]:
+        for key in ("config_sha256", "weights_sha256", "tokenizer_sha256"):
+            if meta["weights"].get(key) != identity[key]:
                 raise UserError(f"{ref}: rendered from other weights ({key} differs from {repo}); pass the weights "
                                 f"it names ({meta['weights']['path']}) or regenerate with `port ssim-refs generate`")
         s = settings_from_metadata(meta)

@@ -220,7 +220,7 @@ def test_port_parity_command(tiny_repo):
     result = CliRunner().invoke(cli, ["parity", "wan2.1-t2v", "--component", "text_encoder", "--weights",
                                       str(tiny_repo), "--json"])
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output[result.output.index("{"):])
+    data = json.loads(result.stdout)
     assert data["passed"] and data["dtype"] == "fp32" and len(data["modules"]) > 10
 
 

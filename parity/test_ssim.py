@@ -16,13 +16,14 @@ import pytest
 from parity import ssim
 
 FAMILY = "wan2.1-t2v"
+CPU_BACKENDS = ("sdpa-math", "sdpa")  # committed tiny CPU references exist for both
 TINY_REFS = ssim.REFS / FAMILY / "cpu" / "sdpa-math"
 META_KEYS = {"prompt", "negative_prompt", "seed", "frames", "size", "steps", "guidance", "weights",
              "reference_implementation", "torch_version", "device_name"}
 
 
-def committed():
-    return sorted(TINY_REFS.glob("*.mp4"))
+def committed(backend: str = "sdpa-math"):
+    return sorted((ssim.REFS / FAMILY / "cpu" / backend).glob("*.mp4"))
 
 
 def test_thresholds_are_the_stated_ones():
@@ -31,8 +32,9 @@ def test_thresholds_are_the_stated_ones():
     assert ssim.threshold(FAMILY, "cuda-nvidia-h100-80gb-hbm3") == ssim.THRESHOLDS[FAMILY]["cuda"]
 
 
-def test_committed_references_layout_and_metadata():
-    refs = committed()
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_committed_references_layout_and_metadata(backend):
+    refs = committed(backend)
     assert len(refs) == len(ssim.PROMPTS[FAMILY])
     for mp4 in refs:
         meta = json.loads(mp4.with_suffix(".json").read_text())
@@ -45,14 +47,15 @@ def test_committed_references_layout_and_metadata():
 
 def test_mp4_round_trip_is_exact():
     # libx264rgb qp 0 is lossless: the decoded mp4 equals the raw frames in the .npz bit for bit
-    for mp4 in committed():
+    for mp4 in committed("sdpa-math") + committed("sdpa"):
         frames = np.load(mp4.with_suffix(".npz"))["frames"]
         np.testing.assert_array_equal(ssim.read_video(mp4), frames)
 
 
-def test_tiny_cpu_references_pass(tiny_repo):
-    results = ssim.check_references(FAMILY, tiny_repo, device="cpu")
-    assert len(results) == len(committed())
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_tiny_cpu_references_pass(tiny_repo, backend):
+    results = ssim.check_references(FAMILY, tiny_repo, device="cpu", backend=backend)
+    assert len(results) == len(committed(backend))
     for r in results:
         assert r.passed, r.summary()
         assert r.mean >= 0.99 and r.min >= 0.98, r.summary()
@@ -100,3 +103,22 @@ def test_real_size_gpu_references(request, device):
         pytest.skip(f"no references for {dev_class}/sdpa under ssim_refs/{FAMILY}; render them first (see README)")
     for r in ssim.check_references(FAMILY, weights, device=device):
         assert r.passed, r.summary()
+
+
+def test_port_ssim_refs_commands(tiny_repo, tmp_path):
+    from click.testing import CliRunner
+
+    from porting.cli import cli
+
+    root = tmp_path / "refs"
+    common = [FAMILY, "--weights", str(tiny_repo), "--refs", str(root)]
+    gen = CliRunner().invoke(cli, ["ssim-refs", "generate", *common, "--prompt", "a dog runs along the beach",
+                                   "--seed", "3", "--frames", "5", "--height", "16", "--width", "32"])
+    assert gen.exit_code == 0, gen.output
+    mp4 = root / FAMILY / "cpu" / "sdpa-math" / "a-dog-runs-along-the-beach-seed3.mp4"
+    meta = json.loads(mp4.with_suffix(".json").read_text())
+    assert (meta["frames"], meta["size"], meta["seed"]) == (5, [16, 32], 3)
+    check = CliRunner().invoke(cli, ["ssim-refs", "check", *common, "--json"])
+    assert check.exit_code == 0, check.output
+    (result,) = json.loads(check.stdout)
+    assert result["passed"] and result["threshold"] == {"mean": 0.99, "min": 0.98}
