@@ -232,3 +232,29 @@ def test_port_parity_bad_weights_is_one_line(tmp_path, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "model_index.json" in err
+
+
+# --- a corrupted official -> Diffusers map, end to end through `port convert` --------------------------
+def test_corrupted_conversion_map_is_named(tmp_path):
+    """q/k norm scales swapped by the conversion map: the repo loads strictly (same shapes), and parity
+    against the official DiT converted by diffusers' own converter names the module."""
+    from click.testing import CliRunner
+
+    from parity.repos import TINY_RELEASE
+    from porting.cli import cli
+    from runtime.models.wan import family
+
+    text = family.OFFICIAL_TO_DIFFUSERS["transformer"].read_text()
+    rule = "rename   ^blocks\\.(\\d+)\\.self_attn\\.(norm_q|norm_k)\\.weight$"
+    assert rule in text
+    swapped = ("rename   ^blocks\\.(\\d+)\\.self_attn\\.norm_q\\.weight$  ->  blocks.\\1.attn1.norm_k.weight\n"
+               "rename   ^blocks\\.(\\d+)\\.self_attn\\.norm_k\\.weight$  ->  blocks.\\1.attn1.norm_q.weight\n")
+    bad_map = tmp_path / "swapped.map"
+    bad_map.write_text(text.replace(rule, swapped + rule, 1))
+    repo = tmp_path / "repo"
+    result = CliRunner().invoke(cli, ["convert", str(TINY_RELEASE), "--family", "wan2.1-t2v", "--out", str(repo),
+                                      "--map", f"transformer={bad_map}", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    s = transformer_setup(repo, official=TINY_RELEASE)
+    report = run_parity(s.reference, s.run_reference, s.native, s.run_native, name_map=s.name_map)
+    assert_first(report, "blocks.0.attn.norm_q", ("blocks.0.attn1.norm_q",), input_diverged=False)
