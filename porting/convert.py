@@ -28,7 +28,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +47,7 @@ from porting.sources import (
 DTYPES: dict[str, torch.dtype | None] = {"keep": None, "bf16": torch.bfloat16, "fp16": torch.float16,
                                          "fp32": torch.float32}
 TEST_KILL_ENV = "VIDPORT_TEST_KILL_AFTER_TENSORS"  # test hook, read only by TensorSink
+CHUNK_BYTES = 64 << 20  # a tensor is read, cast and written in pieces of this size: RSS stays flat
 TMP_TAG = ".vidport-tmp-"
 OLD_TAG = ".vidport-old-"
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -117,6 +118,24 @@ class StreamingSafetensors(StateDictSource):
                 done += n
         return out
 
+    def chunks(self, name: str, max_bytes: int) -> Iterator[torch.Tensor]:
+        """The tensor's elements, flattened, in 1-D pieces of at most ``max_bytes`` (one buffer each)."""
+        fd, offset, nbytes = self.locate(name)
+        dtype = SAFETENSORS_DTYPES[self._infos[name].dtype]
+        step = max(max_bytes // dtype.itemsize, 1) * dtype.itemsize
+        for start in range(0, nbytes, step):
+            n = min(step, nbytes - start)
+            piece = torch.empty(n // dtype.itemsize, dtype=dtype)
+            buf = memoryview(piece.view(torch.uint8).numpy())
+            done = 0
+            while done < n:
+                got = os.preadv(fd, [buf[done:]], offset + start + done)
+                if got <= 0:
+                    raise ConvertError(f"{self._where[name][0]}: file ended inside tensor {name!r} "
+                                       "(truncated download?)")
+                done += got
+            yield piece
+
     def release(self, tensor: torch.Tensor) -> None:
         """Nothing to release: each tensor is its own buffer, freed when dropped."""
 
@@ -143,9 +162,8 @@ def _madvise_dontneed(tensor: torch.Tensor) -> None:
     global _LIBC
     if _LIBC is None:
         _LIBC = ctypes.CDLL(None, use_errno=True)
-    storage = tensor.untyped_storage()
-    start, size = storage.data_ptr(), storage.nbytes()
-    if not size:
+    start, size = tensor.data_ptr(), tensor.numel() * tensor.element_size()
+    if not size or not tensor.is_contiguous():
         return
     page = mmap.PAGESIZE
     lo = start - start % page
@@ -171,6 +189,16 @@ class StreamingPickle(StateDictSource):
 
     def get(self, name: str) -> torch.Tensor:
         return self._inner.get(name)
+
+    def chunks(self, name: str, max_bytes: int) -> Iterator[torch.Tensor]:
+        """1-D views of the mmap'd tensor, at most ``max_bytes`` each; each piece's pages are released
+        once the consumer asks for the next one."""
+        flat = self.get(name).reshape(-1)
+        step = max(max_bytes // flat.element_size(), 1)
+        for start in range(0, flat.numel(), step):
+            piece = flat[start:start + step]
+            yield piece
+            self.release(piece)
 
     def release(self, tensor: torch.Tensor) -> None:
         if self._mmapped:
@@ -395,6 +423,23 @@ class SafetensorsWriter:
         self.next += 1
         self.sink.written()
 
+    def write_pieces(self, name: str, pieces: Iterator[torch.Tensor]) -> None:
+        """Write a tensor from 1-D pieces of its flattened elements (already in the output dtype)."""
+        spec = self.layout[self.next]
+        if name != spec.name:
+            raise RuntimeError(f"writer expected {spec.name}, got {name}")
+        written = 0
+        for piece in pieces:
+            if dtype_name(piece.dtype) != spec.dtype:
+                raise RuntimeError(f"{name}: piece of dtype {dtype_name(piece.dtype)}, expected {spec.dtype}")
+            data = tensor_bytes(piece)
+            self._write(data)
+            written += data.nbytes
+        if written != spec.nbytes:
+            raise RuntimeError(f"{name}: wrote {written} bytes, expected {spec.nbytes}")
+        self.next += 1
+        self.sink.written()
+
     def copy(self, name: str, fd: int, offset: int, nbytes: int) -> None:
         """Write a tensor whose bytes already lie in a file, unchanged: copied in the kernel
         (copy_file_range, as `cp` does), never through Python memory."""
@@ -436,9 +481,14 @@ def write_component(comp: ComponentPlan, folder: Path, sink: TensorSink,
         try:
             for t in layout:
                 where[t.name] = shard_name
-                if t.dtype == t.source_dtype and t.op.kind in ("rename", "tie", "reshape") and \
-                        isinstance(comp.source, StreamingSafetensors):
-                    writer.copy(t.name, *comp.source.locate(t.op.sources[0]))  # bytes unchanged
+                if t.op.kind in ("rename", "tie", "reshape") and hasattr(comp.source, "chunks"):
+                    # one source tensor, bytes in the same order: never hold the whole tensor
+                    src = t.op.sources[0]
+                    if t.dtype == t.source_dtype and isinstance(comp.source, StreamingSafetensors):
+                        writer.copy(t.name, *comp.source.locate(src))  # unchanged: copied in the kernel
+                    else:
+                        dtype = SAFETENSORS_DTYPES[t.dtype]
+                        writer.write_pieces(t.name, (p.to(dtype) for p in comp.source.chunks(src, CHUNK_BYTES)))
                     on_bytes(t.nbytes)
                     continue
                 fetched: list[torch.Tensor] = []
