@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -30,21 +31,19 @@ IDENTITY_MAP = NameMap.loads("rename ^(.*)$ -> \\1", origin="identity")
 
 
 def force_math_attention(model: nn.Module) -> None:
-    """Select the exact SDPA math kernel inside a model, whatever its origin.
-
-    vidport models name their backend (``set_attention_backend("sdpa-math")``); diffusers models take
-    ``_native_math``; everything else (transformers) runs under the ``sdpa_kernel`` context of
-    ``controlled``.
-    """
+    """Select the exact SDPA math kernel in a model and in every model it contains (a ModuleDict of
+    pipeline components): vidport models name their backend (``set_attention_backend("sdpa-math")``),
+    diffusers models take ``_native_math``; everything else (transformers) runs under the ``sdpa_kernel``
+    context of ``controlled``."""
     from runtime.models.wan.model import WanDiT
 
-    if isinstance(model, WanDiT):
-        model.set_attention_backend("sdpa-math")
-        return
-    setter = getattr(model, "set_attention_backend", None)
-    if setter is not None and type(model).__module__.startswith("diffusers"):
-        with _quiet_diffusers():
-            setter("_native_math")
+    for m in model.modules():
+        if isinstance(m, WanDiT):
+            m.set_attention_backend("sdpa-math")
+        elif type(m).__module__.startswith("diffusers") and callable(getattr(m, "set_attention_backend", None)) \
+                and hasattr(m, "config"):
+            with _quiet_diffusers():
+                m.set_attention_backend("_native_math")
 
 
 @contextlib.contextmanager
@@ -182,9 +181,7 @@ def _compare_pair(pair: Pair, ref_trace: Trace, nat_trace: Trace, tol) -> Row:
     return row
 
 
-def _save(row: Row, ref_trace: Trace, nat_trace: Trace, folder) -> os.PathLike:
-    from pathlib import Path
-
+def _save(row: Row, ref_trace: Trace, nat_trace: Trace, folder) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     pair = row.pair

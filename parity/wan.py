@@ -129,7 +129,7 @@ def reference_vae(official_vae: Path, config: dict, *, device="cpu"):
     sd = torch.load(official_vae, map_location="cpu", weights_only=True)
     sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
     vae = AutoencoderKLWan(**{k: v for k, v in config.items() if not k.startswith("_")})
-    missing, unexpected = vae.load_state_dict(convert_wan_vae_to_diffusers(sd), strict=True)
+    vae.load_state_dict(convert_wan_vae_to_diffusers(sd), strict=True)
     return vae.to(device).eval()
 
 
