@@ -99,11 +99,14 @@ def reference_path(family: str, dev_class: str, backend: str, prompt: str, seed:
 # ----------------------------------------------------------------------------------------------
 # weights identity
 # ----------------------------------------------------------------------------------------------
-HASH_CONTENT_LIMIT = 1 << 30  # hash weight files' contents up to 1 GiB in total (tiny repos); else headers
+HASH_CONTENT_LIMIT = 1 << 30  # hash tensor contents up to 1 GiB of weights (tiny repos); else names/shapes
 
 
 def weights_identity(repo: Path, label: str | None = None) -> dict:
     """Path, sha256 of the component configs, of the weights (contents when small) and of the tokenizer."""
+    import torch
+    from safetensors import safe_open
+
     repo = Path(repo)
     configs = [repo / "model_index.json", *sorted(repo.glob("*/config.json")),
                *sorted(repo.glob("*/scheduler_config.json"))]
@@ -116,18 +119,25 @@ def weights_identity(repo: Path, label: str | None = None) -> dict:
                if not k.startswith("_") and k != "transformers_version"}
         h.update(str(p.relative_to(repo)).encode())
         h.update(json.dumps(cfg, sort_keys=True).encode())
+    # tensors by component and name (not file bytes: sharding and header metadata do not matter)
     weights = sorted(repo.rglob("*.safetensors"))
     total = sum(p.stat().st_size for p in weights)
-    w = hashlib.sha256()
+    by_content = total <= HASH_CONTENT_LIMIT
+    entries = []
     for p in weights:
-        w.update(str(p.relative_to(repo)).encode())
-        with open(p, "rb") as f:
-            if total <= HASH_CONTENT_LIMIT:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    w.update(chunk)
-            else:  # safetensors header: names, dtypes, shapes, offsets
-                n = int.from_bytes(f.read(8), "little")
-                w.update(f.read(n))
+        with safe_open(p, framework="pt") as f:
+            for key in f.keys():
+                if by_content:
+                    t = f.get_tensor(key).contiguous()
+                    dtype, shape = str(t.dtype), tuple(t.shape)
+                    digest = hashlib.sha256(t.view(-1).view(torch.uint8).numpy()).hexdigest()
+                else:
+                    info = f.get_slice(key)
+                    dtype, shape, digest = info.get_dtype(), tuple(info.get_shape()), ""
+                entries.append((p.parent.name, key, dtype, shape, digest))
+    w = hashlib.sha256()
+    for entry in sorted(entries):
+        w.update(repr(entry).encode())
     t = hashlib.sha256()  # the tokenizer decides the token ids, so it is part of the identity
     for p in sorted((repo / "tokenizer").glob("*")):
         if p.is_file():
@@ -135,7 +145,7 @@ def weights_identity(repo: Path, label: str | None = None) -> dict:
             t.update(p.read_bytes())
     return {"path": label or str(repo), "config_sha256": h.hexdigest(), "weights_sha256": w.hexdigest(),
             "tokenizer_sha256": t.hexdigest(),
-            "weights_hashed": "contents" if total <= HASH_CONTENT_LIMIT else "safetensors headers"}
+            "weights_hashed": "tensor contents" if by_content else "tensor names, dtypes and shapes"}
 
 
 # ----------------------------------------------------------------------------------------------
