@@ -32,7 +32,14 @@ class Pair:
 
     @property
     def ref_name(self) -> str:
-        return self.ref[0] if len(self.ref) == 1 else "+".join(self.ref)
+        """'blocks.0.attn1.to_{q,k,v}' for a group with a common prefix."""
+        if len(self.ref) == 1:
+            return self.ref[0]
+        prefix = self.ref[0]
+        for r in self.ref[1:]:
+            while not r.startswith(prefix):
+                prefix = prefix[:-1]
+        return prefix + "{" + ",".join(r[len(prefix):] for r in self.ref) + "}"
 
     def as_dict(self) -> dict:
         d = asdict(self)
