@@ -60,9 +60,20 @@ def test_pipeline_latents(tiny_repo, cfg):
 
 
 # --- real size (GPU, weights given) -----------------------------------------------------------------
-@pytest.mark.parametrize("component,dtype", [("transformer", "bf16"), ("text_encoder", "bf16"), ("vae", "fp32"),
-                                             ("pipeline", "bf16")])
+def _fits_twice_in_fp32(repo, component: str, device: str) -> bool:
+    """Reference and native copies of the component in fp32, with 25% headroom, fit in GPU memory."""
+    from porting.sources import open_source
+
+    src = open_source(str(repo / component))
+    numel = sum(info.numel for info in src.infos.values())
+    return 2 * 4 * numel * 1.25 < torch.cuda.get_device_properties(torch.device(device)).total_memory
+
+
+@pytest.mark.parametrize("component,dtype", [("transformer", "fp32"), ("transformer", "bf16"),
+                                             ("text_encoder", "bf16"), ("vae", "fp32"), ("pipeline", "bf16")])
 def test_real_size(real_repo, request, device, component, dtype):
+    if component == "transformer" and dtype == "fp32" and not _fits_twice_in_fp32(real_repo, component, device):
+        pytest.skip("two fp32 copies of this DiT do not fit in GPU memory (14B); the bf16 comparison runs")
     kwargs = {"device": device}
     official = request.config.getoption("--official")
     if component == "vae":
