@@ -292,6 +292,13 @@ class ConversionPlan:
     copies: dict[str, Path]  # relative path -> source file (tokenizer)
     source_files: list[Path]
     hasher: Hasher | None = None  # already hashing source_files, when planning started it
+    deferred: DeferredTargets | None = None  # target check still running (see DeferredTargets)
+
+    def complete(self) -> None:
+        """Wait for a deferred target check and apply it (strict verification, config files)."""
+        if self.deferred is not None:
+            deferred, self.deferred = self.deferred, None
+            deferred.complete(self)
 
     @property
     def nbytes(self) -> int:
@@ -320,14 +327,16 @@ def output_dtype(name: str, source_dtype: str, requested: str, keep: tuple[str, 
 
 
 def plan_component(name: str, source: StateDictSource, name_map: NameMap, map_origin: str,
-                   target_shapes: dict[str, tuple[int, ...]], *, weights_stem: str, keep_fp32: tuple[str, ...],
-                   dtype: str, max_shard_size: int) -> ComponentPlan:
-    """Apply the map to the source keys, verify strictly against the target, assign dtypes and shards."""
+                   target_shapes: dict[str, tuple[int, ...]] | None, *, weights_stem: str,
+                   keep_fp32: tuple[str, ...], dtype: str, max_shard_size: int) -> ComponentPlan:
+    """Apply the map to the source keys, verify strictly against the target, assign dtypes and shards.
+
+    ``target_shapes=None`` plans from the source side only (every key matched, no target made twice);
+    ``verify_component`` must then check the real target before the result is published."""
     plan = name_map.plan(source.keys())
-    try:
-        plan.verify(source.shapes(), target_shapes, what=f"{name} target")
-    except UserError as e:
-        raise ConvertError(f"{name}: {source.description} does not convert with {map_origin}: {e}") from None
+    if target_shapes is None:
+        target_shapes = {op.target: tuple(op.target_shape(source.shapes())) for op in plan.ops}
+    _verify(name, source, map_origin, plan, target_shapes)
     comp = ComponentPlan(name, source, name_map, map_origin, plan, weights_stem, keep_fp32, dict(target_shapes))
     infos = source.infos
     for op in plan.ops:
@@ -339,6 +348,54 @@ def plan_component(name: str, source: StateDictSource, name_map: NameMap, map_or
         comp.tensors.append(TargetTensor(op.target, op, tuple(target_shapes[op.target]), src_dtype, out))
     comp.shards = shard(comp.tensors, max_shard_size)
     return comp
+
+
+def _verify(name: str, source: StateDictSource, map_origin: str, plan: Plan,
+            target_shapes: dict[str, tuple[int, ...]]) -> None:
+    try:
+        plan.verify(source.shapes(), target_shapes, what=f"{name} target")
+    except UserError as e:
+        raise ConvertError(f"{name}: {source.description} does not convert with {map_origin}: {e}") from None
+
+
+def verify_component(comp: ComponentPlan, target_shapes: dict[str, tuple[int, ...]],
+                     keep_fp32: tuple[str, ...], dtype: str) -> None:
+    """The strict check of a component planned from the source side, against its real target."""
+    _verify(comp.name, comp.source, comp.map_origin, comp.plan, target_shapes)
+    comp.target_shapes = dict(target_shapes)
+    comp.keep_fp32 = keep_fp32
+    for t in comp.tensors:
+        if output_dtype(t.name, t.source_dtype, dtype, keep_fp32) != t.dtype:
+            raise ConvertError(f"{comp.name}: {t.name} was planned as {t.dtype} before the keep-in-fp32 list "
+                               "was known; plan casts with the targets first")
+
+
+class DeferredTargets(threading.Thread):
+    """Builds the target models and config files (importing diffusers/transformers takes seconds to tens
+    of seconds) while unchanged tensors already stream into the temporary folder. Nothing is published
+    before ``complete`` has checked every component strictly against them."""
+
+    def __init__(self, build: Callable[[], tuple[dict, Callable[[], dict[str, str]]]]):
+        super().__init__(daemon=True)
+        self.build = build
+        self.value = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.value = self.build()
+        except BaseException as e:  # noqa: BLE001 - re-raised by complete() in the main thread
+            self.error = e
+
+    def complete(self, cplan: ConversionPlan) -> None:
+        self.join()
+        if self.error is not None:
+            raise self.error
+        targets, make_files = self.value
+        for comp in cplan.components:
+            shapes, _, keep = targets[comp.name]
+            verify_component(comp, shapes, keep, cplan.dtype)
+        cplan.files = make_files()
 
 
 def _tensor_table(comp: ComponentPlan) -> dict[str, tuple[int, ...]]:
@@ -714,7 +771,10 @@ def execute(cplan: ConversionPlan, out: Path, *, force: bool = False, progress: 
                 write_component(comp, tmp / comp.name, sink, bar.update)
                 reports.append(ComponentReport(comp.name, len(comp.tensors), comp.nbytes,
                                                _dtype_summary(comp), time.perf_counter() - t0))
+                if cplan.deferred is not None and not cplan.deferred.is_alive():
+                    cplan.complete()  # the target check is done: fail now rather than after all components
         t0 = time.perf_counter()
+        cplan.complete()  # strict check against the target models before anything is published
         for rel, text in cplan.files.items():
             current = rel
             write_text(tmp / rel, text)
@@ -725,7 +785,7 @@ def execute(cplan: ConversionPlan, out: Path, *, force: bool = False, progress: 
         if hasher.error is not None:
             raise ConvertError(f"cannot hash the source files: {hasher.error}")
         write_text(tmp / "conversion.json", json.dumps(provenance(cplan, hasher.result), indent=2) + "\n")
-        reports.append(ComponentReport("configs+tokenizer", 0,
+        reports.append(ComponentReport("configs+checks", 0,
                                        sum(len(t.encode()) for t in cplan.files.values()) +
                                        sum(p.stat().st_size for p in cplan.copies.values()), "-",
                                        time.perf_counter() - t0))
@@ -824,9 +884,10 @@ def summary_table(reports: list[ComponentReport]) -> str:
 # Planning a release of a family
 # ----------------------------------------------------------------------------------------------
 def plan_release(release: str | Path, family_name: str, *, dtype: str = "keep", max_shard_size: int = 5 * 10**9,
-                 maps: dict[str, Path] | None = None) -> ConversionPlan:
+                 maps: dict[str, Path] | None = None, defer: bool = False) -> ConversionPlan:
     """Plan the conversion of an official release (nothing is written). ``maps`` overrides the family's
-    committed official->Diffusers maps per component."""
+    committed official->Diffusers maps per component. ``defer``: with ``--dtype keep``, check against the
+    target models on a thread while ``execute`` streams (``ConversionPlan.complete`` joins it)."""
     from runtime.families import get_family
 
     if dtype not in DTYPES:
@@ -842,7 +903,7 @@ def plan_release(release: str | Path, family_name: str, *, dtype: str = "keep", 
                            f"{', '.join(fam.COMPONENTS)}")
     if builder is None:
         raise ConvertError(f"port convert does not know the Diffusers layout of {family_name} yet")
-    return builder(fam, release, dtype=dtype, max_shard_size=max_shard_size, maps=maps or {})
+    return builder(fam, release, dtype=dtype, max_shard_size=max_shard_size, maps=maps or {}, defer=defer)
 
 
 def _load_map(path: Path, component: str) -> NameMap:
@@ -856,7 +917,8 @@ def _meta_state_shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
-def _plan_wan(fam, release: Path, *, dtype: str, max_shard_size: int, maps: dict[str, Path]) -> ConversionPlan:
+def _plan_wan(fam, release: Path, *, dtype: str, max_shard_size: int, maps: dict[str, Path],
+              defer: bool = False) -> ConversionPlan:
     """Wan2.1 T2V: official release -> the layout of Wan-AI/Wan2.1-T2V-*-Diffusers (WanPipeline)."""
     # 1. every file the release must have, reported together
     tok_dir = release / fam.OFFICIAL_FILES["tokenizer"]
@@ -880,15 +942,49 @@ def _plan_wan(fam, release: Path, *, dtype: str, max_shard_size: int, maps: dict
     hasher = Hasher(source_files)
     hasher.start()
     try:
-        return _plan_wan_targets(fam, release, dit, preset, sources, tok_dir, tok_files, source_files, hasher,
-                                 dtype=dtype, max_shard_size=max_shard_size, maps=maps)
+        return _plan_wan_components(fam, release, dit, preset, sources, tok_dir, tok_files, source_files, hasher,
+                                    dtype=dtype, max_shard_size=max_shard_size, maps=maps, defer=defer)
     except BaseException:
         hasher.cancel()
         raise
 
 
-def _plan_wan_targets(fam, release, dit, preset, sources, tok_dir, tok_files, source_files, hasher, *,
-                      dtype, max_shard_size, maps) -> ConversionPlan:
+WAN_WEIGHT_STEMS = {"transformer": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model",
+                    "text_encoder": "model"}
+
+
+def _plan_wan_components(fam, release, dit, preset, sources, tok_dir, tok_files, source_files, hasher, *,
+                         dtype, max_shard_size, maps, defer) -> ConversionPlan:
+    name_maps = {}
+    for name in fam.COMPONENTS:
+        map_path = Path(maps.get(name, fam.OFFICIAL_TO_DIFFUSERS[name]))
+        name_maps[name] = (_load_map(map_path, name), _display_path(map_path))
+    copies = {f"tokenizer/{p.relative_to(tok_dir).as_posix()}": p for p in tok_files}
+
+    def plan_all(targets: dict | None) -> list[ComponentPlan]:
+        return [plan_component(name, sources[name], *name_maps[name], targets[name][0] if targets else None,
+                               weights_stem=WAN_WEIGHT_STEMS[name], keep_fp32=targets[name][2] if targets else (),
+                               dtype=dtype, max_shard_size=max_shard_size) for name in fam.COMPONENTS]
+
+    if defer and dtype == "keep":  # no cast: dtypes are known without the keep-in-fp32 lists
+        components = plan_all(None)
+        t5_dtype = _majority_dtype(components[fam.COMPONENTS.index("text_encoder")])
+        deferred = DeferredTargets(lambda: _wan_targets(fam, dit, preset, sources, tok_dir, lambda: t5_dtype))
+        deferred.start()
+        return ConversionPlan(fam.NAME, preset, release, dtype, max_shard_size, components, {}, copies,
+                              source_files, hasher, deferred)
+    holder: dict[str, list[ComponentPlan]] = {}
+    targets, make_files = _wan_targets(
+        fam, dit, preset, sources, tok_dir,
+        lambda: _majority_dtype(holder["c"][fam.COMPONENTS.index("text_encoder")]))
+    holder["c"] = components = plan_all(targets)
+    return ConversionPlan(fam.NAME, preset, release, dtype, max_shard_size, components, make_files(), copies,
+                          source_files, hasher)
+
+
+def _wan_targets(fam, dit, preset, sources, tok_dir, t5_dtype: Callable[[], str]):
+    """The Diffusers/transformers models on the meta device -> ({component: (shapes, stem, keep_fp32)},
+    make_files() -> {relative path: config text})."""
     import diffusers
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
@@ -916,47 +1012,40 @@ def _plan_wan_targets(fam, release, dit, preset, sources, tok_dir, tok_files, so
         t5_config = UMT5Config(**t5_cfg)
         text_encoder = UMT5EncoderModel(t5_config)
     targets = {
-        # (module, weights file stem, keep-in-fp32 module names as the libraries declare them)
-        "transformer": (transformer, "diffusion_pytorch_model", tuple(WanTransformer3DModel._keep_in_fp32_modules)),
+        # (state-dict shapes, weights file stem, keep-in-fp32 module names as the libraries declare them)
+        "transformer": (_meta_state_shapes(transformer), WAN_WEIGHT_STEMS["transformer"],
+                        tuple(WanTransformer3DModel._keep_in_fp32_modules)),
         # AutoencoderKLWan declares none, but diffusers recommends an fp32 VAE (the Diffusers repos ship it so)
-        "vae": (vae, "diffusion_pytorch_model", ("*",)),
-        "text_encoder": (text_encoder, "model", tuple(UMT5EncoderModel._keep_in_fp32_modules or ())),
+        "vae": (_meta_state_shapes(vae), WAN_WEIGHT_STEMS["vae"], ("*",)),
+        "text_encoder": (_meta_state_shapes(text_encoder), WAN_WEIGHT_STEMS["text_encoder"],
+                         tuple(UMT5EncoderModel._keep_in_fp32_modules or ())),
     }
-    components = []
-    for name in fam.COMPONENTS:
-        module, stem, keep = targets[name]
-        map_path = Path(maps.get(name, fam.OFFICIAL_TO_DIFFUSERS[name]))
-        components.append(plan_component(
-            name, sources[name], _load_map(map_path, name), _display_path(map_path), _meta_state_shapes(module),
-            weights_stem=stem, keep_fp32=keep, dtype=dtype, max_shard_size=max_shard_size))
 
-    # 5. config files, scheduler, pipeline index, tokenizer
-    t5_out = components[fam.COMPONENTS.index("text_encoder")]
-    t5_config.architectures = ["UMT5EncoderModel"]
-    t5_config.dtype = SAFETENSORS_DTYPES[_majority_dtype(t5_out)]
-    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
-                                        num_train_timesteps=fam.NUM_TRAIN_TIMESTEPS,
-                                        flow_shift=fam.SAMPLING.get(preset, fam.SAMPLING["1.3b"])["flow_shift"])
-    tok_class = _tokenizer_class(tok_dir)
-    model_index = {
-        "_class_name": "WanPipeline",
-        "_diffusers_version": diffusers.__version__,
-        "scheduler": ["diffusers", "UniPCMultistepScheduler"],
-        "text_encoder": ["transformers", "UMT5EncoderModel"],
-        "tokenizer": ["transformers", tok_class],
-        "transformer": ["diffusers", "WanTransformer3DModel"],
-        "vae": ["diffusers", "AutoencoderKLWan"],
-    }
-    files = {
-        "model_index.json": json.dumps(model_index, indent=2) + "\n",
-        "scheduler/scheduler_config.json": scheduler.to_json_string(),
-        "transformer/config.json": transformer.to_json_string(),
-        "vae/config.json": vae.to_json_string(),
-        "text_encoder/config.json": t5_config.to_json_string(),
-    }
-    copies = {f"tokenizer/{p.relative_to(tok_dir).as_posix()}": p for p in tok_files}
-    return ConversionPlan(fam.NAME, preset, release, dtype, max_shard_size, components, files, copies,
-                          source_files, hasher)
+    # 5. config files, scheduler, pipeline index
+    def make_files() -> dict[str, str]:
+        t5_config.architectures = ["UMT5EncoderModel"]
+        t5_config.dtype = SAFETENSORS_DTYPES[t5_dtype()]
+        scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                            num_train_timesteps=fam.NUM_TRAIN_TIMESTEPS,
+                                            flow_shift=fam.SAMPLING.get(preset, fam.SAMPLING["1.3b"])["flow_shift"])
+        model_index = {
+            "_class_name": "WanPipeline",
+            "_diffusers_version": diffusers.__version__,
+            "scheduler": ["diffusers", "UniPCMultistepScheduler"],
+            "text_encoder": ["transformers", "UMT5EncoderModel"],
+            "tokenizer": ["transformers", _tokenizer_class(tok_dir)],
+            "transformer": ["diffusers", "WanTransformer3DModel"],
+            "vae": ["diffusers", "AutoencoderKLWan"],
+        }
+        return {
+            "model_index.json": json.dumps(model_index, indent=2) + "\n",
+            "scheduler/scheduler_config.json": scheduler.to_json_string(),
+            "transformer/config.json": transformer.to_json_string(),
+            "vae/config.json": vae.to_json_string(),
+            "text_encoder/config.json": t5_config.to_json_string(),
+        }
+
+    return targets, make_files
 
 
 def _display_path(path: Path) -> str:

@@ -328,7 +328,8 @@ def test_missing_release_files(tmp_path: Path, capsys):
 
 def test_bad_dtype_and_unwritable_out(tmp_path: Path, capsys):
     assert port(*convert_args(tmp_path / "o", "--dtype", "int8")) == 2
-    assert "int8" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "int8" in err and "bf16" in err
     blocker = tmp_path / "file"
     blocker.write_text("")
     assert port(*convert_args(blocker / "o")) == 2
@@ -346,6 +347,18 @@ def test_map_that_misses_a_key_is_refused(tmp_path: Path, capsys):
     assert port(*convert_args(tmp_path / "o", "--map", f"transformer={broken}")) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "match no rule" in err and "norm3" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.map"]
+
+
+def test_map_with_wrong_shapes_is_refused_before_publishing(tmp_path: Path, capsys):
+    """The check against the target models runs while tensors stream; a mismatch still publishes nothing."""
+    text = family.OFFICIAL_TO_DIFFUSERS["transformer"].read_text()
+    swapped = text.replace("text_embedder.linear_1", "TMP").replace("text_embedder.linear_2", "text_embedder.linear_1")
+    broken = tmp_path / "t.map"
+    broken.write_text(swapped.replace("TMP", "text_embedder.linear_2"))
+    assert port(*convert_args(tmp_path / "o", "--map", f"transformer={broken}")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "shape mismatch" in err and "text_embedder.linear_1.weight" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.map"]
 
 

@@ -17,7 +17,7 @@ from porting.convert import DTYPES, execute, parse_size, plan_release, summary_t
 @click.option("--family", required=True, help="Model family of the release, e.g. wan2.1-t2v.")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path),
               help="Target folder, e.g. converted_weights/NAME (created atomically).")
-@click.option("--dtype", type=click.Choice(list(DTYPES)), default="keep", show_default=True,
+@click.option("--dtype", default="keep", show_default=True, metavar="|".join(DTYPES),
               help="Cast floating tensors; keep-in-fp32 modules (norms, modulation, time embedding) are never "
                    "cast down.")
 @click.option("--max-shard-size", default="5GB", show_default=True,
@@ -25,7 +25,7 @@ from porting.convert import DTYPES, execute, parse_size, plan_release, summary_t
 @click.option("--force", is_flag=True, help="Replace an existing --out (the old one is removed only after the "
                                             "new one is complete).")
 @click.option("--emit-script", "emit_script", type=click.Path(path_type=Path), default=None,
-              help="Write a standalone Python script (torch + safetensors only) that performs this same "
+              help="Write a standalone Python script (needs only torch) that performs this same "
                    "conversion, and exit without converting.")
 @click.option("--map", "map_overrides", multiple=True, metavar="COMPONENT=FILE",
               help="Use this name map for a component instead of the family's committed one (repeatable).")
@@ -50,7 +50,9 @@ def convert(source: Path, family: str, out: Path, dtype: str, max_shard_size: st
         if not sep or not path:
             raise click.BadParameter(f"{item!r}: expected COMPONENT=FILE", param_hint="--map")
         maps[component] = Path(path)
-    plan = plan_release(source, family, dtype=dtype, max_shard_size=parse_size(max_shard_size), maps=maps)
+    # without --emit-script, the check against the target models runs while unchanged tensors stream
+    plan = plan_release(source, family, dtype=dtype, max_shard_size=parse_size(max_shard_size), maps=maps,
+                        defer=emit_script is None)
     if emit_script is not None:
         from porting.emit_script import write_script
 
