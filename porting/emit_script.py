@@ -16,7 +16,8 @@ from porting.convert import ConversionPlan, _tensor_table
 TEMPLATE = r'''#!/usr/bin/env python3
 """Convert an official __FAMILY__ release into a Diffusers-format repo (the same bytes as `port convert`).
 
-Emitted by vidport __VERSION__ (`port convert --emit-script`). Needs only Python 3.10+ and torch.
+Emitted by vidport __VERSION__ (`port convert --emit-script`). Needs only Python 3.10+ and torch
+(not vidport, diffusers, transformers, safetensors or numpy).
 
     python __NAME__ [SOURCE] [OUT] [--force]
 
@@ -27,6 +28,7 @@ tensor to several targets. Every source key must match a rule and every target k
 models (TARGETS) must be written once with its shape, or nothing is written.
 """
 
+import ctypes
 import hashlib
 import json
 import os
@@ -57,6 +59,12 @@ def fail(msg):
     sys.exit(2)
 
 
+def raw(t):
+    """The bytes of a contiguous CPU tensor as a writable memoryview, without numpy."""
+    n = t.numel() * t.element_size()
+    return memoryview((ctypes.c_char * n).from_address(t.data_ptr())).cast("B") if n else memoryview(b"")
+
+
 # --- reading: one tensor at a time -------------------------------------------------------------
 class Safetensors:
     def __init__(self, paths):
@@ -78,7 +86,7 @@ class Safetensors:
         if nbytes:
             with open(path, "rb") as f:
                 f.seek(offset)
-                f.readinto(memoryview(out.reshape(-1).view(torch.uint8).numpy()))
+                f.readinto(raw(out))
         return out
 
 
@@ -231,9 +239,8 @@ def write_component(comp, src, ops, folder):
         with open(os.path.join(folder, fname), "wb") as f:
             f.write(header([(op[0], d, s) for op, d, s in shard]))
             for op, dtype, shape in shard:
-                t = compute(op, src.get).to(ST_DTYPES[dtype]).contiguous().reshape(-1)
-                if t.numel():
-                    f.write(memoryview(t.view(torch.uint8).numpy()))
+                t = compute(op, src.get).to(ST_DTYPES[dtype]).contiguous()
+                f.write(raw(t))
                 weight_map[op[0]] = fname
                 total += nbytes(dtype, shape)
             f.flush()
