@@ -1,14 +1,18 @@
 """`port convert`: stream an official release into a Diffusers-format repo, atomically.
 
-The conversion is planned completely before a byte is written: every component's name map is applied
-to the source key names, checked strictly against the target model built on the meta device (every
-source tensor used or dropped on purpose, every target parameter made once with its shape), and each
-target tensor gets its output dtype, shard file and byte offset. Only then does the writer run:
+The conversion is planned before a byte is written: every component's name map is applied to the
+source key names, checked strictly against the target model built on the meta device (every source
+tensor used or dropped on purpose, every target parameter made once with its shape), and each target
+tensor gets its output dtype, shard file and byte offset. (With ``--dtype keep`` the check against the
+target models, which needs diffusers/transformers imported, may finish on a thread while unchanged
+tensors already stream into the temporary folder: see ``DeferredTargets``. Nothing is published before
+it passes.) Then the writer runs:
 
-- Streaming: one tensor at a time. safetensors are read with ``pread`` into one buffer per tensor, so
-  no mmap pages pile up in the process; pickles are opened with ``torch.load(mmap=True,
-  weights_only=True)`` and each tensor's pages are released (``madvise(MADV_DONTNEED)``) once written.
-  Safetensors shards are written by our own writer: header first, then tensor bytes in order.
+- Streaming: one tensor at a time, in pieces of ``CHUNK_BYTES``. Unchanged tensors of a safetensors
+  source are copied in the kernel (``copy_file_range``); others are read with ``pread``, so no mmap pages
+  pile up in the process. Pickles are opened with ``torch.load(mmap=True, weights_only=True)`` and each
+  piece's pages are released (``madvise(MADV_DONTNEED)``) once written. Safetensors shards are written
+  by our own writer: the header first, then tensor bytes in order.
 - Atomic: everything goes into a temporary folder beside the target, is fsync'd, and is renamed onto
   the target at the end (with --force, swapped with the old one atomically; the old one is removed
   only after). A killed run leaves only a hidden temporary folder, which the next run removes.

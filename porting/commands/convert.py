@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from porting.convert import DTYPES, execute, parse_size, plan_release, summary_table
+from porting.convert import DTYPES, ConvertError, execute, parse_size, plan_release, summary_table
 
 
 @click.command("convert")
@@ -44,6 +44,9 @@ def convert(source: Path, family: str, out: Path, dtype: str, max_shard_size: st
     Example:
       port convert official_weights/wan2.1-t2v-tiny --family wan2.1-t2v --out converted_weights/wan2.1-t2v-tiny
     """
+    if emit_script is None and (out.exists() or out.is_symlink()) and not force:
+        raise ConvertError(f"{out} already exists; pass --force to replace it (the old one is removed only "
+                           "after the new one is complete)")
     maps = {}
     for item in map_overrides:
         component, sep, path = item.partition("=")
