@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import cuda_time_ms  # noqa: E402
+from benchmarks.common import median_ms  # noqa: E402
 
 
 def main(S: int = 32760, H: int = 12, D: int = 128) -> None:
@@ -29,7 +29,7 @@ def main(S: int = 32760, H: int = 12, D: int = 128) -> None:
         for name, (q, k, v) in layouts.items():
             with sdpa_kernel([backend]):
                 try:
-                    ms = cuda_time_ms(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v))
+                    ms = median_ms(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v))
                     print(f"{backend.name:16s} {name:26s} {ms:7.2f} ms {flops / ms / 1e9:6.0f} TFLOP/s", flush=True)
                 except RuntimeError as e:
                     print(f"{backend.name:16s} {name:26s} failed: {str(e).splitlines()[0]}")

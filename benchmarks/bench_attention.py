@@ -16,39 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import median_ms  # noqa: E402
 from runtime import attention  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def median_ms(fn, device: torch.device, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    if device.type != "cuda":
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1e3)
-        return statistics.median(times)
-    torch.cuda.synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize(device)
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def error_vs_math(out: torch.Tensor, ref: torch.Tensor) -> dict:
@@ -100,7 +77,7 @@ def main(argv=None) -> list[dict]:
                 row["correct"] = row["nan"] == 0 and row["rel_l2"] <= args.tolerance
                 if too_big:
                     raise RuntimeError("not timed: materializes the full score matrix (checked on rows only)")
-                ms = median_ms(lambda fn=fn: fn(q, k, v), device, args.warmup, args.repeats)
+                ms = median_ms(lambda fn=fn: fn(q, k, v), warmup=args.warmup, repeats=args.repeats, device=device)
             row.update(ms=round(ms, 3), tflops=round(flops / ms / 1e9, 2))
         except (RuntimeError, ValueError, ImportError) as e:
             row["error"] = str(e).splitlines()[0][:200]

@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import (  # noqa: E402
     attention_tflops,
     compare,
-    cuda_time_ms,
     diffusers_wan,
     dit_flops,
     matmul_ceiling_tflops,
+    median_ms,
     native_from_diffusers,
     table,
 )
@@ -110,7 +110,7 @@ def main() -> None:
     def measure(label, fn):
         torch.cuda.reset_peak_memory_stats()
         with torch.no_grad():
-            ms = cuda_time_ms(fn, warmup=2, repeats=args.repeats)
+            ms = median_ms(fn, warmup=2, repeats=args.repeats)
         peak = torch.cuda.max_memory_allocated() / 2**30
         times[label] = {"ms": ms, "peak_gib": peak}
         print(f"{label}: {ms:.1f} ms, peak {peak:.1f} GiB", flush=True)

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import statistics
+import time
 
 import torch
 
 
-def cuda_time_ms(fn, *, warmup: int = 2, repeats: int = 7) -> float:
-    """Median milliseconds of fn() measured with CUDA events, after warm-up."""
+def median_ms(fn, *, warmup: int = 2, repeats: int = 7, device: torch.device | str = "cuda") -> float:
+    """Median milliseconds of fn() after warm-up: CUDA events on a GPU, the host clock on a CPU."""
     for _ in range(warmup):
         fn()
+    if torch.device(device).type != "cuda":
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+        return statistics.median(times)
     torch.cuda.synchronize()
     times = []
     for _ in range(repeats):
@@ -26,14 +34,14 @@ def cuda_time_ms(fn, *, warmup: int = 2, repeats: int = 7) -> float:
 def matmul_ceiling_tflops(n: int = 8192) -> float:
     a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    ms = cuda_time_ms(lambda: a @ b, warmup=3, repeats=10)
+    ms = median_ms(lambda: a @ b, warmup=3, repeats=10)
     return 2 * n**3 / ms / 1e9
 
 
 def attention_tflops(fn, b: int, s: int, h: int, d: int) -> tuple[float, float]:
     """(ms, TFLOP/s) of fn on random [B, S, H, D] bf16 q/k/v; FLOPs = 4*B*H*S^2*D."""
     q, k, v = (torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    ms = cuda_time_ms(lambda: fn(q, k, v), warmup=2, repeats=5)
+    ms = median_ms(lambda: fn(q, k, v), warmup=2, repeats=5)
     return ms, 4 * b * h * s * s * d / ms / 1e9
 
 
