@@ -423,3 +423,40 @@ def test_streaming_peak_rss(tmp_path: Path):
             out = open_source(str(tmp_path / f"out-{dtype}-{name}" / "model.safetensors.index.json"))
             assert len(out.keys()) == 8 and float(out.get("out.7.weight")[-1]) == 7.0
             assert out.infos["out.7.weight"].dtype == ("F32" if dtype == "keep" else "BF16")
+
+
+# ----------------------------------------------------------------------------------------------
+# Real sizes, on the meta device: the committed maps and the configs derived from shapes fit the
+# Diffusers models of the real 1.3B / 14B releases (published key listings, no weights)
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("preset", ["1.3b", "14b"])
+def test_real_release_plans_on_meta(preset: str):
+    from porting.convert import _wan_targets, plan_component
+    from porting.namemap import NameMap
+    from porting.sources import StateDictSource, TensorInfo
+    from runtime.models.wan.tiny_release import read_listing
+
+    def listing(name: str, dtype: str) -> StateDictSource:
+        src = StateDictSource()
+        src.description = name
+        for key, shape in read_listing(family.REFERENCE_KEYS / name):
+            src._infos[key] = TensorInfo(key, shape, dtype)
+        return src
+
+    sources = {"transformer": listing(f"official_dit_{preset}_keys.txt", "F32"),
+               "vae": listing("official_vae_keys.txt", "F32"),
+               "text_encoder": listing("official_umt5xxl_keys.txt", "BF16")}
+    targets, make_files = _wan_targets(family, family.dit_config(preset), preset, sources,
+                                       RELEASE / "google/umt5-xxl", lambda: "BF16")
+    sizes = {}
+    for comp in family.COMPONENTS:
+        shapes, stem, keep = targets[comp]
+        plan = plan_component(comp, sources[comp], NameMap.load(family.OFFICIAL_TO_DIFFUSERS[comp]), comp, shapes,
+                              weights_stem=stem, keep_fp32=keep, dtype="bf16", max_shard_size=5 * 10**9)
+        sizes[comp] = (len(plan.tensors), len(plan.shards))
+    n_dit = {"1.3b": 825, "14b": 1095}[preset]
+    assert sizes == {"transformer": (n_dit, 1 if preset == "1.3b" else 6), "vae": (194, 1), "text_encoder": (243, 3)}
+    text_encoder = json.loads(make_files()["text_encoder/config.json"])
+    assert (text_encoder["d_model"], text_encoder["num_layers"], text_encoder["vocab_size"]) == (4096, 24, 256384)
+    vae = json.loads(make_files()["vae/config.json"])
+    assert (vae["base_dim"], vae["z_dim"]) == (96, 16)
