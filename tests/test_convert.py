@@ -237,6 +237,31 @@ def test_emitted_script_is_byte_identical(converted: Path, tmp_path: Path):
             assert (ref / rel).read_bytes() == (out / rel).read_bytes(), rel
 
 
+def test_sharded_official_dit(converted: Path, tmp_path: Path):
+    """A release whose DiT is sharded with an index (as the 14B release is) converts to the same bytes."""
+    from safetensors.torch import save_file
+
+    release = tmp_path / "release"
+    shutil.copytree(RELEASE, release)
+    single = release / family.OFFICIAL_FILES["transformer"]
+    src = open_source(str(single))
+    keys = src.keys()
+    weight_map = {}
+    for i, part in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2:])):
+        name = f"diffusion_pytorch_model-{i + 1:05d}-of-00002.safetensors"
+        save_file({k: src.get(k) for k in part}, release / name, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, name))
+    (release / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    single.unlink()
+    out = tmp_path / "out"
+    assert port("convert", release, "--family", FAMILY, "--out", out, "--no-progress") == 0
+    rel = "transformer/diffusion_pytorch_model.safetensors"
+    assert (out / rel).read_bytes() == (converted / rel).read_bytes()
+    files = [f["path"] for f in json.loads((out / "conversion.json").read_text())["source"]["files"]]
+    assert "diffusion_pytorch_model.safetensors.index.json" in files
+    assert "diffusion_pytorch_model-00002-of-00002.safetensors" in files
+
+
 # ----------------------------------------------------------------------------------------------
 # Atomicity
 # ----------------------------------------------------------------------------------------------
