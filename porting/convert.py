@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import hashlib
 import json
 import mmap
@@ -44,6 +45,7 @@ from porting.sources import (
     SAFETENSORS_DTYPES,
     PickleSource,
     StateDictSource,
+    TensorInfo,
     dtype_name,
     read_safetensors_header,
 )
@@ -94,8 +96,7 @@ class StreamingSafetensors(StateDictSource):
                 if k in self._where:
                     raise ConvertError(f"{description}: tensor {k!r} appears in two files")
                 start, end = v["data_offsets"]
-                info_dtype = v["dtype"]
-                self._infos[k] = _info(k, tuple(v["shape"]), info_dtype)
+                self._infos[k] = TensorInfo(k, tuple(v["shape"]), v["dtype"])
                 self._where[k] = (path, base + start, end - start)
         self._fds: dict[Path, int] = {}
 
@@ -152,27 +153,37 @@ class StreamingSafetensors(StateDictSource):
         self._fds.clear()
 
 
-def _info(name, shape, dtype):
-    from porting.sources import TensorInfo
-
-    return TensorInfo(name, shape, dtype)
-
-
-_LIBC = None
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
-def _madvise_dontneed(tensor: torch.Tensor) -> None:
-    """Drop the (clean, file-backed) pages under an mmap'd tensor so they leave our RSS."""
-    global _LIBC
-    if _LIBC is None:
-        _LIBC = ctypes.CDLL(None, use_errno=True)
-    start, size = tensor.data_ptr(), tensor.numel() * tensor.element_size()
-    if not size or not tensor.is_contiguous():
-        return
+def _file_mappings(path: Path) -> list[tuple[int, int]]:
+    """Address ranges of this process's memory mappings of ``path`` (from /proc/self/maps)."""
+    target = str(Path(path).resolve())
+    out = []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fields[5].rstrip("\n") == target:
+                    lo, hi = (int(x, 16) for x in fields[0].split("-"))
+                    out.append((lo, hi))
+    except OSError:
+        return []
+    return out
+
+
+def _madvise_dontneed(start: int, size: int, mappings: list[tuple[int, int]]) -> None:
+    """Drop clean file-backed pages in [start, start+size) so they leave our RSS (re-read from the file if
+    touched again). The range is widened to whole pages but never beyond the file's mapping."""
     page = mmap.PAGESIZE
-    lo = start - start % page
-    hi = -(-(start + size) // page) * page
-    _LIBC.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)  # MADV_DONTNEED
+    for map_lo, map_hi in mappings:
+        if map_lo <= start < map_hi:
+            lo = max(start - start % page, map_lo)
+            hi = min(-(-(start + size) // page) * page, map_hi)
+            _libc().madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)  # MADV_DONTNEED
+            return
 
 
 class StreamingPickle(StateDictSource):
@@ -180,16 +191,19 @@ class StreamingPickle(StateDictSource):
 
     def __init__(self, path: Path):
         super().__init__()
+        before = set(_file_mappings(path))
         self._inner = PickleSource(path)
         self.description = self._inner.description
         self._infos = dict(self._inner.infos)
-        self._mmapped = self._probe_mmap()
+        # the address ranges where torch.load mapped this file just now (none for a legacy pickle)
+        self._maps = sorted(set(_file_mappings(path)) - before)
 
-    def _probe_mmap(self) -> bool:
-        # torch.load(mmap=True) falls back to a plain load for legacy (non-zip) pickles: never madvise those
-        import zipfile
-
-        return zipfile.is_zipfile(self._inner.path)
+    def release(self, tensor: torch.Tensor) -> None:
+        """Drop the pages under ``tensor``, only where they are this file's mapping (never heap memory,
+        e.g. a legacy pickle that torch could not mmap)."""
+        start, size = tensor.data_ptr(), tensor.numel() * tensor.element_size()
+        if size and tensor.is_contiguous() and any(lo <= start and start + size <= hi for lo, hi in self._maps):
+            _madvise_dontneed(start, size, self._maps)
 
     def get(self, name: str) -> torch.Tensor:
         return self._inner.get(name)
@@ -203,10 +217,6 @@ class StreamingPickle(StateDictSource):
             piece = flat[start:start + step]
             yield piece
             self.release(piece)
-
-    def release(self, tensor: torch.Tensor) -> None:
-        if self._mmapped:
-            _madvise_dontneed(tensor)
 
     def files(self) -> list[Path]:
         return [self._inner.path]
@@ -674,8 +684,7 @@ _RENAME_EXCHANGE = 2
 def _exchange(a: Path, b: Path) -> bool:
     """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE). False where unsupported."""
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.renameat2
+        fn = _libc().renameat2
     except (OSError, AttributeError):
         return False
     AT_FDCWD = -100
