@@ -106,25 +106,31 @@ def make_tokenizer(folder: Path, vocab_size: int) -> None:
         "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}, indent=2) + "\n")
 
 
-def make_tiny_release(out: Path, seed: int = 0) -> None:
+def make_tiny_release(out: Path, seed: int = 0, *, real_size: bool = False) -> None:
+    """The tiny release; with ``real_size`` a random-weight release at the real 1.3B sizes (about 17 GB, for
+    exercising conversion and real-size parity on a GPU machine without downloading the release)."""
     from safetensors.torch import save_file
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ref = family.REFERENCE_KEYS
-    cfg = family.dit_config("tiny")
+    cfg = family.dit_config("1.3b" if real_size else "tiny")
+    sizes = {} if real_size else {"dit": DIT_DIMS, "vae": VAE_DIMS, "t5": T5_DIMS}
+    layers = {"dit": cfg.num_layers, "t5": 24 if real_size else T5_LAYERS}
 
-    dit = shrink(read_listing(ref / "official_dit_1.3b_keys.txt"), DIT_DIMS, cfg.num_layers, "blocks")
+    dit = shrink(read_listing(ref / "official_dit_1.3b_keys.txt"), sizes.get("dit", {}), layers["dit"], "blocks")
     save_file(make_tensors(dit, seed), str(out / family.OFFICIAL_FILES["transformer"]))
     (out / "config.json").write_text(json.dumps(cfg.to_official(), indent=4) + "\n")
 
-    vae = shrink(read_listing(ref / "official_vae_keys.txt"), VAE_DIMS, 10**6, "none")
+    vae = shrink(read_listing(ref / "official_vae_keys.txt"), sizes.get("vae", {}), 10**6, "none")
     torch.save(make_tensors(vae, seed + 1), out / family.OFFICIAL_FILES["vae"])
 
-    t5 = shrink(read_listing(ref / "official_umt5xxl_keys.txt"), T5_DIMS, T5_LAYERS, "blocks")
+    t5 = shrink(read_listing(ref / "official_umt5xxl_keys.txt"), sizes.get("t5", {}), layers["t5"], "blocks")
     torch.save(make_tensors(t5, seed + 2, torch.bfloat16), out / family.OFFICIAL_FILES["text_encoder"])
 
     make_tokenizer(out / family.OFFICIAL_FILES["tokenizer"], family.text_encoder_config("tiny")["vocab_size"])
+    if real_size:
+        return
     (out / "README.md").write_text(
         "# wan2.1-t2v-tiny\n\nA tiny Wan2.1 T2V release in the official layout (seeded random weights), written by\n"
         "`python -m runtime.models.wan.tiny_release official_weights/wan2.1-t2v-tiny`. Key names are those of\n"
@@ -132,4 +138,6 @@ def make_tiny_release(out: Path, seed: int = 0) -> None:
 
 
 if __name__ == "__main__":
-    make_tiny_release(Path(sys.argv[1] if len(sys.argv) > 1 else "official_weights/wan2.1-t2v-tiny"))
+    args = [a for a in sys.argv[1:] if a != "--real-size"]
+    target = Path(args[0] if args else "official_weights/wan2.1-t2v-tiny")
+    make_tiny_release(target, real_size="--real-size" in sys.argv)
