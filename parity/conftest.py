@@ -25,16 +25,6 @@ def pytest_addoption(parser):
             pass
 
 
-@pytest.fixture(autouse=True)
-def one_cpu_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine the thread pool
-    spins against other processes (measured: tiny pipeline 0.54 s with 1 thread, 9.8 s with 2 under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def device(request) -> str:
     dev = request.config.getoption("--device")
@@ -49,7 +39,7 @@ def tiny_repo(tmp_path_factory) -> Path:
     from parity.repos import converted_tiny_repo
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see one_cpu_thread
+    torch.set_num_threads(1)  # see one_cpu_thread in the root conftest.py
     try:
         path, _ = converted_tiny_repo(tmp_path_factory.mktemp("repo") / "wan2.1-t2v-tiny")
     finally:

@@ -44,16 +44,6 @@ def write_tiny_repo(out: Path) -> Path:
     return out
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model's ops are microseconds long: extra threads only add contention on a shared CPU
-    (measured 10x slower with 2 threads under load). Restored after this module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny_repo(converted_tiny_release) -> Path:
     return converted_tiny_release
