@@ -108,7 +108,8 @@ class SelfAttention(nn.Module):
         self.norm_k = RMSNorm(cfg.dim, cfg.eps)
         self.attn_op = AttentionOp()
         # memory layout of q/k/v on the fused CUDA path (speed only): heads-first makes cuDNN attention
-        # faster but needs a copy of its output; measured end to end on an H100, sequence-first wins
+        # faster alone but its output then needs a copy; end to end on an H100 the two were equal
+        # within noise (BENCHMARKS.md), so the simpler sequence-first layout is the default
         self.heads_first = False
 
     def forward(self, x, rope, key_mask=None):
