@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_cache(tmp_path_factory):
+    """vidport's cache (``port convert``'s memo of the target side) in a folder of this run, for tests and
+    the commands they start: never the user's, and cold at the start of each run."""
+    os.environ["VIDPORT_CACHE_DIR"] = str(tmp_path_factory.mktemp("vidport-cache"))
+    yield
+    os.environ.pop("VIDPORT_CACHE_DIR", None)
 
 
 @pytest.fixture(autouse=True)

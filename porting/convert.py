@@ -773,6 +773,11 @@ def execute(cplan: ConversionPlan, out: Path, *, force: bool = False, progress: 
     reports: list[ComponentReport] = []
     sink = TensorSink()
     current = str(tmp)
+    # The target check (imports of diffusers/transformers) runs Python on another thread while this one
+    # issues a syscall per tensor; each return from a syscall waits for the GIL up to the switch interval
+    # (5 ms by default): 0.1 ms keeps the ~800 small tensors of a DiT from waiting seconds in all.
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(min(switch, 1e-4))
     try:
         bar = tqdm(total=sum(c.nbytes for c in cplan.components), unit="B", unit_scale=True, unit_divisor=1024,
                    desc="convert", file=sys.stderr, disable=not progress, dynamic_ncols=True)
@@ -814,6 +819,7 @@ def execute(cplan: ConversionPlan, out: Path, *, force: bool = False, progress: 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
+        sys.setswitchinterval(switch)
         for comp in cplan.components:
             close = getattr(comp.source, "close", None)
             if close is not None:
@@ -982,12 +988,12 @@ def _plan_wan_components(fam, release, dit, preset, sources, tok_dir, tok_files,
     if defer and dtype == "keep":  # no cast: dtypes are known without the keep-in-fp32 lists
         components = plan_all(None)
         t5_dtype = _majority_dtype(components[fam.COMPONENTS.index("text_encoder")])
-        deferred = DeferredTargets(lambda: _wan_targets(fam, dit, preset, sources, tok_dir, lambda: t5_dtype))
+        deferred = DeferredTargets(lambda: _wan_targets_cached(fam, dit, preset, sources, tok_dir, lambda: t5_dtype))
         deferred.start()
         return ConversionPlan(fam.NAME, preset, release, dtype, max_shard_size, components, {}, copies,
                               source_files, hasher, deferred)
     holder: dict[str, list[ComponentPlan]] = {}
-    targets, make_files = _wan_targets(
+    targets, make_files = _wan_targets_cached(
         fam, dit, preset, sources, tok_dir,
         lambda: _majority_dtype(holder["c"][fam.COMPONENTS.index("text_encoder")]))
     holder["c"] = components = plan_all(targets)
@@ -995,14 +1001,9 @@ def _plan_wan_components(fam, release, dit, preset, sources, tok_dir, tok_files,
                           source_files, hasher)
 
 
-def _wan_targets(fam, dit, preset, sources, tok_dir, t5_dtype: Callable[[], str]):
-    """The Diffusers/transformers models on the meta device -> ({component: (shapes, stem, keep_fp32)},
-    make_files() -> {relative path: config text})."""
-    import diffusers
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    # 3. VAE and umT5 configs: the family's, with the dimensions read from the tensor shapes
+def _wan_target_configs(fam, dit, preset, sources) -> dict[str, dict]:
+    """The configs of the target models: the DiT's from the official config.json, the VAE's and umT5's the
+    family's with the dimensions read from the tensor shapes. Plain data, no library imported."""
     vae_cfg = dict(fam.vae_config(preset))
     vae_shapes = sources["vae"].shapes()
     if "encoder.conv1.weight" in vae_shapes and "conv2.weight" in vae_shapes:
@@ -1016,13 +1017,26 @@ def _wan_targets(fam, dit, preset, sources, tok_dir, t5_dtype: Callable[[], str]
                       num_layers=len({k.split(".")[1] for k in t5_shapes if k.startswith("blocks.")}),
                       d_kv=t5_shapes["blocks.0.attn.q.weight"][0] // heads,
                       d_ff=t5_shapes["blocks.0.ffn.fc1.weight"][0])
+    scheduler = dict(prediction_type="flow_prediction", use_flow_sigmas=True,
+                     num_train_timesteps=fam.NUM_TRAIN_TIMESTEPS,
+                     flow_shift=fam.SAMPLING.get(preset, fam.SAMPLING["1.3b"])["flow_shift"])
+    return {"transformer": {k: v for k, v in dit.to_diffusers().items() if not k.startswith("_")},
+            "vae": vae_cfg, "text_encoder": t5_cfg, "scheduler": scheduler}
 
+
+def _wan_targets(fam, dit, preset, sources, tok_dir, t5_dtype: Callable[[], str]):
+    """The Diffusers/transformers models on the meta device -> ({component: (shapes, stem, keep_fp32)},
+    make_files() -> {relative path: config text})."""
+    import diffusers
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    cfgs = _wan_target_configs(fam, dit, preset, sources)
     # 4. the target models on the meta device: their state dicts are the strict targets
-    dit_diffusers = {k: v for k, v in dit.to_diffusers().items() if not k.startswith("_")}
     with torch.device("meta"):
-        transformer = WanTransformer3DModel.from_config(dit_diffusers)
-        vae = AutoencoderKLWan.from_config(vae_cfg)
-        t5_config = UMT5Config(**t5_cfg)
+        transformer = WanTransformer3DModel.from_config(cfgs["transformer"])
+        vae = AutoencoderKLWan.from_config(cfgs["vae"])
+        t5_config = UMT5Config(**cfgs["text_encoder"])
         text_encoder = UMT5EncoderModel(t5_config)
     targets = {
         # (state-dict shapes, weights file stem, keep-in-fp32 module names as the libraries declare them)
@@ -1038,9 +1052,7 @@ def _wan_targets(fam, dit, preset, sources, tok_dir, t5_dtype: Callable[[], str]
     def make_files() -> dict[str, str]:
         t5_config.architectures = ["UMT5EncoderModel"]
         t5_config.dtype = SAFETENSORS_DTYPES[t5_dtype()]
-        scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
-                                            num_train_timesteps=fam.NUM_TRAIN_TIMESTEPS,
-                                            flow_shift=fam.SAMPLING.get(preset, fam.SAMPLING["1.3b"])["flow_shift"])
+        scheduler = UniPCMultistepScheduler(**cfgs["scheduler"])
         model_index = {
             "_class_name": "WanPipeline",
             "_diffusers_version": diffusers.__version__,
@@ -1057,6 +1069,99 @@ def _wan_targets(fam, dit, preset, sources, tok_dir, t5_dtype: Callable[[], str]
             "vae/config.json": vae.to_json_string(),
             "text_encoder/config.json": t5_config.to_json_string(),
         }
+
+    return targets, make_files
+
+
+# ----------------------------------------------------------------------------------------------
+# A memo of the target side: building it imports diffusers and transformers (several seconds of CPU)
+# ----------------------------------------------------------------------------------------------
+CACHE_ENV = "VIDPORT_CACHE_DIR"
+
+
+def cache_dir() -> Path | None:
+    """``$VIDPORT_CACHE_DIR`` (empty: no cache), else ``$XDG_CACHE_HOME/vidport``, else ``~/.cache/vidport``."""
+    if CACHE_ENV in os.environ:
+        return Path(os.environ[CACHE_ENV]) if os.environ[CACHE_ENV] else None
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vidport"
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "-"
+
+
+class TargetCache:
+    """The strict targets (state-dict shapes, keep-in-fp32 lists) and config files of a conversion, stored
+    as JSON under a key made of everything they are computed from: the target configs, the versions of
+    diffusers, transformers and torch, and the code that builds them (this file and the family's). A hit
+    gives the same bytes without importing diffusers or transformers; any other input is a miss. The file
+    is only an optimisation: an unreadable or foreign one is ignored and rewritten."""
+
+    def __init__(self, key: dict, code: list[Path]):
+        material = {"key": key, "versions": {d: _version(d) for d in ("diffusers", "transformers", "torch")},
+                    "code": [hashlib.sha256(p.read_bytes()).hexdigest() for p in code]}
+        self.digest = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+        root = cache_dir()
+        self.path = root / "convert-targets" / f"{self.digest[:32]}.json" if root is not None else None
+        self.entry: dict = {}
+        if self.path is not None:
+            try:
+                entry = json.loads(self.path.read_text())
+                if entry.get("digest") == self.digest:
+                    self.entry = entry
+            except (OSError, ValueError, AttributeError):
+                pass
+
+    def targets(self) -> dict | None:
+        raw = self.entry.get("targets")
+        if not isinstance(raw, dict):
+            return None
+        return {comp: ({k: tuple(v) for k, v in shapes.items()}, stem, tuple(keep))
+                for comp, (shapes, stem, keep) in raw.items()}
+
+    def files(self, t5_dtype: str) -> dict[str, str] | None:
+        return self.entry.get("files", {}).get(t5_dtype)
+
+    def store(self, targets: dict, t5_dtype: str, files: dict[str, str]) -> None:
+        if self.path is None:
+            return
+        self.entry = {"digest": self.digest, "targets": targets,
+                      "files": {**self.entry.get("files", {}), t5_dtype: files}}
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(self.entry))
+            os.replace(tmp, self.path)
+        except OSError:  # a read-only or full cache folder: convert without the memo
+            tmp.unlink(missing_ok=True)
+
+
+def _wan_targets_cached(fam, dit, preset, sources, tok_dir, t5_dtype: Callable[[], str]):
+    """``_wan_targets`` through the ``TargetCache``: diffusers and transformers are imported only on a miss."""
+    key = {"family": fam.NAME, "configs": _wan_target_configs(fam, dit, preset, sources),
+           "tokenizer_class": _tokenizer_class(tok_dir)}
+    cache = TargetCache(key, [Path(__file__), Path(fam.__file__)])
+    built: list = []
+
+    def build():
+        if not built:
+            built.append(_wan_targets(fam, dit, preset, sources, tok_dir, t5_dtype))
+        return built[0]
+
+    targets = cache.targets() or build()[0]
+
+    def make_files() -> dict[str, str]:
+        dtype = t5_dtype()
+        files = cache.files(dtype)
+        if files is None:
+            files = build()[1]()
+            cache.store(targets, dtype, files)
+        return files
 
     return targets, make_files
 

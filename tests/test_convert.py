@@ -455,6 +455,58 @@ def test_streaming_peak_rss(tmp_path: Path):
 
 
 # ----------------------------------------------------------------------------------------------
+# The memo of the target side: a warm run imports neither diffusers nor transformers and writes the
+# same bytes; a damaged memo is ignored and rewritten; another output dtype is another entry
+# ----------------------------------------------------------------------------------------------
+CACHE_CHILD = textwrap.dedent("""
+    import sys
+    from porting.cli import main
+    try:
+        main(sys.argv[1:])
+    except SystemExit as e:
+        if e.code:
+            raise
+    print("imported", "diffusers" in sys.modules, "transformers" in sys.modules)
+""")
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_target_cache(tmp_path: Path):
+    env = {**os.environ, "VIDPORT_CACHE_DIR": str(tmp_path / "cache")}
+
+    def run(out: str, *extra: str) -> str:
+        r = subprocess.run([sys.executable, "-c", CACHE_CHILD, *convert_args(tmp_path / out, *extra)],
+                           capture_output=True, text=True, cwd=ROOT, env=env)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.split("imported")[-1].split()
+
+    assert run("cold") == ["True", "True"]  # built the target models
+    entries = list((tmp_path / "cache" / "convert-targets").glob("*.json"))
+    assert len(entries) == 1
+    assert run("warm") == ["False", "False"]
+    assert tree_bytes(tmp_path / "warm") == tree_bytes(tmp_path / "cold")
+
+    entries[0].write_text("{not json")
+    assert run("damaged") == ["True", "True"]
+    assert tree_bytes(tmp_path / "damaged") == tree_bytes(tmp_path / "cold")
+    assert "targets" in json.loads(entries[0].read_text())
+
+    # fp16: the umT5 config records another dtype, so its config files are built (and memoised) too
+    assert run("fp16", "--dtype", "fp16") == ["True", "True"]
+    te = json.loads((tmp_path / "fp16" / "text_encoder" / "config.json").read_text())
+    assert te.get("dtype", te.get("torch_dtype")) == "float16"
+    assert set(json.loads(entries[0].read_text())["files"]) == {"BF16", "F16"}  # keep: the source umT5 is bf16
+
+    env["VIDPORT_CACHE_DIR"] = ""  # no cache at all
+    assert run("uncached") == ["True", "True"]
+    assert tree_bytes(tmp_path / "uncached") == tree_bytes(tmp_path / "cold")
+    assert len(list((tmp_path / "cache" / "convert-targets").glob("*.json"))) == 1
+
+
+# ----------------------------------------------------------------------------------------------
 # Real sizes, on the meta device: the committed maps and the configs derived from shapes fit the
 # Diffusers models of the real 1.3B / 14B releases (published key listings, no weights)
 # ----------------------------------------------------------------------------------------------
