@@ -38,7 +38,9 @@ def convert(source: Path, family: str, out: Path, dtype: str, max_shard_size: st
     \b
     Every source tensor is used exactly once or dropped on purpose by the family's committed
     official->Diffusers map, and every parameter of the Diffusers models is written with its shape.
-    Tensors stream one at a time; the repo appears at --out only when complete.
+    Tensors stream one at a time; the repo appears at --out only when complete. The target side
+    (shapes of the Diffusers models, config files) is memoised in $VIDPORT_CACHE_DIR (default
+    ~/.cache/vidport; empty: off), so converting a model again skips importing diffusers/transformers.
 
     \b
     Example:
