@@ -844,14 +844,18 @@ def _human(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def provenance(cplan: ConversionPlan, hashes: dict[Path, str]) -> dict:
-    """The contents of conversion.json."""
+def installed_version(dist: str) -> str:
+    """The installed version of a distribution, or "unknown"."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        vidport_version = version("vidport")
+        return version(dist)
     except PackageNotFoundError:
-        vidport_version = "unknown"
+        return "unknown"
+
+
+def provenance(cplan: ConversionPlan, hashes: dict[Path, str]) -> dict:
+    """The contents of conversion.json."""
     release = cplan.release.resolve()
     files = []
     for p in cplan.source_files:
@@ -872,7 +876,7 @@ def provenance(cplan: ConversionPlan, hashes: dict[Path, str]) -> dict:
                               for t in c.tensors if t.dtype != t.source_dtype],
         }
     return {
-        "vidport_version": vidport_version,
+        "vidport_version": installed_version("vidport"),
         "torch_version": torch.__version__,
         "family": cplan.family,
         "preset": cplan.preset,
@@ -1086,15 +1090,6 @@ def cache_dir() -> Path | None:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vidport"
 
 
-def _version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "-"
-
-
 class TargetCache:
     """The strict targets (state-dict shapes, keep-in-fp32 lists) and config files of a conversion, stored
     as JSON under a key made of everything they are computed from: the target configs, the versions of
@@ -1103,7 +1098,7 @@ class TargetCache:
     is only an optimisation: an unreadable or foreign one is ignored and rewritten."""
 
     def __init__(self, key: dict, code: list[Path]):
-        material = {"key": key, "versions": {d: _version(d) for d in ("diffusers", "transformers", "torch")},
+        material = {"key": key, "versions": {d: installed_version(d) for d in ("diffusers", "transformers", "torch")},
                     "code": [hashlib.sha256(p.read_bytes()).hexdigest() for p in code]}
         self.digest = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
         root = cache_dir()

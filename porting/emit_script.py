@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from porting.convert import ConversionPlan, _tensor_table
+from porting.convert import ConversionPlan, _tensor_table, installed_version
 
 TEMPLATE = r'''#!/usr/bin/env python3
 """Convert an official __FAMILY__ release into a Diffusers-format repo (the same bytes as `port convert`).
@@ -321,12 +321,7 @@ if __name__ == "__main__":
 
 def render_script(plan: ConversionPlan, out: str | Path, name: str = "convert.py") -> str:
     """The standalone script's source for a planned conversion."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        vidport_version = version("vidport")
-    except PackageNotFoundError:
-        vidport_version = "unknown"
+    vidport_version = installed_version("vidport")
     release = plan.release.resolve()
     components, targets, maps = [], {}, []
     for c in plan.components:
