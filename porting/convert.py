@@ -1028,14 +1028,13 @@ def _wan_target_configs(fam, dit, preset, sources) -> dict[str, dict]:
             "vae": vae_cfg, "text_encoder": t5_cfg, "scheduler": scheduler}
 
 
-def _wan_targets(fam, dit, preset, sources, tok_dir, t5_dtype: Callable[[], str]):
-    """The Diffusers/transformers models on the meta device -> ({component: (shapes, stem, keep_fp32)},
-    make_files() -> {relative path: config text})."""
+def _wan_targets(cfgs: dict[str, dict], tok_dir: Path, t5_dtype: Callable[[], str]):
+    """The Diffusers/transformers models on the meta device, from ``_wan_target_configs`` ->
+    ({component: (shapes, stem, keep_fp32)}, make_files() -> {relative path: config text})."""
     import diffusers
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
-    cfgs = _wan_target_configs(fam, dit, preset, sources)
     # 4. the target models on the meta device: their state dicts are the strict targets
     with torch.device("meta"):
         transformer = WanTransformer3DModel.from_config(cfgs["transformer"])
@@ -1138,14 +1137,14 @@ class TargetCache:
 
 def _wan_targets_cached(fam, dit, preset, sources, tok_dir, t5_dtype: Callable[[], str]):
     """``_wan_targets`` through the ``TargetCache``: diffusers and transformers are imported only on a miss."""
-    key = {"family": fam.NAME, "configs": _wan_target_configs(fam, dit, preset, sources),
-           "tokenizer_class": _tokenizer_class(tok_dir)}
+    cfgs = _wan_target_configs(fam, dit, preset, sources)
+    key = {"family": fam.NAME, "configs": cfgs, "tokenizer_class": _tokenizer_class(tok_dir)}
     cache = TargetCache(key, [Path(__file__), Path(fam.__file__)])
     built: list = []
 
     def build():
         if not built:
-            built.append(_wan_targets(fam, dit, preset, sources, tok_dir, t5_dtype))
+            built.append(_wan_targets(cfgs, tok_dir, t5_dtype))
         return built[0]
 
     targets = cache.targets() or build()[0]

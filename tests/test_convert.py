@@ -512,7 +512,7 @@ def test_target_cache(tmp_path: Path):
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("preset", ["1.3b", "14b"])
 def test_real_release_plans_on_meta(preset: str):
-    from porting.convert import _wan_targets, plan_component
+    from porting.convert import _wan_target_configs, _wan_targets, plan_component
     from porting.namemap import NameMap
     from porting.sources import StateDictSource, TensorInfo
     from runtime.models.wan.tiny_release import read_listing
@@ -527,7 +527,7 @@ def test_real_release_plans_on_meta(preset: str):
     sources = {"transformer": listing(f"official_dit_{preset}_keys.txt", "F32"),
                "vae": listing("official_vae_keys.txt", "F32"),
                "text_encoder": listing("official_umt5xxl_keys.txt", "BF16")}
-    targets, make_files = _wan_targets(family, family.dit_config(preset), preset, sources,
+    targets, make_files = _wan_targets(_wan_target_configs(family, family.dit_config(preset), preset, sources),
                                        RELEASE / "google/umt5-xxl", lambda: "BF16")
     sizes = {}
     for comp in family.COMPONENTS:
