@@ -1103,20 +1103,22 @@ class TargetCache:
         root = cache_dir()
         self.path = root / "convert-targets" / f"{self.digest[:32]}.json" if root is not None else None
         self.entry: dict = {}
+        self._targets: dict | None = None
         if self.path is not None:
             try:
                 entry = json.loads(self.path.read_text())
-                if entry.get("digest") == self.digest:
-                    self.entry = entry
-            except (OSError, ValueError, AttributeError):
-                pass
+                if entry["digest"] == self.digest:
+                    self._targets = {comp: ({k: tuple(v) for k, v in shapes.items()}, str(stem), tuple(keep))
+                                     for comp, (shapes, stem, keep) in entry["targets"].items()}
+                    if all(isinstance(t, str) for files in entry["files"].values() for t in files.values()):
+                        self.entry = entry
+                    else:
+                        self._targets = None
+            except (OSError, ValueError, TypeError, KeyError, AttributeError):  # damaged: ignored, rewritten
+                self._targets = None
 
     def targets(self) -> dict | None:
-        raw = self.entry.get("targets")
-        if not isinstance(raw, dict):
-            return None
-        return {comp: ({k: tuple(v) for k, v in shapes.items()}, stem, tuple(keep))
-                for comp, (shapes, stem, keep) in raw.items()}
+        return self._targets
 
     def files(self, t5_dtype: str) -> dict[str, str] | None:
         return self.entry.get("files", {}).get(t5_dtype)

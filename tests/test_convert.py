@@ -492,7 +492,11 @@ def test_target_cache(tmp_path: Path):
     entries[0].write_text("{not json")
     assert run("damaged") == ["True", "True"]
     assert tree_bytes(tmp_path / "damaged") == tree_bytes(tmp_path / "cold")
-    assert "targets" in json.loads(entries[0].read_text())
+    entry = json.loads(entries[0].read_text())
+    assert "targets" in entry
+    entries[0].write_text(json.dumps({**entry, "targets": {"transformer": 5}}))  # JSON, its key, wrong shape
+    assert run("malformed") == ["True", "True"]
+    assert tree_bytes(tmp_path / "malformed") == tree_bytes(tmp_path / "cold")
 
     # fp16: the umT5 config records another dtype, so its config files are built (and memoised) too
     assert run("fp16", "--dtype", "fp16") == ["True", "True"]
