@@ -2,10 +2,11 @@
 
     python benchmarks/bench_attention.py                 # B=1, 32760 tokens, 12 heads, head_dim 128, bf16
     python benchmarks/bench_attention.py --heads 6       # one rank's share under 2-way Ulysses
+    python benchmarks/bench_attention.py --seq-k 512     # the cross-attention shape (512 text tokens)
     python benchmarks/bench_attention.py --json          # machine-readable
     python benchmarks/bench_attention.py --device cpu --seq 2048 --dtype fp32   # smoke run, no GPU
 
-Timing: CUDA events, warm-up, median of ``--repeats``; TFLOP/s = 4*B*H*S^2*D / t. Correctness: attention
+Timing: CUDA events, warm-up, median of ``--repeats``; TFLOP/s = 4*B*H*S*S_k*D / t. Correctness: attention
 rows are independent, so the first ``--check-rows`` query rows of each backend's output are compared with
 ``sdpa-math`` computed in fp32 on those rows against all keys (the full math kernel would materialize a
 S x S score matrix per head). A backend is correct when its relative L2 error stays within ``--tolerance``.
@@ -38,6 +39,7 @@ def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--seq", type=int, default=32760, help="tokens (Wan 1.3B, 81 frames 480x832: 21*30*52)")
+    p.add_argument("--seq-k", type=int, default=None, help="key/value tokens (default: --seq); 512 = cross-attention")
     p.add_argument("--heads", type=int, default=12)
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--dtype", choices=DTYPES, default="bf16")
@@ -54,10 +56,12 @@ def main(argv=None) -> list[dict]:
     dtype = DTYPES[args.dtype]
     names = args.backends.split(",") if args.backends else attention.available_backends(device)
     b, s, h, d = args.batch, args.seq, args.heads, args.head_dim
-    flops = 4 * b * h * s * s * d
+    sk = args.seq_k or s
+    flops = 4 * b * h * s * sk * d
 
     g = torch.Generator(device).manual_seed(0)
-    q, k, v = (torch.randn(b, s, h, d, device=device, dtype=dtype, generator=g) for _ in range(3))
+    q = torch.randn(b, s, h, d, device=device, dtype=dtype, generator=g)
+    k, v = (torch.randn(b, sk, h, d, device=device, dtype=dtype, generator=g) for _ in range(2))
     rows = min(args.check_rows, s)
     with torch.no_grad():
         ref = attention.sdpa_math(q[:, :rows].float(), k.float(), v.float())
@@ -65,10 +69,10 @@ def main(argv=None) -> list[dict]:
     results = []
     for name in names:
         fn = attention.get_backend(name)
-        row = {"backend": name, "shape": [b, s, h, d], "dtype": args.dtype, "device": str(device)}
+        row = {"backend": name, "shape": [b, s, h, d], "seq_k": sk, "dtype": args.dtype, "device": str(device)}
         # sdpa-math materializes B*H*S^2 scores: at full size it only gets the correctness check, on rows
         too_big = name == "sdpa-math" and device.type == "cuda" and \
-            b * h * s * s * 2 * 4 > 0.5 * torch.cuda.mem_get_info(device)[0]
+            b * h * s * sk * 2 * 4 > 0.5 * torch.cuda.mem_get_info(device)[0]
         try:
             with torch.no_grad():
                 out = fn(q[:, :rows], k, v) if too_big else fn(q, k, v)[:, :rows]
@@ -97,7 +101,7 @@ def main(argv=None) -> list[dict]:
 
     timed = [r for r in results if r.get("correct") and "ms" in r]
     fastest = min(timed, key=lambda r: r["ms"])["backend"] if timed else None
-    auto = attention.resolve_backend("auto", device, dtype)
+    auto = attention.resolve_backend("auto", device, dtype, kind="self" if sk == s else "cross")
     times = {r["backend"]: r["ms"] for r in timed}
     # within 3% of the fastest counts: timing noise, and "sdpa" may pick that same kernel itself
     summary = {"auto": auto, "fastest_correct": fastest,

@@ -1,7 +1,7 @@
 """Wan2.1 DiT forward: vidport's native DiT vs diffusers' WanTransformer3DModel, same process, same GPU.
 
     python benchmarks/bench_dit.py                      # 1.3B, 81x480x832 (32760 tokens), bf16, eager
-    python benchmarks/bench_dit.py --compile --profile  # + torch.compile rows, + per-op profile
+    python benchmarks/bench_dit.py --compile --cuda-graph --profile  # + compiled and CUDA-graph rows, profile
 
 Both models hold the same random weights (diffusers' init, loaded into the native model through the
 committed diffusers->native map). Before timing, the two bf16 outputs are compared with each other
@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
     ap.add_argument("--profile", action="store_true", help="print the native forward's top CUDA kernels")
+    ap.add_argument("--cuda-graph", action="store_true", help="also time the forward replayed as one CUDA graph")
     ap.add_argument("--no-fp32-reference", action="store_true")
     ap.add_argument("--json", type=Path, help="write all numbers here")
     args = ap.parse_args()
@@ -60,7 +61,7 @@ def main() -> None:
     # --- ceilings --------------------------------------------------------------------------------
     out["matmul_tflops"] = matmul_ceiling_tflops()
     attn = {}
-    for name in ("sdpa-cudnn", "sdpa-flash", "sdpa-efficient"):
+    for name in ("sdpa-cudnn", "flash-attn-4", "sdpa-flash", "sdpa-efficient"):
         if name in attention.available_backends("cuda"):
             ms, tf = attention_tflops(attention.get_backend(name), 1, tokens, cfg.num_heads, cfg.head_dim)
             attn[name] = {"ms": ms, "tflops": tf}
@@ -68,12 +69,13 @@ def main() -> None:
     best_attn = max(v["tflops"] for v in attn.values())
     print(f"ceilings: matmul {out['matmul_tflops']:.0f} TFLOP/s; attention "
           + ", ".join(f"{k} {v['tflops']:.0f}" for k, v in attn.items()), flush=True)
-    print(f"auto backend here: {attention.resolve_backend('auto', 'cuda')}", flush=True)
+    auto = attention.resolve_backends("auto", "cuda", torch.bfloat16)
+    print(f"auto backends here: self-attention {auto[0]}, cross-attention {auto[1]}", flush=True)
 
     # --- models and inputs ------------------------------------------------------------------------
     ref = diffusers_wan(cfg)
     native = native_from_diffusers(ref, cfg)
-    native.set_attention_backend(attention.resolve_backend("auto", "cuda"))
+    native.set_attention_backend(*auto)
     g = torch.Generator("cuda").manual_seed(0)
     x = torch.randn(1, cfg.in_dim, lat_f, lat_h, lat_w, device="cuda", generator=g).to(torch.bfloat16)
     t = torch.tensor([500.0], device="cuda")
@@ -89,6 +91,7 @@ def main() -> None:
     with torch.no_grad():
         y_ref, y_nat = run_ref().float(), run_native().float()
         out["parity_native_vs_diffusers_bf16"] = compare(y_nat, y_ref)
+        y_ref_keep = y_ref.to(torch.bfloat16)
         if not args.no_fp32_reference:
             ref32 = diffusers_wan(cfg, dtype=torch.float32)
             ref32.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
@@ -116,25 +119,43 @@ def main() -> None:
         print(f"{label}: {ms:.1f} ms, peak {peak:.1f} GiB", flush=True)
 
     measure("diffusers eager", run_ref)
-    measure("vidport eager", run_native)
-    for name in ("sdpa-flash",):
-        if name in attention.available_backends("cuda"):
+    label = f"vidport eager (auto: {auto[0]} + {auto[1]})"
+    measure(label, run_native)
+    variants = {label: auto}
+    for name in ("sdpa-cudnn", "flash-attn-4", "sdpa-flash"):
+        if (name, name) != auto and name in attention.available_backends("cuda"):
             native.set_attention_backend(name)
-            measure(f"vidport eager ({name})", run_native)
-    native.set_attention_backend(attention.resolve_backend("auto", "cuda"))
-    for blk in native.blocks:
-        blk.attn.heads_first = True
-    measure("vidport eager (q/k/v heads-first)", run_native)
-    for blk in native.blocks:
-        blk.attn.heads_first = False
+            with torch.no_grad():  # every backend's output is checked before it is timed
+                out[f"parity_native_{name}_vs_diffusers_bf16"] = p = compare(run_native().float(), y_ref_keep)
+            print(f"{name}: rel_l2 vs diffusers bf16 {p['rel_l2']:.3e}", flush=True)
+            label = f"vidport eager ({name})"
+            measure(label, run_native)
+            variants[label] = (name, name)
+    native.set_attention_backend(*auto)
 
-    if args.profile:  # eager native, before any compile
+    if args.cuda_graph:  # the whole forward as one CUDA graph: no launch gaps
+        from runtime.cuda_graph import CUDAGraphed
+
+        graphed = CUDAGraphed(native)
+        with torch.no_grad():
+            p = compare(graphed(x, t, ctx).float(), run_native().float())
+        print(f"CUDA graph vs eager: max_abs {p['max_abs']:.3e}", flush=True)
+        out["parity_cuda_graph_vs_eager"] = p
+        measure(f"vidport eager + CUDA graph (auto: {auto[0]} + {auto[1]})", lambda: graphed(x, t, ctx))
+        del graphed
+        torch.cuda.empty_cache()
+
+    if args.profile:  # eager native with its fastest backends, before any compile
+        fastest = min((times[k]["ms"], k) for k in variants)[1]
+        native.set_attention_backend(*variants[fastest])
+        print(f"profile of {fastest}")
         from torch.profiler import ProfilerActivity, profile
 
         with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
             run_native()
             torch.cuda.synchronize()
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
+        native.set_attention_backend(*auto)
 
     if args.compile:
         if hasattr(ref, "compile_repeated_blocks"):
@@ -145,6 +166,22 @@ def main() -> None:
         for i, blk in enumerate(native.blocks):
             native.blocks[i] = torch.compile(blk, fullgraph=True, dynamic=False)
         measure("vidport compiled", run_native)
+        if args.profile:
+            from torch.profiler import ProfilerActivity, profile
+
+            with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+                run_native()
+                torch.cuda.synchronize()
+            print("profile of vidport compiled")
+            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15, max_name_column_width=70))
+        if args.cuda_graph:
+            from runtime.cuda_graph import CUDAGraphed
+
+            graphed = CUDAGraphed(native)
+            with torch.no_grad():
+                p = compare(graphed(x, t, ctx).float(), run_native().float())
+            print(f"compiled + CUDA graph vs compiled: max_abs {p['max_abs']:.3e}", flush=True)
+            measure("vidport compiled + CUDA graph", lambda: graphed(x, t, ctx))
 
     base = times["diffusers eager"]["ms"]
     for label, v in times.items():

@@ -56,12 +56,16 @@ def build(args, device, dtype):
     native = native_from_diffusers(ref_dit, cfg, device=device, dtype=dtype)
     pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, transformer=ref_dit, vae=vae,
                        scheduler=copy.deepcopy(scheduler))
+    from runtime.attention import resolve_backends
+
+    native.set_attention_backend(*resolve_backends("auto", device, dtype))
+    if args.cuda_graph:
+        from runtime.cuda_graph import CUDAGraphed
+
+        native = CUDAGraphed(native)
     components = wan_pipeline.WanComponents(tokenizer=tokenizer, text_encoder=text_encoder, transformer=native,
                                             vae=vae, scheduler=copy.deepcopy(scheduler), dit_config=cfg,
                                             dtype=dtype, device=device)
-    from runtime.attention import resolve_backend
-
-    native.set_attention_backend(resolve_backend("auto", device))
     return pipe, VideoGenerator(components, wan_pipeline, cfg="serial")
 
 
@@ -111,6 +115,7 @@ def main() -> None:
     ap.add_argument("--height", type=int)
     ap.add_argument("--width", type=int)
     ap.add_argument("--guidance", type=float, default=5.0)
+    ap.add_argument("--cuda-graph", action="store_true", help="vidport replays each DiT forward as a CUDA graph")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     defaults = family.SAMPLING[args.preset]

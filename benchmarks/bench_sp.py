@@ -30,7 +30,7 @@ os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
 def _rank_forward(worker, preset_name: str, latent: tuple[int, int, int], repeats: int):
     import torch.distributed as dist
 
-    from runtime.attention import resolve_backend
+    from runtime.attention import resolve_backends
     from runtime.models.wan.config import preset
     from runtime.models.wan.model import WanDiT
     from runtime.parallel import parallelize_wan
@@ -40,7 +40,7 @@ def _rank_forward(worker, preset_name: str, latent: tuple[int, int, int], repeat
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     torch.manual_seed(0)
     model = WanDiT(cfg).to_dtype(dtype).to(dev).eval().requires_grad_(False)  # same seeded weights on every rank
-    model.set_attention_backend(resolve_backend("auto", dev))
+    model.set_attention_backend(*resolve_backends("auto", dev, dtype))
     sp = parallelize_wan(model)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(1, cfg.in_dim, *latent, generator=g).to(dev, dtype)

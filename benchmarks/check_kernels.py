@@ -50,6 +50,8 @@ def main() -> None:
         "norm_modulate": against_reference(fused.norm_modulate, x, mul, add, 1e-6),
         "gated_residual": against_reference(fused.gated_residual, x, y, add),
         "rms_norm": against_reference(fused.rms_norm, x, w, 1e-6),
+        **{f"residual_norm[gated={g}, {part}]": err for g in (True, False) for part, err in
+           zip(("stream", "normed"), against_reference(fused.residual_norm, x, y, add if g else None, mul, add, 1e-6))},
         "linear_gelu_tanh": against_reference(fused.linear_gelu_tanh, x, W, bias),
     }
     for heads_first in (True, False):

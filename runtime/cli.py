@@ -39,9 +39,12 @@ DEFAULT_OUTPUT_DIR = Path("out")
 @click.option("--cfg-parallel", is_flag=True,
               help="With --num-gpus N (even): the two guidance branches on two halves of the GPUs.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the DiT blocks (first steps pay for it).")
+@click.option("--cuda-graph", is_flag=True,
+              help="Replay each DiT forward as one CUDA graph (one GPU; the first step captures it).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result and timings as JSON on stdout.")
 def generate(model, prompt, negative_prompt, output, num_frames, height, width, steps, guidance, seed, num_gpus,
-             attention_backend, dtype, device, scheduler, flow_shift, cfg, cfg_parallel, compile_, as_json):
+             attention_backend, dtype, device, scheduler, flow_shift, cfg, cfg_parallel, compile_, cuda_graph,
+             as_json):
     """Generate a video with MODEL: a Diffusers-format folder (e.g. written by `port convert`) or a
     hub id such as Wan-AI/Wan2.1-T2V-1.3B-Diffusers."""
     from runtime.pipeline.validate import validate_output_path, validate_request
@@ -68,7 +71,8 @@ def generate(model, prompt, negative_prompt, output, num_frames, height, width, 
     parallel = {"cfg_parallel": True} if cfg_parallel else {}
     gen = VideoGenerator.from_pretrained(model, num_gpus=num_gpus, attention_backend=attention_backend,
                                          dtype=dtype, device=device, cfg=cfg, scheduler=scheduler,
-                                         flow_shift=flow_shift, compile=compile_, **parallel)
+                                         flow_shift=flow_shift, compile=compile_, cuda_graph=cuda_graph,
+                                         **parallel)
     total = steps if steps is not None else gen.defaults["num_inference_steps"]
     try:
         with tqdm(total=total, desc="denoise", unit="step", file=sys.stderr, leave=False) as bar:

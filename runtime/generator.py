@@ -76,14 +76,15 @@ class VideoGenerator:
                         attention_backend: str | None = None, dtype: str | torch.dtype | None = None,
                         device: str | torch.device | None = None, cfg: str | CFGStrategy = "serial",
                         scheduler: str | None = None, flow_shift: float | None = None, compile: bool = False,
-                        **parallel_options) -> VideoGenerator:
+                        cuda_graph: bool = False, **parallel_options) -> VideoGenerator:
         """Load a Diffusers-format repo (folder or hub id).
 
         ``dtype``: "bf16" or "fp32" for the DiT and text encoder (default bf16 on CUDA, fp32 on CPU; the
         VAE always decodes in fp32). ``attention_backend``: a name from ``runtime.attention`` (default:
         the best for the device). ``scheduler``: None = as configured in ``scheduler/``, or "unipc" /
         "euler"; ``flow_shift`` overrides the configured shift. ``compile``: ``torch.compile`` each DiT
-        block (in place; the first steps pay the compile time).
+        block (in place; the first steps pay the compile time). ``cuda_graph``: replay each DiT forward
+        as one CUDA graph (``runtime.cuda_graph``; CUDA only, one GPU; the first step captures it).
 
         ``num_gpus > 1`` delegates to ``runtime.parallel.launch.from_pretrained(path_or_hub_id,
         num_gpus=..., attention_backend=..., dtype=..., device=..., cfg=..., scheduler=...,
@@ -92,6 +93,8 @@ class VideoGenerator:
         """
         if isinstance(num_gpus, bool) or not isinstance(num_gpus, int) or num_gpus < 1:
             raise UserError(f"num_gpus={num_gpus!r} must be an integer >= 1")
+        if cuda_graph and num_gpus > 1:
+            raise UserError(f"cuda_graph runs on one GPU; use num_gpus=1 or drop cuda_graph (num_gpus={num_gpus})")
         if num_gpus > 1:
             launch = parallel_launcher()
             if launch is None:
@@ -106,15 +109,21 @@ class VideoGenerator:
         start = time.perf_counter()
         device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, device)
+        if cuda_graph and device.type != "cuda":
+            raise UserError(f"cuda_graph needs a CUDA device, not {device}; drop cuda_graph (--cuda-graph) there")
         folder = resolve_repo(path_or_hub_id)
         module = pipeline_module(folder)
-        backend = _resolve_backend(attention_backend, device, torch_dtype)
+        backends = _resolve_backends(attention_backend, device, torch_dtype)
         components = module.load_components(folder, dtype=torch_dtype, device=device, scheduler=scheduler,
                                             flow_shift=flow_shift)
-        components.transformer.set_attention_backend(backend)
+        components.transformer.set_attention_backend(*backends)
         if compile:
             for block in components.transformer.blocks:
                 block.compile(dynamic=False)  # in place: parameter names and hooks stay as they are
+        if cuda_graph:
+            from runtime.cuda_graph import CUDAGraphed
+
+            components.transformer = CUDAGraphed(components.transformer)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return cls(components, module, cfg=cfg, source=str(path_or_hub_id),
@@ -199,11 +208,11 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     raise UserError(f"dtype {dtype!r} is not supported; choose bf16 or fp32")
 
 
-def _resolve_backend(name: str | None, device: torch.device, dtype: torch.dtype | None = None) -> str:
-    from runtime.attention import resolve_backend
+def _resolve_backends(name: str | None, device: torch.device, dtype: torch.dtype | None = None) -> tuple[str, str]:
+    from runtime.attention import resolve_backends
 
-    try:
-        return resolve_backend(name, device, dtype)  # auto depends on the dtype (no fp32 cuDNN kernel)
+    try:  # auto depends on the dtype (no fp32 cuDNN kernel) and on the attention's shape (self or cross)
+        return resolve_backends(name, device, dtype)
     except UserError:
         raise
     except ValueError as e:

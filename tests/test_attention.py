@@ -101,3 +101,34 @@ def test_auto_follows_the_table(monkeypatch):
     assert "sdpa-cudnn" in available_backends("cuda") and "sdpa-efficient" in available_backends("cuda")
     for rule in attention.AUTO_RULES:  # every rule names a real backend and says where it comes from
         assert rule.backend in attention.BACKENDS and rule.measured
+
+
+def test_auto_picks_per_attention_kind(monkeypatch):
+    """Hopper with FlashAttention-4 installed: FA4 for the self-attention, cuDNN for the short cross-attention
+    (BENCHMARKS.md); without FA4 both take cuDNN. A named backend serves both kinds."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    installed = {"flash_attn.cute": False}
+    real = attention._installed
+    monkeypatch.setattr(attention, "_installed", lambda m: installed.get(m, real(m)))
+    assert attention.resolve_backends("auto", "cuda", torch.bfloat16) == ("sdpa-cudnn", "sdpa-cudnn")
+    installed["flash_attn.cute"] = True
+    assert attention.resolve_backends("auto", "cuda", torch.bfloat16) == ("flash-attn-4", "sdpa-cudnn")
+    assert attention.resolve_backends(None, "cuda", torch.float32) == ("sdpa", "sdpa")
+    assert attention.resolve_backends("sdpa-math", "cuda") == ("sdpa-math", "sdpa-math")
+    with pytest.raises(ValueError, match="attention kind 'joint'"):
+        attention.auto_backend("cuda", torch.bfloat16, kind="joint")
+
+
+def test_flash_attn_4_is_one_clear_line_without_the_package():
+    with pytest.raises(UserError, match=r"^attention backend 'flash-attn-4' cannot run on cpu; runnable here: auto,"):
+        resolve_backend("flash-attn-4", "cpu")
+
+
+def test_self_and_cross_attention_take_their_own_backend():
+    model = WanDiT(preset("tiny"))
+    model.set_attention_backend("sdpa", "sdpa-math")
+    assert {b.attn.attn_op.backend for b in model.blocks} == {"sdpa"}
+    assert {b.cross_attn.attn_op.backend for b in model.blocks} == {"sdpa-math"}
+    model.set_attention_backend("sdpa-flash")  # one name: both
+    assert {b.cross_attn.attn_op.backend for b in model.blocks} == {"sdpa-flash"}

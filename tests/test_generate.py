@@ -286,6 +286,21 @@ def test_loading_errors(tmp_path, monkeypatch):
         VideoGenerator.from_pretrained(tmp_path, num_gpus=2)
 
 
+def test_cuda_graph_needs_one_cuda_device(tiny_repo):
+    from runtime import VideoGenerator
+    from runtime.cuda_graph import CUDAGraphed
+    from runtime.models.wan.config import preset
+    from runtime.models.wan.model import WanDiT
+
+    with pytest.raises(UserError, match=r"^cuda_graph needs a CUDA device, not cpu; drop cuda_graph"):
+        VideoGenerator.from_pretrained(tiny_repo, device="cpu", cuda_graph=True)
+    with pytest.raises(UserError, match=r"^cuda_graph runs on one GPU; use num_gpus=1"):
+        VideoGenerator.from_pretrained(tiny_repo, num_gpus=2, cuda_graph=True)
+    graphed = CUDAGraphed(WanDiT(preset("tiny")))
+    with pytest.raises(UserError, match="CUDA graphs need the model on a CUDA device, it is on cpu"):
+        graphed(torch.randn(1, 16, 1, 4, 4), torch.tensor([1.0]), torch.randn(1, 3, 32))
+
+
 def test_hub_id_offline_fails_in_one_line(tmp_path, monkeypatch):
     import huggingface_hub.constants
 

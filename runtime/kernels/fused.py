@@ -6,6 +6,8 @@ absent, and a Triton path for bf16/fp16 CUDA tensors that does the same math in 
 - ``norm_modulate``: LayerNorm (fp32 statistics) then ``* mul + add`` (the adaLN modulation, or the
   affine weight/bias), cast back: one read and one write of the token tensor instead of five.
 - ``gated_residual``: ``x + y * gate`` in fp32, cast back.
+- ``residual_norm``: a residual add (gated or plain) and the next norm_modulate in one pass: it writes
+  both the new residual stream and the normalized tokens, and saves a read of the stream.
 - ``qkv_norm_rope``: split the fused projection; RMSNorm across heads + RoPE for q and k; one launch.
 - ``rms_norm``: RMSNorm in one pass (the cross-attention's q/k norms).
 - ``linear_gelu_tanh``: the FFN's first projection with GELU(tanh) in the GEMM epilogue (cuBLASLt).
@@ -51,25 +53,25 @@ def norm_modulate(x: torch.Tensor, mul: torch.Tensor, add: torch.Tensor, eps: fl
     """(LayerNorm(x) * mul + add) in fp32, returned in x's dtype. x [B, S, C]; mul, add [B|1, 1, C] fp32."""
     if not _use_triton(x):
         return _norm_modulate_ref(x, mul, add, eps)
-    B, S, C = x.shape
-    x = x.contiguous()
-    mul = mul.float().expand(B, 1, C).contiguous()
-    add = add.float().expand(B, 1, C).contiguous()
-    out = torch.empty_like(x)
-    _norm_modulate_kernel[(B * S,)](x, mul, add, out, S, C, eps, BLOCK=triton.next_power_of_2(C), num_warps=8)
-    return out
+    return _norm_modulate_op(x, mul, add, eps)
 
 
 def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """x + y * gate computed in fp32, in x's dtype. x, y [B, S, C]; gate [B, 1, C] fp32."""
     if not _use_triton(x):
         return _gated_residual_ref(x, y, gate)
-    B, S, C = x.shape
-    x, y = x.contiguous(), y.contiguous()
-    gate = gate.float().expand(B, 1, C).contiguous()
-    out = torch.empty_like(x)
-    _gated_residual_kernel[(B * S,)](x, y, gate, out, S, C, BLOCK=triton.next_power_of_2(C), num_warps=8)
-    return out
+    return _gated_residual_op(x, y, gate)
+
+
+def residual_norm(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, mul: torch.Tensor,
+                  add: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x', norm_modulate(x', mul, add, eps)) with x' = x + y * gate (fp32 math) or, when ``gate`` is None,
+    x' = x + y (in x's dtype, as a plain residual add). x, y [B, S, C]; gate, mul, add [B|1, 1, C] fp32."""
+    if not _use_triton(x):
+        x = x + y if gate is None else _gated_residual_ref(x, y, gate)
+        return x, _norm_modulate_ref(x, mul, add, eps)
+    new_x, out = _residual_norm_op(x, y, gate, mul, add, eps)
+    return new_x, out
 
 
 def qkv_norm_rope(qkv: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -80,39 +82,125 @@ def qkv_norm_rope(qkv: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor, cos: 
     The Triton path does it in one launch and, with ``heads_first``, stores [B, H, S, D] memory (returned
     as [B, S, H, D] views): cuDNN attention runs faster on that layout than on views of the projection.
     """
-    C = qkv.shape[-1] // 3
     if not _use_triton(qkv):
         q, k, v = qkv.chunk(3, dim=-1)
         q = apply_rope(rms_norm(q, w_q, eps).unflatten(-1, (num_heads, -1)), cos, sin)
         k = apply_rope(rms_norm(k, w_k, eps).unflatten(-1, (num_heads, -1)), cos, sin)
         return q, k, v.unflatten(-1, (num_heads, -1))
-    B, S, _ = qkv.shape
+    out = _qkv_norm_rope_op(qkv, w_q, w_k, cos, sin, eps, num_heads, heads_first)
+    if heads_first:
+        out = out.transpose(2, 3)
+    return out[0], out[1], out[2]
+
+
+# ----------------------------------------------------------------------------------------------
+# the Triton launches, as custom ops: torch.compile calls them as they are. Traced as user Triton kernels
+# instead, they ran 15-40% slower inside a compiled block on an H100 (BENCHMARKS.md).
+# ----------------------------------------------------------------------------------------------
+def _rows(x: torch.Tensor, *vectors: torch.Tensor):
+    """x as contiguous [B, S, C] and each [B|1, 1, C] vector as contiguous fp32 [B, 1, C]."""
+    B, S, C = x.shape
+    return (x.contiguous(), *(v.float().expand(B, 1, C).contiguous() for v in vectors))
+
+
+@torch.library.custom_op("vidport::norm_modulate", mutates_args=())
+def _norm_modulate_op(x: torch.Tensor, mul: torch.Tensor, add: torch.Tensor, eps: float) -> torch.Tensor:
+    B, S, C = x.shape
+    x, mul, add = _rows(x, mul, add)
+    out = torch.empty_like(x)
+    _norm_modulate_kernel[(B * S,)](x, mul, add, out, S, C, eps, BLOCK=triton.next_power_of_2(C), num_warps=8)
+    return out
+
+
+@torch.library.custom_op("vidport::gated_residual", mutates_args=())
+def _gated_residual_op(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    B, S, C = x.shape
+    x, gate = _rows(x, gate)
+    y = y.contiguous()
+    out = torch.empty_like(x)
+    _gated_residual_kernel[(B * S,)](x, y, gate, out, S, C, BLOCK=triton.next_power_of_2(C), num_warps=8)
+    return out
+
+
+@torch.library.custom_op("vidport::residual_norm", mutates_args=())
+def _residual_norm_op(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, mul: torch.Tensor,
+                      add: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    B, S, C = x.shape
+    x, mul, add = _rows(x, mul, add)
+    g = mul if gate is None else _rows(x, gate)[1]
+    y = y.contiguous()
+    new_x, out = torch.empty_like(x), torch.empty_like(x)
+    _residual_norm_kernel[(B * S,)](x, y, g, mul, add, new_x, out, S, C, eps, HAS_GATE=gate is not None,
+                                    BLOCK=triton.next_power_of_2(C), num_warps=8)
+    return new_x, out
+
+
+@torch.library.custom_op("vidport::qkv_norm_rope", mutates_args=())
+def _qkv_norm_rope_op(qkv: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor, cos: torch.Tensor,
+                      sin: torch.Tensor, eps: float, num_heads: int, heads_first: bool) -> torch.Tensor:
+    """One [3, B, S, H, D] (or [3, B, H, S, D] heads-first) buffer holding q, k and v."""
+    B, S, C3 = qkv.shape
+    C = C3 // 3
     D = C // num_heads
     if qkv.stride(-1) != 1:
         qkv = qkv.contiguous()
-    shape = (3, B, num_heads, S, D) if heads_first else (3, B, S, num_heads, D)
-    out = torch.empty(shape, dtype=qkv.dtype, device=qkv.device)
+    out = torch.empty(_qkv_shape(qkv, num_heads, heads_first), dtype=qkv.dtype, device=qkv.device)
     w = torch.stack([w_q.float(), w_k.float()]).contiguous()
     _qkv_norm_rope_kernel[(B * S, 3)](
         qkv, qkv.stride(0), qkv.stride(1), w, cos.contiguous(), sin.contiguous(), out, B, S, C, D, eps,
         HEADS_FIRST=heads_first, BLOCK=triton.next_power_of_2(C), num_warps=8)
-    if heads_first:
-        out = out.transpose(2, 3)
-    return out[0], out[1], out[2]
+    return out
+
+
+def _qkv_shape(qkv, num_heads, heads_first):
+    B, S, C3 = qkv.shape
+    D = C3 // 3 // num_heads
+    return (3, B, num_heads, S, D) if heads_first else (3, B, S, num_heads, D)
+
+
+@_norm_modulate_op.register_fake
+def _(x, mul, add, eps):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@_gated_residual_op.register_fake
+def _(x, y, gate):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@_residual_norm_op.register_fake
+def _(x, y, gate, mul, add, eps):
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            torch.empty_like(x, memory_format=torch.contiguous_format))
+
+
+@_qkv_norm_rope_op.register_fake
+def _(qkv, w_q, w_k, cos, sin, eps, num_heads, heads_first):
+    return qkv.new_empty(_qkv_shape(qkv, num_heads, heads_first))
 
 
 def rms_norm(t: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm with fp32 statistics over the last dim, output in t's dtype (one pass on CUDA)."""
     if not _use_triton(t):
         return F.rms_norm(t.float(), (t.shape[-1],), weight.float(), eps).type_as(t)
+    return _rms_norm_op(t, weight, eps)
+
+
+@torch.library.custom_op("vidport::rms_norm", mutates_args=())
+def _rms_norm_op(t: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     C = t.shape[-1]
     t2 = t.reshape(-1, C)
     if t2.stride(-1) != 1 or t2.stride(0) != C:
         t2 = t2.contiguous()
-    out = torch.empty_like(t2)
+    out = torch.empty(t.shape, dtype=t.dtype, device=t.device)  # contiguous: rows of C, as t2
     _rms_norm_kernel[(t2.shape[0],)](t2, weight.float().contiguous(), out, C, eps,
                                      BLOCK=triton.next_power_of_2(C), num_warps=8)
-    return out.view(t.shape)
+    return out
+
+
+@_rms_norm_op.register_fake
+def _(t, weight, eps):
+    return torch.empty_like(t, memory_format=torch.contiguous_format)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -127,8 +215,20 @@ def linear_gelu_tanh(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) 
     """GELU(tanh)(x @ W^T + b); on CUDA the activation runs in the cuBLASLt epilogue."""
     if not _use_triton(x):
         return F.gelu(F.linear(x, weight, bias), approximate="tanh")
-    out = torch._addmm_activation(bias, x.reshape(-1, x.shape[-1]), weight.t(), use_gelu=True)
+    out = _addmm_gelu(bias, x.reshape(-1, x.shape[-1]), weight)
     return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+# A custom op: torch.compile would otherwise decompose _addmm_activation into a GEMM and a separate GELU
+# pass over the [tokens, ffn_dim] activation (an extra read and write of ~590 MB per block at 32760 tokens).
+@torch.library.custom_op("vidport::addmm_gelu_tanh", mutates_args=())
+def _addmm_gelu(bias: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return torch._addmm_activation(bias, x, weight.t(), use_gelu=True)
+
+
+@_addmm_gelu.register_fake
+def _(bias, x, weight):
+    return x.new_empty(x.shape[0], weight.shape[0])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,6 +261,30 @@ if triton is not None:
         y = tl.load(y_ptr + row * C + cols, mask=m, other=0.0).to(tl.float32)
         g = tl.load(g_ptr + b * C + cols, mask=m, other=0.0)
         tl.store(out_ptr + row * C + cols, (x + y * g).to(out_ptr.dtype.element_ty), mask=m)
+
+    @triton.jit
+    def _residual_norm_kernel(x_ptr, y_ptr, g_ptr, mul_ptr, add_ptr, new_x_ptr, out_ptr, S, C, eps,
+                              HAS_GATE: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        b = row // S
+        cols = tl.arange(0, BLOCK)
+        m = cols < C
+        x = tl.load(x_ptr + row * C + cols, mask=m, other=0.0)
+        y = tl.load(y_ptr + row * C + cols, mask=m, other=0.0)
+        if HAS_GATE:  # fp32 math, one rounding
+            g = tl.load(g_ptr + b * C + cols, mask=m, other=0.0)
+            x = (x.to(tl.float32) + y.to(tl.float32) * g).to(new_x_ptr.dtype.element_ty)
+        else:  # a plain add in the tensor dtype, as the reference does
+            x = (x.to(tl.float32) + y.to(tl.float32)).to(new_x_ptr.dtype.element_ty)
+        tl.store(new_x_ptr + row * C + cols, x, mask=m)
+        x = x.to(tl.float32)  # the norm reads the rounded stream, as the reference does
+        mean = tl.sum(x, axis=0) / C
+        xc = tl.where(m, x - mean, 0.0)
+        var = tl.sum(xc * xc, axis=0) / C
+        h = xc * tl.rsqrt(var + eps)
+        mul = tl.load(mul_ptr + b * C + cols, mask=m, other=0.0)
+        add = tl.load(add_ptr + b * C + cols, mask=m, other=0.0)
+        tl.store(out_ptr + row * C + cols, (h * mul + add).to(out_ptr.dtype.element_ty), mask=m)
 
     @triton.jit
     def _qkv_norm_rope_kernel(t_ptr, stride_b, stride_s, w_ptr, cos_ptr, sin_ptr, out_ptr, B, S, C, D, eps,

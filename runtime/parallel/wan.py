@@ -54,9 +54,9 @@ class SequenceParallelWanDiT(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.dit.dtype
 
-    def set_attention_backend(self, backend: str) -> None:
+    def set_attention_backend(self, backend: str, cross_backend: str | None = None) -> None:
         """The local kernel of the distributed self-attention, and of the cross-attention."""
-        self.dit.set_attention_backend(backend)
+        self.dit.set_attention_backend(backend, cross_backend)
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         dit, rank, world = self.dit, dist.get_rank(self.group), dist.get_world_size(self.group)

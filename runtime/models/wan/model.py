@@ -177,13 +177,23 @@ class WanBlock(nn.Module):
 
         # 1. self-attention on the modulated, normalized tokens; gated residual (fp32 math)
         h = fused.norm_modulate(x, 1 + scale1, shift1, self.eps)
-        x = fused.gated_residual(x, self.attn(h, rope, key_mask), gate1)
+        y = self.attn(h, rope, key_mask)
 
-        # 2. cross-attention to the text (affine norm, no modulation); plain residual
-        x = x + self.cross_attn(self.cross_norm(x), context)
+        # 2. cross-attention to the text (affine norm, no modulation); plain residual.
+        #    On the fused path each residual add runs in one pass with the norm that follows it; the
+        #    cross-attention norm module still runs itself when a hook observes it (parity captures).
+        norm = self.cross_norm
+        if fused.enabled_for(x) and isinstance(norm, LayerNormFP32) and not (norm._forward_hooks
+                                                                              or norm._forward_pre_hooks):
+            x, h = fused.residual_norm(x, y, gate1, norm.weight.float()[None, None], norm.bias.float()[None, None],
+                                       norm.eps)
+        else:
+            x = fused.gated_residual(x, y, gate1)
+            h = norm(x)
+        y = self.cross_attn(h, context)
 
         # 3. feed-forward on the modulated, normalized tokens; gated residual
-        h = fused.norm_modulate(x, 1 + scale2, shift2, self.eps)
+        x, h = fused.residual_norm(x, y, None, 1 + scale2, shift2, self.eps)
         return fused.gated_residual(x, self.ffn(h), gate2)
 
 
@@ -238,10 +248,12 @@ class WanDiT(nn.Module):
             p.data = p.data.to(torch.float32 if keep else dtype)
         return self
 
-    def set_attention_backend(self, backend: str) -> None:
-        for m in self.modules():
-            if isinstance(m, AttentionOp):
-                m.backend = backend
+    def set_attention_backend(self, backend: str, cross_backend: str | None = None) -> None:
+        """The kernel of the self-attention and, when given, a different one for the cross-attention
+        (``runtime.attention.resolve_backends`` picks the fastest of each)."""
+        for block in self.blocks:
+            block.attn.attn_op.backend = backend
+            block.cross_attn.attn_op.backend = cross_backend or backend
 
     # --- stages --------------------------------------------------------------------------------
     def patchify(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
