@@ -94,6 +94,8 @@ def test_auto_follows_the_table(monkeypatch):
     capability = {"value": (9, 0)}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability["value"])
+    real = attention._installed  # as on a machine without FlashAttention-4 (the next test has it)
+    monkeypatch.setattr(attention, "_installed", lambda m: m != "flash_attn.cute" and real(m))
     assert resolve_backend("auto", "cuda", torch.bfloat16) == "sdpa-cudnn"  # Hopper, measured fastest
     assert resolve_backend("auto", "cuda", torch.float32) == "sdpa"  # cuDNN attention has no fp32 kernel
     capability["value"] = (8, 0)
