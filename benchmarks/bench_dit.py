@@ -115,6 +115,9 @@ def main() -> None:
         with torch.no_grad():
             ms = median_ms(fn, warmup=2, repeats=args.repeats)
         peak = torch.cuda.max_memory_allocated() / 2**30
+        if label in times:  # a later round of the same row: keep the faster median
+            print(f"{label}: {ms:.1f} ms (round 2; round 1 {times[label]['ms']:.1f})", flush=True)
+            ms = min(ms, times[label]["ms"])
         times[label] = {"ms": ms, "peak_gib": peak}
         print(f"{label}: {ms:.1f} ms, peak {peak:.1f} GiB", flush=True)
 
@@ -132,6 +135,18 @@ def main() -> None:
             measure(label, run_native)
             variants[label] = (name, name)
     native.set_attention_backend(*auto)
+    # q/k/v layout: by default v is a view of the fused projection with flash-attn-4 and a copy otherwise;
+    # time the other choice too
+    default_view = native.blocks[0].attn._v_view()
+    for blk in native.blocks:
+        blk.attn.v_view = not default_view
+    with torch.no_grad():
+        p = compare(run_native().float(), y_ref_keep)
+    print(f"v_view={not default_view}: rel_l2 vs diffusers bf16 {p['rel_l2']:.3e}", flush=True)
+    measure(f"vidport eager, v {'a view of qkv' if not default_view else 'copied'} (auto: {auto[0]} + {auto[1]})",
+            run_native)
+    for blk in native.blocks:
+        blk.attn.v_view = None
 
     if args.cuda_graph:  # the whole forward as one CUDA graph: no launch gaps
         from runtime.cuda_graph import CUDAGraphed
@@ -166,6 +181,9 @@ def main() -> None:
         for i, blk in enumerate(native.blocks):
             native.blocks[i] = torch.compile(blk, fullgraph=True, dynamic=False)
         measure("vidport compiled", run_native)
+        # a second round in the other order: both models see the GPU as warm (clocks drop under sustained load)
+        measure("vidport compiled", run_native)
+        measure("diffusers compiled", run_ref)
         if args.profile:
             from torch.profiler import ProfilerActivity, profile
 

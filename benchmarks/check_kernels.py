@@ -54,10 +54,11 @@ def main() -> None:
            zip(("stream", "normed"), against_reference(fused.residual_norm, x, y, add if g else None, mul, add, 1e-6))},
         "linear_gelu_tanh": against_reference(fused.linear_gelu_tanh, x, W, bias),
     }
-    for heads_first in (True, False):
-        errors = against_reference(fused.qkv_norm_rope, qkv, w, wk, cos, sin, 1e-6, H, heads_first=heads_first)
+    for heads_first, v_view in ((True, False), (False, False), (False, True)):
+        errors = against_reference(fused.qkv_norm_rope, qkv, w, wk, cos, sin, 1e-6, H, heads_first=heads_first,
+                                   v_view=v_view)
         for name, err in zip("qkv", errors):
-            results[f"qkv_norm_rope[{name}, heads_first={heads_first}]"] = err
+            results[f"qkv_norm_rope[{name}, heads_first={heads_first}, v_view={v_view}]"] = err
     ok = True
     for k, v in results.items():
         flag = v < 1e-2 and v == v

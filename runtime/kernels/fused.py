@@ -75,22 +75,28 @@ def residual_norm(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, m
 
 
 def qkv_norm_rope(qkv: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                  eps: float, num_heads: int, heads_first: bool = True):
+                  eps: float, num_heads: int, heads_first: bool = True, v_view: bool = False):
     """Split a fused projection [B, S, 3C] into q, k, v, each [B, S, H, D]; RMSNorm across heads then RoPE
     on interleaved pairs for q and k (cos/sin [S, D/2] fp32).
 
     The Triton path does it in one launch and, with ``heads_first``, stores [B, H, S, D] memory (returned
     as [B, S, H, D] views): cuDNN attention runs faster on that layout than on views of the projection.
+    With ``v_view`` the kernel writes only q and k, and v is a strided view of the projection (saves a
+    copy of v; sequence-first only).
     """
+    if v_view and heads_first:
+        raise ValueError("qkv_norm_rope: v_view returns v as a view of the projection, which is sequence-first; "
+                         "use heads_first=False with it")
     if not _use_triton(qkv):
         q, k, v = qkv.chunk(3, dim=-1)
         q = apply_rope(rms_norm(q, w_q, eps).unflatten(-1, (num_heads, -1)), cos, sin)
         k = apply_rope(rms_norm(k, w_k, eps).unflatten(-1, (num_heads, -1)), cos, sin)
         return q, k, v.unflatten(-1, (num_heads, -1))
-    out = _qkv_norm_rope_op(qkv, w_q, w_k, cos, sin, eps, num_heads, heads_first)
+    out = _qkv_norm_rope_op(qkv, w_q, w_k, cos, sin, eps, num_heads, heads_first, 2 if v_view else 3)
     if heads_first:
         out = out.transpose(2, 3)
-    return out[0], out[1], out[2]
+    C = qkv.shape[-1] // 3
+    return out[0], out[1], (qkv[..., 2 * C:].unflatten(-1, (num_heads, -1)) if v_view else out[2])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -137,25 +143,25 @@ def _residual_norm_op(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | Non
 
 @torch.library.custom_op("vidport::qkv_norm_rope", mutates_args=())
 def _qkv_norm_rope_op(qkv: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor, cos: torch.Tensor,
-                      sin: torch.Tensor, eps: float, num_heads: int, heads_first: bool) -> torch.Tensor:
-    """One [3, B, S, H, D] (or [3, B, H, S, D] heads-first) buffer holding q, k and v."""
+                      sin: torch.Tensor, eps: float, num_heads: int, heads_first: bool, segments: int) -> torch.Tensor:
+    """One [segments, B, S, H, D] (or [segments, B, H, S, D] heads-first) buffer: q, k and (segments 3) v."""
     B, S, C3 = qkv.shape
     C = C3 // 3
     D = C // num_heads
     if qkv.stride(-1) != 1:
         qkv = qkv.contiguous()
-    out = torch.empty(_qkv_shape(qkv, num_heads, heads_first), dtype=qkv.dtype, device=qkv.device)
+    out = torch.empty(_qkv_shape(qkv, num_heads, heads_first, segments), dtype=qkv.dtype, device=qkv.device)
     w = torch.stack([w_q.float(), w_k.float()]).contiguous()
-    _qkv_norm_rope_kernel[(B * S, 3)](
+    _qkv_norm_rope_kernel[(B * S, segments)](
         qkv, qkv.stride(0), qkv.stride(1), w, cos.contiguous(), sin.contiguous(), out, B, S, C, D, eps,
         HEADS_FIRST=heads_first, BLOCK=triton.next_power_of_2(C), num_warps=8)
     return out
 
 
-def _qkv_shape(qkv, num_heads, heads_first):
+def _qkv_shape(qkv, num_heads, heads_first, segments):
     B, S, C3 = qkv.shape
     D = C3 // 3 // num_heads
-    return (3, B, num_heads, S, D) if heads_first else (3, B, S, num_heads, D)
+    return (segments, B, num_heads, S, D) if heads_first else (segments, B, S, num_heads, D)
 
 
 @_norm_modulate_op.register_fake
@@ -175,8 +181,8 @@ def _(x, y, gate, mul, add, eps):
 
 
 @_qkv_norm_rope_op.register_fake
-def _(qkv, w_q, w_k, cos, sin, eps, num_heads, heads_first):
-    return qkv.new_empty(_qkv_shape(qkv, num_heads, heads_first))
+def _(qkv, w_q, w_k, cos, sin, eps, num_heads, heads_first, segments):
+    return qkv.new_empty(_qkv_shape(qkv, num_heads, heads_first, segments))
 
 
 def rms_norm(t: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

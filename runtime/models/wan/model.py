@@ -111,12 +111,16 @@ class SelfAttention(nn.Module):
         # faster alone but its output then needs a copy; end to end on an H100 the two were equal
         # within noise (BENCHMARKS.md), so the simpler sequence-first layout is the default
         self.heads_first = False
+        # v as a strided view of the projection instead of a copy (speed only; sequence-first layout).
+        # None = when the backend is flash-attn-4: 442.5 vs 445.0 ms per forward on an H100 (BENCHMARKS.md);
+        # unmeasured with cuDNN, which was slower on views of a fused projection.
+        self.v_view: bool | None = None
 
     def forward(self, x, rope, key_mask=None):
         qkv = self.qkv(x)  # one GEMM for q, k and v
         if fused.enabled_for(qkv):  # one launch: split, RMSNorm across heads, RoPE
             q, k, v = fused.qkv_norm_rope(qkv, self.norm_q.weight, self.norm_k.weight, *rope, self.norm_q.eps,
-                                          self.num_heads, heads_first=self.heads_first)
+                                          self.num_heads, heads_first=self.heads_first, v_view=self._v_view())
         else:
             q, k, v = qkv.chunk(3, dim=-1)
             # [B, S, dim] -> [B, S, heads, head_dim]
@@ -124,6 +128,12 @@ class SelfAttention(nn.Module):
             k = apply_rope(self.norm_k(k).unflatten(-1, (self.num_heads, -1)), *rope)
             v = v.unflatten(-1, (self.num_heads, -1))
         return self.proj(self.attn_op(q, k, v, key_mask).flatten(2))
+
+
+    def _v_view(self) -> bool:
+        if self.v_view is None:
+            return not self.heads_first and self.attn_op.backend == "flash-attn-4"
+        return self.v_view
 
 
 class CrossAttention(nn.Module):
