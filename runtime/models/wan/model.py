@@ -112,8 +112,8 @@ class SelfAttention(nn.Module):
         # within noise (BENCHMARKS.md), so the simpler sequence-first layout is the default
         self.heads_first = False
         # v as a strided view of the projection instead of a copy (speed only; sequence-first layout).
-        # None = when the backend is flash-attn-4: 442.5 vs 445.0 ms per forward on an H100 (BENCHMARKS.md);
-        # unmeasured with cuDNN, which was slower on views of a fused projection.
+        # None = when the backend is flash-attn-4: 445.8 vs 447.2 and 442.5 vs 445.0 ms per forward in two
+        # H100 runs (BENCHMARKS.md); unmeasured with cuDNN, which was slower on views of a fused projection.
         self.v_view: bool | None = None
 
     def forward(self, x, rope, key_mask=None):
