@@ -148,28 +148,33 @@ def main() -> None:
     for blk in native.blocks:
         blk.attn.v_view = None
 
-    if args.cuda_graph:  # the whole forward as one CUDA graph: no launch gaps
+    def graphed_row(label, key):
+        """The native forward replayed as one CUDA graph: checked against the module it wraps, then timed."""
         from runtime.cuda_graph import CUDAGraphed
 
         graphed = CUDAGraphed(native)
         with torch.no_grad():
-            p = compare(graphed(x, t, ctx).float(), run_native().float())
-        print(f"CUDA graph vs eager: max_abs {p['max_abs']:.3e}", flush=True)
-        out["parity_cuda_graph_vs_eager"] = p
-        measure(f"vidport eager + CUDA graph (auto: {auto[0]} + {auto[1]})", lambda: graphed(x, t, ctx))
-        del graphed
-        torch.cuda.empty_cache()
+            out[key] = p = compare(graphed(x, t, ctx).float(), run_native().float())
+        print(f"{label} vs without the graph: max_abs {p['max_abs']:.3e}", flush=True)
+        measure(label, lambda: graphed(x, t, ctx))
 
-    if args.profile:  # eager native with its fastest backends, before any compile
-        fastest = min((times[k]["ms"], k) for k in variants)[1]
-        native.set_attention_backend(*variants[fastest])
-        print(f"profile of {fastest}")
+    def print_profile(title, row_limit):
         from torch.profiler import ProfilerActivity, profile
 
         with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
             run_native()
             torch.cuda.synchronize()
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
+        print(f"profile of {title}")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=row_limit, max_name_column_width=70))
+
+    if args.cuda_graph:  # the whole forward as one CUDA graph: no launch gaps
+        graphed_row(f"vidport eager + CUDA graph (auto: {auto[0]} + {auto[1]})", "parity_cuda_graph_vs_eager")
+        torch.cuda.empty_cache()  # the graph's memory pool went with it
+
+    if args.profile:  # eager native with its fastest backends, before any compile
+        fastest = min((times[k]["ms"], k) for k in variants)[1]
+        native.set_attention_backend(*variants[fastest])
+        print_profile(fastest, 25)
         native.set_attention_backend(*auto)
 
     if args.compile:
@@ -185,21 +190,9 @@ def main() -> None:
         measure("vidport compiled", run_native)
         measure("diffusers compiled", run_ref)
         if args.profile:
-            from torch.profiler import ProfilerActivity, profile
-
-            with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
-                run_native()
-                torch.cuda.synchronize()
-            print("profile of vidport compiled")
-            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15, max_name_column_width=70))
+            print_profile("vidport compiled", 15)
         if args.cuda_graph:
-            from runtime.cuda_graph import CUDAGraphed
-
-            graphed = CUDAGraphed(native)
-            with torch.no_grad():
-                p = compare(graphed(x, t, ctx).float(), run_native().float())
-            print(f"compiled + CUDA graph vs compiled: max_abs {p['max_abs']:.3e}", flush=True)
-            measure("vidport compiled + CUDA graph", lambda: graphed(x, t, ctx))
+            graphed_row("vidport compiled + CUDA graph", "parity_cuda_graph_vs_compiled")
 
     base = times["diffusers eager"]["ms"]
     for label, v in times.items():

@@ -70,8 +70,7 @@ def residual_norm(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, m
     if not _use_triton(x):
         x = x + y if gate is None else _gated_residual_ref(x, y, gate)
         return x, _norm_modulate_ref(x, mul, add, eps)
-    new_x, out = _residual_norm_op(x, y, gate, mul, add, eps)
-    return new_x, out
+    return _residual_norm_op(x, y, gate, mul, add, eps)
 
 
 def qkv_norm_rope(qkv: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -243,19 +242,24 @@ def _(bias, x, weight):
 if triton is not None:
 
     @triton.jit
+    def _store_norm_modulate(x, m, mul_ptrs, add_ptrs, out_ptrs, C, eps):
+        """One fp32 row x (masked by m): LayerNorm statistics in fp32, then * mul + add, stored."""
+        mean = tl.sum(x, axis=0) / C
+        xc = tl.where(m, x - mean, 0.0)
+        var = tl.sum(xc * xc, axis=0) / C
+        y = xc * tl.rsqrt(var + eps)
+        mul = tl.load(mul_ptrs, mask=m, other=0.0)
+        add = tl.load(add_ptrs, mask=m, other=0.0)
+        tl.store(out_ptrs, (y * mul + add).to(out_ptrs.dtype.element_ty), mask=m)
+
+    @triton.jit
     def _norm_modulate_kernel(x_ptr, mul_ptr, add_ptr, out_ptr, S, C, eps, BLOCK: tl.constexpr):
         row = tl.program_id(0)
         b = row // S
         cols = tl.arange(0, BLOCK)
         m = cols < C
         x = tl.load(x_ptr + row * C + cols, mask=m, other=0.0).to(tl.float32)
-        mean = tl.sum(x, axis=0) / C
-        xc = tl.where(m, x - mean, 0.0)
-        var = tl.sum(xc * xc, axis=0) / C
-        y = xc * tl.rsqrt(var + eps)
-        mul = tl.load(mul_ptr + b * C + cols, mask=m, other=0.0)
-        add = tl.load(add_ptr + b * C + cols, mask=m, other=0.0)
-        tl.store(out_ptr + row * C + cols, (y * mul + add).to(out_ptr.dtype.element_ty), mask=m)
+        _store_norm_modulate(x, m, mul_ptr + b * C + cols, add_ptr + b * C + cols, out_ptr + row * C + cols, C, eps)
 
     @triton.jit
     def _gated_residual_kernel(x_ptr, y_ptr, g_ptr, out_ptr, S, C, BLOCK: tl.constexpr):
@@ -283,14 +287,9 @@ if triton is not None:
         else:  # a plain add in the tensor dtype, as the reference does
             x = (x.to(tl.float32) + y.to(tl.float32)).to(new_x_ptr.dtype.element_ty)
         tl.store(new_x_ptr + row * C + cols, x, mask=m)
-        x = x.to(tl.float32)  # the norm reads the rounded stream, as the reference does
-        mean = tl.sum(x, axis=0) / C
-        xc = tl.where(m, x - mean, 0.0)
-        var = tl.sum(xc * xc, axis=0) / C
-        h = xc * tl.rsqrt(var + eps)
-        mul = tl.load(mul_ptr + b * C + cols, mask=m, other=0.0)
-        add = tl.load(add_ptr + b * C + cols, mask=m, other=0.0)
-        tl.store(out_ptr + row * C + cols, (h * mul + add).to(out_ptr.dtype.element_ty), mask=m)
+        # the norm reads the rounded stream, as the reference does
+        _store_norm_modulate(x.to(tl.float32), m, mul_ptr + b * C + cols, add_ptr + b * C + cols,
+                             out_ptr + row * C + cols, C, eps)
 
     @triton.jit
     def _qkv_norm_rope_kernel(t_ptr, stride_b, stride_s, w_ptr, cos_ptr, sin_ptr, out_ptr, B, S, C, D, eps,

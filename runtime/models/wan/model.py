@@ -67,8 +67,12 @@ class LayerNormFP32(nn.LayerNorm):
     """Affine LayerNorm with fp32 statistics and parameters, output in the input dtype
     (the official WanLayerNorm / diffusers FP32LayerNorm)."""
 
+    def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, bias) as fp32 [1, 1, C]: the ``mul, add`` of ``fused.norm_modulate``."""
+        return self.weight.float()[None, None], self.bias.float()[None, None]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fused.norm_modulate(x, self.weight.float()[None, None], self.bias.float()[None, None], self.eps)
+        return fused.norm_modulate(x, *self.affine(), self.eps)
 
 
 class RMSNorm(nn.Module):
@@ -128,7 +132,6 @@ class SelfAttention(nn.Module):
             k = apply_rope(self.norm_k(k).unflatten(-1, (self.num_heads, -1)), *rope)
             v = v.unflatten(-1, (self.num_heads, -1))
         return self.proj(self.attn_op(q, k, v, key_mask).flatten(2))
-
 
     def _v_view(self) -> bool:
         if self.v_view is None:
@@ -195,8 +198,7 @@ class WanBlock(nn.Module):
         norm = self.cross_norm
         if fused.enabled_for(x) and isinstance(norm, LayerNormFP32) and not (norm._forward_hooks
                                                                               or norm._forward_pre_hooks):
-            x, h = fused.residual_norm(x, y, gate1, norm.weight.float()[None, None], norm.bias.float()[None, None],
-                                       norm.eps)
+            x, h = fused.residual_norm(x, y, gate1, *norm.affine(), norm.eps)
         else:
             x = fused.gated_residual(x, y, gate1)
             h = norm(x)
