@@ -82,12 +82,46 @@ def flash_attn(q, k, v, key_mask=None):
     return flash_attn_func(q, k, v)
 
 
+FA4_TILE_ENV = "VIDPORT_FA4_TILE"
+# flash-attn-4's sm90 forward tile for long key sequences (the self-attention) at head_dim 128, chosen with
+# benchmarks/tune_fa4.py on an H100; "default" keeps the library's own table (128x128).
+FA4_SM90_LONG_TILE = "192x128:rs:nool"
+FA4_LONG_KEYS = 4096
+
+
+def fa4_tile_kwargs(text: str) -> dict:
+    """'128x176:rs:ol' (tile_m x tile_n; P in registers ``rs`` or shared memory ``ss``; intra-warpgroup
+    overlap ``ol`` or ``nool``) -> keyword arguments of flash-attn-4's forward; 'default' -> none."""
+    if text == "default":
+        return {}
+    try:
+        tile, pv, overlap = text.split(":")
+        m, n = (int(x) for x in tile.split("x"))
+        if pv not in ("rs", "ss") or overlap not in ("ol", "nool") or m % 64 or n % 16:
+            raise ValueError
+    except ValueError:
+        raise AttentionBackendError(
+            f"flash-attn-4 tile {text!r} is not of the form MxN:rs|ss:ol|nool (M a multiple of 64, N of 16), "
+            f"e.g. 128x176:rs:ol; fix {FA4_TILE_ENV} or unset it") from None
+    return {"tile_mn": (m, n), "mma_pv_is_rs": pv == "rs", "intra_wg_overlap": overlap == "ol",
+            "num_threads": 128 * (m // 64 + 1)}
+
+
+def _fa4_kwargs(q: torch.Tensor, k: torch.Tensor) -> dict:
+    text = os.environ.get(FA4_TILE_ENV)
+    if text is None:
+        hopper = torch.cuda.get_device_capability(q.device)[0] == 9
+        long_keys = k.shape[1] >= FA4_LONG_KEYS and q.shape[-1] == 128
+        text = FA4_SM90_LONG_TILE if hopper and long_keys else "default"
+    return fa4_tile_kwargs(text)
+
+
 @torch.library.custom_op("vidport::flash_attn_4", mutates_args=())
 def _flash_attn_4_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    from flash_attn.cute import flash_attn_func
+    # the forward that flash_attn.cute.flash_attn_func runs, called directly so that the tile can be set
+    from flash_attn.cute.interface import _flash_attn_fwd
 
-    out = flash_attn_func(q, k, v)
-    return out[0] if isinstance(out, tuple) else out
+    return _flash_attn_fwd(q, k, v, **_fa4_kwargs(q, k))[0]
 
 
 @_flash_attn_4_op.register_fake

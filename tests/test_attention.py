@@ -4,6 +4,8 @@ follows its table."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -120,6 +122,46 @@ def test_auto_picks_per_attention_kind(monkeypatch):
     assert attention.resolve_backends("sdpa-math", "cuda") == ("sdpa-math", "sdpa-math")
     with pytest.raises(ValueError, match="attention kind 'joint'"):
         attention.auto_backend("cuda", torch.bfloat16, kind="joint")
+
+
+def test_flash_attn_4_tile(monkeypatch):
+    """The self-attention on Hopper runs flash-attn-4's forward with vidport's tuned sm90 tile (BENCHMARKS.md:
+    192x128 was 2% faster in the model than the library's 128x128); other shapes and GPUs keep the library's
+    choice; VIDPORT_FA4_TILE overrides, and a malformed value is one line naming the variable."""
+    import types
+
+    calls = []
+
+    def fake_fwd(q, k, v, **kwargs):  # stands in for flash_attn.cute.interface._flash_attn_fwd
+        calls.append(kwargs)
+        return attention.sdpa_math(q, k, v), None
+
+    interface = types.ModuleType("flash_attn.cute.interface")
+    interface._flash_attn_fwd = fake_fwd
+    for name in ("flash_attn", "flash_attn.cute"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "flash_attn.cute.interface", interface)
+    capability = {"value": (9, 0)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability["value"])
+    monkeypatch.delenv(attention.FA4_TILE_ENV, raising=False)
+    q = torch.randn(1, 8, 2, 128)
+    long_kv, short_kv = torch.randn(1, 4096, 2, 128), torch.randn(1, 512, 2, 128)
+
+    out = attention.flash_attn_4(q, long_kv, long_kv)
+    torch.testing.assert_close(out, attention.sdpa_math(q, long_kv, long_kv))
+    assert calls[-1] == {"tile_mn": (192, 128), "mma_pv_is_rs": True, "intra_wg_overlap": False,
+                         "num_threads": 512}
+    attention.flash_attn_4(q, short_kv, short_kv)  # the cross-attention: the library's table
+    assert calls[-1] == {}
+    capability["value"] = (10, 0)  # Blackwell: the library's table
+    attention.flash_attn_4(q, long_kv, long_kv)
+    assert calls[-1] == {}
+    monkeypatch.setenv(attention.FA4_TILE_ENV, "128x176:rs:ol")
+    attention.flash_attn_4(q, short_kv, short_kv)
+    assert calls[-1]["tile_mn"] == (128, 176) and calls[-1]["num_threads"] == 384
+    monkeypatch.setenv(attention.FA4_TILE_ENV, "128x170:rs")
+    with pytest.raises(UserError, match=r"^flash-attn-4 tile '128x170:rs' is not of the form .*VIDPORT_FA4_TILE"):
+        attention.flash_attn_4(q, short_kv, short_kv)
 
 
 def test_flash_attn_4_is_one_clear_line_without_the_package():
