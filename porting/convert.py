@@ -538,8 +538,7 @@ class SafetensorsWriter:
     def close(self) -> None:
         if self.next != len(self.layout):
             raise RuntimeError(f"{self.path}: {len(self.layout) - self.next} tensors were never written")
-        os.fsync(self.f.fileno())
-        self.f.close()
+        self.f.close()  # fsync'd with the whole tree before publishing, so writeback overlaps the next shard
 
 
 def write_component(comp: ComponentPlan, folder: Path, sink: TensorSink,
@@ -592,25 +591,30 @@ def write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def copy_file(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     with open(src, "rb") as fi, open(dst, "wb") as fo:
         shutil.copyfileobj(fi, fo, 1 << 20)
-        fo.flush()
-        os.fsync(fo.fileno())
 
 
 def fsync_tree(root: Path) -> None:
+    """fsync every file, then every folder, of a finished tree, once before it is published (not each
+    shard as it closes, which would stop the copy until the disk has written the shard back)."""
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            _fsync_path(os.path.join(dirpath, name))
     for dirpath, _, _ in os.walk(root):
-        fd = os.open(dirpath, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_path(dirpath)
+
+
+def _fsync_path(path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -715,19 +719,13 @@ def publish(tmp: Path, out: Path, force: bool) -> None:
             old = out.parent / f".{out.name}{OLD_TAG}{os.getpid()}"
             os.rename(out, old)
             os.rename(tmp, out)
-        _fsync_dir(out.parent)
+        _fsync_path(out.parent)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, out)
-    _fsync_dir(out.parent)
+    _fsync_path(out.parent)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _disk_full(e: OSError) -> bool:
