@@ -10,7 +10,9 @@ with ``benchmarks/bench_attention.py``.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -116,12 +118,29 @@ def _fa4_kwargs(q: torch.Tensor, k: torch.Tensor) -> dict:
     return fa4_tile_kwargs(text)
 
 
+@functools.cache
+def _fa4_forward_with_tiles():
+    """flash-attn-4's internal forward, which takes the tile arguments, when this version has it with
+    them (it is not public API: another version may differ; then the public function runs)."""
+    try:
+        from flash_attn.cute.interface import _flash_attn_fwd
+        params = inspect.signature(_flash_attn_fwd).parameters
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return None
+    needed = ("tile_mn", "mma_pv_is_rs", "intra_wg_overlap", "num_threads")
+    return _flash_attn_fwd if all(p in params for p in needed) else None
+
+
 @torch.library.custom_op("vidport::flash_attn_4", mutates_args=())
 def _flash_attn_4_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    # the forward that flash_attn.cute.flash_attn_func runs, called directly so that the tile can be set
-    from flash_attn.cute.interface import _flash_attn_fwd
+    kwargs = _fa4_kwargs(q, k)
+    forward = _fa4_forward_with_tiles() if kwargs else None
+    if forward is not None:  # the forward flash_attn_func runs, called directly so that the tile can be set
+        return forward(q, k, v, **kwargs)[0]
+    from flash_attn.cute import flash_attn_func
 
-    return _flash_attn_fwd(q, k, v, **_fa4_kwargs(q, k))[0]
+    out = flash_attn_func(q, k, v)
+    return out[0] if isinstance(out, tuple) else out
 
 
 @_flash_attn_4_op.register_fake

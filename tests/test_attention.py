@@ -132,15 +132,25 @@ def test_flash_attn_4_tile(monkeypatch):
 
     calls = []
 
-    def fake_fwd(q, k, v, **kwargs):  # stands in for flash_attn.cute.interface._flash_attn_fwd
-        calls.append(kwargs)
+    def fake_fwd(q, k, v, tile_mn=None, mma_pv_is_rs=None, intra_wg_overlap=None, num_threads=384):
+        # stands in for flash_attn.cute.interface._flash_attn_fwd (same keyword names)
+        kwargs = {"tile_mn": tile_mn, "mma_pv_is_rs": mma_pv_is_rs, "intra_wg_overlap": intra_wg_overlap,
+                  "num_threads": num_threads}
+        calls.append({k: v for k, v in kwargs.items() if v is not None and (k != "num_threads" or tile_mn)})
         return attention.sdpa_math(q, k, v), None
+
+    def fake_func(q, k, v):  # flash_attn.cute.flash_attn_func: the library's own tile
+        calls.append({})
+        return attention.sdpa_math(q, k, v)
 
     interface = types.ModuleType("flash_attn.cute.interface")
     interface._flash_attn_fwd = fake_fwd
-    for name in ("flash_attn", "flash_attn.cute"):
-        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    cute = types.ModuleType("flash_attn.cute")
+    cute.flash_attn_func = fake_func
+    monkeypatch.setitem(sys.modules, "flash_attn", types.ModuleType("flash_attn"))
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", cute)
     monkeypatch.setitem(sys.modules, "flash_attn.cute.interface", interface)
+    attention._fa4_forward_with_tiles.cache_clear()
     capability = {"value": (9, 0)}
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability["value"])
     monkeypatch.delenv(attention.FA4_TILE_ENV, raising=False)
@@ -162,6 +172,14 @@ def test_flash_attn_4_tile(monkeypatch):
     monkeypatch.setenv(attention.FA4_TILE_ENV, "128x170:rs")
     with pytest.raises(UserError, match=r"^flash-attn-4 tile '128x170:rs' is not of the form .*VIDPORT_FA4_TILE"):
         attention.flash_attn_4(q, short_kv, short_kv)
+    # a flash-attn-4 whose internal forward lacks the tile arguments: the public function, the library's tile
+    monkeypatch.delenv(attention.FA4_TILE_ENV)
+    capability["value"] = (9, 0)
+    interface._flash_attn_fwd = lambda q, k, v, softmax_scale=None: pytest.fail("called without tile arguments")
+    attention._fa4_forward_with_tiles.cache_clear()
+    torch.testing.assert_close(attention.flash_attn_4(q, long_kv, long_kv), attention.sdpa_math(q, long_kv, long_kv))
+    assert calls[-1] == {}
+    attention._fa4_forward_with_tiles.cache_clear()
 
 
 def test_flash_attn_4_is_one_clear_line_without_the_package():
