@@ -726,8 +726,6 @@ def publish(tmp: Path, out: Path, force: bool) -> None:
     _fsync_path(out.parent)
 
 
-
-
 def _disk_full(e: OSError) -> bool:
     return e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
