@@ -162,7 +162,8 @@ class SafetensorsSource(StateDictSource):
             buf = torch.empty(data_len, dtype=torch.uint8, device=device)
             chunks = [(off, min(self.STAGE_CHUNK, data_len - off)) for off in range(0, data_len, self.STAGE_CHUNK)]
             slots = min(self.STAGE_SLOTS, len(chunks))
-            pinned = [torch.empty(self.STAGE_CHUNK, dtype=torch.uint8).pin_memory() for _ in range(slots)]
+            size_pinned = min(self.STAGE_CHUNK, max(data_len, 1))  # a small file gets a small buffer
+            pinned = [torch.empty(size_pinned, dtype=torch.uint8).pin_memory() for _ in range(slots)]
             copied: list[torch.cuda.Event | None] = [None] * slots
             fd = f.fileno()
 
