@@ -47,6 +47,7 @@ from porting.sources import (
     StateDictSource,
     TensorInfo,
     dtype_name,
+    pread_full,
     read_safetensors_header,
 )
 
@@ -113,14 +114,8 @@ class StreamingSafetensors(StateDictSource):
         path = self._where[name][0]
         info = self._infos[name]
         out = torch.empty(info.shape, dtype=SAFETENSORS_DTYPES[info.dtype])
-        if nbytes:
-            buf = memoryview(out.reshape(-1).view(torch.uint8).numpy())
-            done = 0
-            while done < nbytes:
-                n = os.preadv(fd, [buf[done:]], offset + done)
-                if n <= 0:
-                    raise ConvertError(f"{path}: file ended inside tensor {name!r} (truncated download?)")
-                done += n
+        if nbytes and not pread_full(fd, memoryview(out.reshape(-1).view(torch.uint8).numpy()), offset):
+            raise ConvertError(f"{path}: file ended inside tensor {name!r} (truncated download?)")
         return out
 
     def chunks(self, name: str, max_bytes: int) -> Iterator[torch.Tensor]:
@@ -131,14 +126,9 @@ class StreamingSafetensors(StateDictSource):
         for start in range(0, nbytes, step):
             n = min(step, nbytes - start)
             piece = torch.empty(n // dtype.itemsize, dtype=dtype)
-            buf = memoryview(piece.view(torch.uint8).numpy())
-            done = 0
-            while done < n:
-                got = os.preadv(fd, [buf[done:]], offset + start + done)
-                if got <= 0:
-                    raise ConvertError(f"{self._where[name][0]}: file ended inside tensor {name!r} "
-                                       "(truncated download?)")
-                done += got
+            if not pread_full(fd, memoryview(piece.view(torch.uint8).numpy()), offset + start):
+                raise ConvertError(f"{self._where[name][0]}: file ended inside tensor {name!r} "
+                                   "(truncated download?)")
             yield piece
 
     def release(self, tensor: torch.Tensor) -> None:

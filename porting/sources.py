@@ -90,6 +90,18 @@ class StateDictSource:
 # ----------------------------------------------------------------------------------------------
 # safetensors
 # ----------------------------------------------------------------------------------------------
+def pread_full(fd: int, view: memoryview, offset: int) -> bool:
+    """Fill ``view`` (bytes) with the file's bytes from ``offset``, reading until full; False when the
+    file ends first."""
+    done = 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got <= 0:
+            return False
+        done += got
+    return True
+
+
 def read_safetensors_header(path: Path) -> dict:
     """Parse and validate a safetensors header without reading tensor data."""
     try:
@@ -168,13 +180,8 @@ class SafetensorsSource(StateDictSource):
             fd = f.fileno()
 
             def read(slot: int, off: int, k: int) -> None:
-                view = memoryview(pinned[slot].numpy())[:k]
-                done = 0
-                while done < k:
-                    got = os.preadv(fd, [view[done:]], start + off + done)
-                    if got == 0:
-                        raise SourceError(f"{self.path}: file ended early (truncated?)")
-                    done += got
+                if not pread_full(fd, memoryview(pinned[slot].numpy())[:k], start + off):
+                    raise SourceError(f"{self.path}: file ended early (truncated?)")
 
             with ThreadPoolExecutor(self.STAGE_READERS) as pool:
                 def submit(i: int):
