@@ -196,7 +196,8 @@ _HALF = (torch.bfloat16, torch.float16)
 AUTO_RULES: tuple[AutoRule, ...] = (
     AutoRule(9, _HALF, "flash-attn-4",
              "H100, Wan 1.3B self-attention (1x32760 tokens, 12 heads, head_dim 128, bf16): FlashAttention-4 "
-             "9.70 ms (680 TFLOP/s), cuDNN 11.53 ms (572), SDPA flash 18.38, efficient 37.00",
+             "9.70 ms (680 TFLOP/s; 9.28 ms with FA4_SM90_LONG_TILE), cuDNN 11.53 ms (572), SDPA flash 18.38, "
+             "efficient 37.00",
              kinds=("self",)),
     AutoRule(9, _HALF, "sdpa-cudnn",
              "H100, same shape: cuDNN 572 TFLOP/s when FlashAttention-4 is not installed; cross-attention "
