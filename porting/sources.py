@@ -265,6 +265,13 @@ class ShardedSafetensorsSource(StateDictSource):
 # ----------------------------------------------------------------------------------------------
 # pickles (weights only)
 # ----------------------------------------------------------------------------------------------
+def _unloadable(path: Path, e: Exception) -> SourceError:
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return SourceError(f"{path}: not a loadable weights-only tensor checkpoint ({first}); if it is truncated or "
+                       "damaged, re-download it; vidport never unpickles arbitrary objects, so re-save other "
+                       "pickles as a dict of tensors (torch.save(model.state_dict(), ...))")
+
+
 class PickleSource(StateDictSource):
     """``.pt/.pth/.bin`` read with ``torch.load(weights_only=True, mmap=True)``: tensors stay on disk."""
 
@@ -279,12 +286,10 @@ class PickleSource(StateDictSource):
         except RuntimeError as e:
             # legacy (non-zip) pickles cannot be mmap'd
             if "mmap" not in str(e):
-                raise SourceError(f"{self.path}: not a loadable weights-only checkpoint "
-                                  f"({str(e).splitlines()[0]})") from None
+                raise _unloadable(self.path, e) from None
             obj = self._load_plain()
         except Exception as e:  # noqa: BLE001 - the unpickler raises many types
-            raise SourceError(f"{self.path}: not a weights-only tensor checkpoint ({str(e).splitlines()[0]}); "
-                              "vidport never unpickles arbitrary objects") from None
+            raise _unloadable(self.path, e) from None
         if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
             obj = obj["state_dict"]
         if not isinstance(obj, dict):
@@ -300,8 +305,7 @@ class PickleSource(StateDictSource):
         try:
             return torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001
-            raise SourceError(f"{self.path}: not a weights-only tensor checkpoint ({str(e).splitlines()[0]})") \
-                from None
+            raise _unloadable(self.path, e) from None
 
     def get(self, name: str) -> torch.Tensor:
         try:

@@ -353,6 +353,19 @@ def test_missing_release_files(tmp_path: Path, capsys):
     assert not out.exists()
 
 
+def test_truncated_pickle(tmp_path: Path, capsys):
+    broken = tmp_path / "release"
+    shutil.copytree(RELEASE, broken)
+    vae = broken / family.OFFICIAL_FILES["vae"]
+    with open(vae, "r+b") as f:
+        f.truncate(5000)
+    out = tmp_path / "o"
+    assert port("convert", broken, "--family", FAMILY, "--out", out, "--no-progress") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(vae) in err and "re-download it" in err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["release"]
+
+
 def test_bad_dtype_and_unwritable_out(tmp_path: Path, capsys):
     assert port(*convert_args(tmp_path / "o", "--dtype", "int8")) == 2
     err = capsys.readouterr().err.strip()
