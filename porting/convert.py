@@ -53,6 +53,7 @@ from porting.sources import (
 
 DTYPES: dict[str, torch.dtype | None] = {"keep": None, "bf16": torch.bfloat16, "fp16": torch.float16,
                                          "fp32": torch.float32}
+TARGETS_FROM = ("auto", "libraries")  # --targets: where the strict target layout comes from
 TEST_KILL_ENV = "VIDPORT_TEST_KILL_AFTER_TENSORS"  # test hook, read only by TensorSink
 CHUNK_BYTES = 64 << 20  # a tensor is read, cast and written in pieces of this size: RSS stays flat
 TMP_TAG = ".vidport-tmp-"
@@ -297,6 +298,7 @@ class ConversionPlan:
     source_files: list[Path]
     hasher: Hasher | None = None  # already hashing source_files, when planning started it
     deferred: DeferredTargets | None = None  # target check still running (see DeferredTargets)
+    targets_origin: str = ""  # where the target layout came from (shipped layouts or the libraries)
 
     def complete(self) -> None:
         """Wait for a deferred target check and apply it (strict verification, config files)."""
@@ -395,7 +397,7 @@ class DeferredTargets(threading.Thread):
         self.join()
         if self.error is not None:
             raise self.error
-        targets, make_files = self.value
+        targets, make_files, cplan.targets_origin = self.value
         for comp in cplan.components:
             shapes, _, keep = targets[comp.name]
             verify_component(comp, shapes, keep, cplan.dtype)
@@ -876,6 +878,7 @@ def provenance(cplan: ConversionPlan, hashes: dict[Path, str]) -> dict:
         "max_shard_size": cplan.max_shard_size,
         "source": {"release": str(cplan.release), "files": files},
         "components": components,
+        "targets": cplan.targets_origin,
     }
 
 
@@ -899,12 +902,17 @@ def summary_table(reports: list[ComponentReport]) -> str:
 # Planning a release of a family
 # ----------------------------------------------------------------------------------------------
 def plan_release(release: str | Path, family_name: str, *, dtype: str = "keep", max_shard_size: int = 5 * 10**9,
-                 maps: dict[str, Path] | None = None, defer: bool = False) -> ConversionPlan:
+                 maps: dict[str, Path] | None = None, defer: bool = False,
+                 targets_from: str = "auto") -> ConversionPlan:
     """Plan the conversion of an official release (nothing is written). ``maps`` overrides the family's
     committed official->Diffusers maps per component. ``defer``: with ``--dtype keep``, check against the
-    target models on a thread while ``execute`` streams (``ConversionPlan.complete`` joins it)."""
+    target models on a thread while ``execute`` streams (``ConversionPlan.complete`` joins it).
+    ``targets_from``: "auto" (the family's shipped layout of a known config, else the libraries) or
+    "libraries" (always build the target models with diffusers/transformers)."""
     from runtime.families import get_family
 
+    if targets_from not in TARGETS_FROM:
+        raise ConvertError(f"--targets {targets_from!r}: choose one of {', '.join(TARGETS_FROM)}")
     if dtype not in DTYPES:
         raise ConvertError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     release = Path(release)
@@ -918,7 +926,8 @@ def plan_release(release: str | Path, family_name: str, *, dtype: str = "keep", 
                            f"{', '.join(fam.COMPONENTS)}")
     if builder is None:
         raise ConvertError(f"port convert does not know the Diffusers layout of {family_name} yet")
-    return builder(fam, release, dtype=dtype, max_shard_size=max_shard_size, maps=maps or {}, defer=defer)
+    return builder(fam, release, dtype=dtype, max_shard_size=max_shard_size, maps=maps or {}, defer=defer,
+                   targets_from=targets_from)
 
 
 def _load_map(path: Path, component: str) -> NameMap:
@@ -933,7 +942,7 @@ def _meta_state_shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
 
 
 def _plan_wan(fam, release: Path, *, dtype: str, max_shard_size: int, maps: dict[str, Path],
-              defer: bool = False) -> ConversionPlan:
+              defer: bool = False, targets_from: str = "auto") -> ConversionPlan:
     """Wan2.1 T2V: official release -> the layout of Wan-AI/Wan2.1-T2V-*-Diffusers (WanPipeline)."""
     # 1. every file the release must have, reported together
     tok_dir = release / fam.OFFICIAL_FILES["tokenizer"]
@@ -958,7 +967,8 @@ def _plan_wan(fam, release: Path, *, dtype: str, max_shard_size: int, maps: dict
     hasher.start()
     try:
         return _plan_wan_components(fam, release, dit, preset, sources, tok_dir, tok_files, source_files, hasher,
-                                    dtype=dtype, max_shard_size=max_shard_size, maps=maps, defer=defer)
+                                    dtype=dtype, max_shard_size=max_shard_size, maps=maps, defer=defer,
+                                    targets_from=targets_from)
     except BaseException:
         hasher.cancel()
         raise
@@ -969,7 +979,7 @@ WAN_WEIGHT_STEMS = {"transformer": "diffusion_pytorch_model", "vae": "diffusion_
 
 
 def _plan_wan_components(fam, release, dit, preset, sources, tok_dir, tok_files, source_files, hasher, *,
-                         dtype, max_shard_size, maps, defer) -> ConversionPlan:
+                         dtype, max_shard_size, maps, defer, targets_from) -> ConversionPlan:
     name_maps = {}
     for name in fam.COMPONENTS:
         map_path = Path(maps.get(name, fam.OFFICIAL_TO_DIFFUSERS[name]))
@@ -984,17 +994,18 @@ def _plan_wan_components(fam, release, dit, preset, sources, tok_dir, tok_files,
     if defer and dtype == "keep":  # no cast: dtypes are known without the keep-in-fp32 lists
         components = plan_all(None)
         t5_dtype = _majority_dtype(components[fam.COMPONENTS.index("text_encoder")])
-        deferred = DeferredTargets(lambda: _wan_targets_cached(fam, dit, preset, sources, tok_dir, lambda: t5_dtype))
+        deferred = DeferredTargets(lambda: _wan_targets_cached(fam, dit, preset, sources, tok_dir, lambda: t5_dtype,
+                                                               targets_from))
         deferred.start()
         return ConversionPlan(fam.NAME, preset, release, dtype, max_shard_size, components, {}, copies,
                               source_files, hasher, deferred)
     holder: dict[str, list[ComponentPlan]] = {}
-    targets, make_files = _wan_targets_cached(
+    targets, make_files, origin = _wan_targets_cached(
         fam, dit, preset, sources, tok_dir,
-        lambda: _majority_dtype(holder["c"][fam.COMPONENTS.index("text_encoder")]))
+        lambda: _majority_dtype(holder["c"][fam.COMPONENTS.index("text_encoder")]), targets_from)
     holder["c"] = components = plan_all(targets)
     return ConversionPlan(fam.NAME, preset, release, dtype, max_shard_size, components, make_files(), copies,
-                          source_files, hasher)
+                          source_files, hasher, targets_origin=origin)
 
 
 def _wan_target_configs(fam, dit, preset, sources) -> dict[str, dict]:
@@ -1020,10 +1031,10 @@ def _wan_target_configs(fam, dit, preset, sources) -> dict[str, dict]:
             "vae": vae_cfg, "text_encoder": t5_cfg, "scheduler": scheduler}
 
 
-def _wan_targets(cfgs: dict[str, dict], tok_dir: Path, t5_dtype: Callable[[], str]):
+def _wan_targets(cfgs: dict[str, dict]):
     """The Diffusers/transformers models on the meta device, from ``_wan_target_configs`` ->
-    ({component: (shapes, stem, keep_fp32)}, make_files() -> {relative path: config text})."""
-    import diffusers
+    ({component: (shapes, stem, keep_fp32)}, component_files(t5_dtype) -> {relative path: config text}).
+    ``component_files`` writes every config file but ``model_index.json`` (see ``_model_index``)."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
@@ -1043,29 +1054,31 @@ def _wan_targets(cfgs: dict[str, dict], tok_dir: Path, t5_dtype: Callable[[], st
                          tuple(UMT5EncoderModel._keep_in_fp32_modules or ())),
     }
 
-    # 5. config files, scheduler, pipeline index
-    def make_files() -> dict[str, str]:
+    # 5. config files and scheduler
+    def component_files(t5_dtype: str) -> dict[str, str]:
         t5_config.architectures = ["UMT5EncoderModel"]
-        t5_config.dtype = SAFETENSORS_DTYPES[t5_dtype()]
-        scheduler = UniPCMultistepScheduler(**cfgs["scheduler"])
-        model_index = {
-            "_class_name": "WanPipeline",
-            "_diffusers_version": diffusers.__version__,
-            "scheduler": ["diffusers", "UniPCMultistepScheduler"],
-            "text_encoder": ["transformers", "UMT5EncoderModel"],
-            "tokenizer": ["transformers", _tokenizer_class(tok_dir)],
-            "transformer": ["diffusers", "WanTransformer3DModel"],
-            "vae": ["diffusers", "AutoencoderKLWan"],
-        }
+        t5_config.dtype = SAFETENSORS_DTYPES[t5_dtype]
         return {
-            "model_index.json": json.dumps(model_index, indent=2) + "\n",
-            "scheduler/scheduler_config.json": scheduler.to_json_string(),
+            "scheduler/scheduler_config.json": UniPCMultistepScheduler(**cfgs["scheduler"]).to_json_string(),
             "transformer/config.json": transformer.to_json_string(),
             "vae/config.json": vae.to_json_string(),
             "text_encoder/config.json": t5_config.to_json_string(),
         }
 
-    return targets, make_files
+    return targets, component_files
+
+
+def _model_index(tokenizer_class: str, diffusers_version: str) -> str:
+    """The pipeline index of a WanPipeline repo (plain data: no library needed)."""
+    return json.dumps({
+        "_class_name": "WanPipeline",
+        "_diffusers_version": diffusers_version,
+        "scheduler": ["diffusers", "UniPCMultistepScheduler"],
+        "text_encoder": ["transformers", "UMT5EncoderModel"],
+        "tokenizer": ["transformers", tokenizer_class],
+        "transformer": ["diffusers", "WanTransformer3DModel"],
+        "vae": ["diffusers", "AutoencoderKLWan"],
+    }, indent=2) + "\n"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1129,16 +1142,25 @@ class TargetCache:
             tmp.unlink(missing_ok=True)
 
 
-def _wan_targets_cached(fam, dit, preset, sources, tok_dir, t5_dtype: Callable[[], str]):
-    """``_wan_targets`` through the ``TargetCache``: diffusers and transformers are imported only on a miss."""
+def _wan_targets_cached(fam, dit, preset, sources, tok_dir, t5_dtype: Callable[[], str], targets_from: str):
+    """The target side from the cheapest place that has it: the family's shipped layouts (the published
+    configs, ``porting.layouts``; not with ``targets_from="libraries"``), the ``TargetCache`` memo, else
+    diffusers/transformers. -> (targets, make_files, where they came from)."""
+    from porting import layouts
+
     cfgs = _wan_target_configs(fam, dit, preset, sources)
-    key = {"family": fam.NAME, "configs": cfgs, "tokenizer_class": _tokenizer_class(tok_dir)}
+    tok_class = _tokenizer_class(tok_dir)
+    shipped = layouts.lookup(fam, cfgs) if targets_from == "auto" else None
+    if shipped is not None:
+        return shipped.targets, lambda: {"model_index.json": _model_index(tok_class, shipped.versions["diffusers"]),
+                                         **shipped.files(t5_dtype())}, shipped.origin
+    key = {"family": fam.NAME, "configs": cfgs, "tokenizer_class": tok_class}
     cache = TargetCache(key, [Path(__file__), Path(fam.__file__)])
     built: list = []
 
     def build():
         if not built:
-            built.append(_wan_targets(cfgs, tok_dir, t5_dtype))
+            built.append(_wan_targets(cfgs))
         return built[0]
 
     targets = cache.targets() or build()[0]
@@ -1147,11 +1169,14 @@ def _wan_targets_cached(fam, dit, preset, sources, tok_dir, t5_dtype: Callable[[
         dtype = t5_dtype()
         files = cache.files(dtype)
         if files is None:
-            files = build()[1]()
+            files = {"model_index.json": _model_index(tok_class, installed_version("diffusers")),
+                     **build()[1](dtype)}
             cache.store(targets, dtype, files)
         return files
 
-    return targets, make_files
+    origin = (f"diffusers {installed_version('diffusers')} and transformers {installed_version('transformers')} "
+              "(the models built on the meta device)")
+    return targets, make_files, origin
 
 
 def _display_path(path: Path) -> str:

@@ -468,8 +468,10 @@ def test_streaming_peak_rss(tmp_path: Path):
 
 
 # ----------------------------------------------------------------------------------------------
-# The memo of the target side: a warm run imports neither diffusers nor transformers and writes the
-# same bytes; a damaged memo is ignored and rewritten; another output dtype is another entry
+# Where the target side comes from. The tiny release's configs are in the family's shipped layouts:
+# converting it imports neither diffusers nor transformers. --targets libraries builds the models; the
+# memo of that path: a warm run imports neither and writes the same bytes; a damaged memo is ignored
+# and rewritten; another output dtype is another entry.
 # ----------------------------------------------------------------------------------------------
 CACHE_CHILD = textwrap.dedent("""
     import sys
@@ -487,7 +489,24 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_target_cache(tmp_path: Path):
+VERSION_FIELDS = ("_diffusers_version", "transformers_version")
+
+
+def comparable(tree: dict[str, bytes]) -> dict:
+    """A shipped-layout tree against a library-built one: conversion.json records where the target layout
+    came from, the config files which diffusers/transformers wrote them (the shipped ones: the versions
+    in layouts.json). Everything else must be identical."""
+    out = dict(tree)
+    record = json.loads(tree["conversion.json"])
+    assert record.pop("targets")
+    out["conversion.json"] = record
+    for rel in ("model_index.json", "transformer/config.json", "vae/config.json", "text_encoder/config.json",
+                "scheduler/scheduler_config.json"):
+        out[rel] = {k: v for k, v in json.loads(tree[rel]).items() if k not in VERSION_FIELDS}
+    return out
+
+
+def test_target_sources(tmp_path: Path):
     env = {**os.environ, "VIDPORT_CACHE_DIR": str(tmp_path / "cache")}
 
     def run(out: str, *extra: str) -> str:
@@ -496,29 +515,42 @@ def test_target_cache(tmp_path: Path):
         assert r.returncode == 0, r.stderr
         return r.stdout.split("imported")[-1].split()
 
-    assert run("cold") == ["True", "True"]  # built the target models
+    assert run("shipped") == ["False", "False"]  # the shipped layout: no library imported, nothing memoised
+    assert not (tmp_path / "cache").exists()
+    record = json.loads((tmp_path / "shipped" / "conversion.json").read_text())
+    assert record["targets"].startswith("runtime/models/wan/layouts.json (written with diffusers ")
+
+    libraries = ("--targets", "libraries")
+    assert run("cold", *libraries) == ["True", "True"]  # built the target models
+    assert json.loads((tmp_path / "cold" / "conversion.json").read_text())["targets"].startswith("diffusers ")
+    assert comparable(tree_bytes(tmp_path / "cold")) == \
+        comparable(tree_bytes(tmp_path / "shipped"))
     entries = list((tmp_path / "cache" / "convert-targets").glob("*.json"))
     assert len(entries) == 1
-    assert run("warm") == ["False", "False"]
+    assert run("warm", *libraries) == ["False", "False"]
     assert tree_bytes(tmp_path / "warm") == tree_bytes(tmp_path / "cold")
 
     entries[0].write_text("{not json")
-    assert run("damaged") == ["True", "True"]
+    assert run("damaged", *libraries) == ["True", "True"]
     assert tree_bytes(tmp_path / "damaged") == tree_bytes(tmp_path / "cold")
     entry = json.loads(entries[0].read_text())
     assert "targets" in entry
     entries[0].write_text(json.dumps({**entry, "targets": {"transformer": 5}}))  # JSON, its key, wrong shape
-    assert run("malformed") == ["True", "True"]
+    assert run("malformed", *libraries) == ["True", "True"]
     assert tree_bytes(tmp_path / "malformed") == tree_bytes(tmp_path / "cold")
 
     # fp16: the umT5 config records another dtype, so its config files are built (and memoised) too
-    assert run("fp16", "--dtype", "fp16") == ["True", "True"]
+    assert run("fp16", "--dtype", "fp16", *libraries) == ["True", "True"]
     te = json.loads((tmp_path / "fp16" / "text_encoder" / "config.json").read_text())
     assert te.get("dtype", te.get("torch_dtype")) == "float16"
     assert set(json.loads(entries[0].read_text())["files"]) == {"BF16", "F16"}  # keep: the source umT5 is bf16
+    # the shipped layout has the fp16 umT5 config too, the same bytes
+    assert run("fp16-shipped", "--dtype", "fp16") == ["False", "False"]
+    assert comparable(tree_bytes(tmp_path / "fp16-shipped")) == \
+        comparable(tree_bytes(tmp_path / "fp16"))
 
     env["VIDPORT_CACHE_DIR"] = ""  # no cache at all
-    assert run("uncached") == ["True", "True"]
+    assert run("uncached", *libraries) == ["True", "True"]
     assert tree_bytes(tmp_path / "uncached") == tree_bytes(tmp_path / "cold")
     assert len(list((tmp_path / "cache" / "convert-targets").glob("*.json"))) == 1
 
@@ -544,8 +576,7 @@ def test_real_release_plans_on_meta(preset: str):
     sources = {"transformer": listing(f"official_dit_{preset}_keys.txt", "F32"),
                "vae": listing("official_vae_keys.txt", "F32"),
                "text_encoder": listing("official_umt5xxl_keys.txt", "BF16")}
-    targets, make_files = _wan_targets(_wan_target_configs(family, family.dit_config(preset), preset, sources),
-                                       RELEASE / "google/umt5-xxl", lambda: "BF16")
+    targets, component_files = _wan_targets(_wan_target_configs(family, family.dit_config(preset), preset, sources))
     sizes = {}
     for comp in family.COMPONENTS:
         shapes, stem, keep = targets[comp]
@@ -554,7 +585,7 @@ def test_real_release_plans_on_meta(preset: str):
         sizes[comp] = (len(plan.tensors), len(plan.shards))
     n_dit = {"1.3b": 825, "14b": 1095}[preset]
     assert sizes == {"transformer": (n_dit, 1 if preset == "1.3b" else 6), "vae": (194, 1), "text_encoder": (243, 3)}
-    text_encoder = json.loads(make_files()["text_encoder/config.json"])
+    text_encoder = json.loads(component_files("BF16")["text_encoder/config.json"])
     assert (text_encoder["d_model"], text_encoder["num_layers"], text_encoder["vocab_size"]) == (4096, 24, 256384)
-    vae = json.loads(make_files()["vae/config.json"])
+    vae = json.loads(component_files("BF16")["vae/config.json"])
     assert (vae["base_dim"], vae["z_dim"]) == (96, 16)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from porting.convert import DTYPES, ConvertError, execute, parse_size, plan_release, summary_table
+from porting.convert import DTYPES, TARGETS_FROM, ConvertError, execute, parse_size, plan_release, summary_table
 
 
 @click.command("convert")
@@ -29,18 +29,24 @@ from porting.convert import DTYPES, ConvertError, execute, parse_size, plan_rele
                    "conversion, and exit without converting.")
 @click.option("--map", "map_overrides", multiple=True, metavar="COMPONENT=FILE",
               help="Use this name map for a component instead of the family's committed one (repeatable).")
+@click.option("--targets", "targets_from", default="auto", show_default=True, type=click.Choice(TARGETS_FROM),
+              help="What the conversion is checked against: auto = the Diffusers layout vidport ships for the "
+                   "family's published configs (verified against diffusers/transformers by its tests), else "
+                   "the models of the installed diffusers/transformers; libraries = always those models.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def convert(source: Path, family: str, out: Path, dtype: str, max_shard_size: str, force: bool,
-            emit_script: Path | None, map_overrides: tuple[str, ...], progress: bool, as_json: bool) -> None:
+            emit_script: Path | None, map_overrides: tuple[str, ...], targets_from: str, progress: bool,
+            as_json: bool) -> None:
     """Convert the official release SOURCE into a Diffusers-format repo at --out.
 
     \b
     Every source tensor is used exactly once or dropped on purpose by the family's committed
     official->Diffusers map, and every parameter of the Diffusers models is written with its shape.
     Tensors stream one at a time; the repo appears at --out only when complete. The target side
-    (shapes of the Diffusers models, config files) is memoised in $VIDPORT_CACHE_DIR (default
-    ~/.cache/vidport; empty: off), so converting a model again skips importing diffusers/transformers.
+    (shapes of the Diffusers models, config files) of the published configs ships with vidport; any
+    other is built with diffusers/transformers and memoised in $VIDPORT_CACHE_DIR (default
+    ~/.cache/vidport; empty: off), so converting that model again skips importing them.
 
     \b
     Example:
@@ -57,7 +63,7 @@ def convert(source: Path, family: str, out: Path, dtype: str, max_shard_size: st
         maps[component] = Path(path)
     # without --emit-script, the check against the target models runs while unchanged tensors stream
     plan = plan_release(source, family, dtype=dtype, max_shard_size=parse_size(max_shard_size), maps=maps,
-                        defer=emit_script is None)
+                        defer=emit_script is None, targets_from=targets_from)
     if emit_script is not None:
         from porting.emit_script import write_script
 

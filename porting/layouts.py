@@ -1,0 +1,179 @@
+"""Shipped target layouts: the Diffusers format of a family's known component configs, as data.
+
+`port convert` checks every conversion strictly against the Diffusers/transformers models it targets
+(their state-dict keys and shapes, keep-in-fp32 lists, config files). Building those models means
+importing diffusers and transformers: ~8 s of CPU on a 2-core machine, more than copying a 5.7 GB DiT.
+For the component configs of the published releases (Wan2.1-T2V 1.3B and 14B: DiT, VAE, umT5-xxl,
+scheduler) and of the embedded tiny release, the family ships the same facts in ``layouts.json``:
+
+- written by ``python -m porting.layouts --write`` from the installed diffusers/transformers (the
+  versions are recorded in the file), never by hand;
+- checked by ``tests/test_layouts.py``: every entry is rebuilt with the installed libraries and
+  compared, and the real presets' shapes are compared with the key listings of the published
+  Diffusers repos (``runtime/models/wan/reference``).
+
+A config not in the file (a fine-tune with other dimensions, a new variant) is built from the
+libraries as before (and memoised, ``porting.convert.TargetCache``); ``port convert --targets
+libraries`` always builds from the libraries.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+# the dtypes a converted umT5 can end up in (its config file records it)
+T5_DTYPES = ("BF16", "F16", "F32")
+WEIGHT_COMPONENTS = ("transformer", "vae", "text_encoder")
+
+
+def _canonical(config: dict) -> str:
+    return json.dumps(config, sort_keys=True)
+
+
+@dataclass
+class Layout:
+    """The target side of one conversion, read from the shipped file."""
+
+    targets: dict[str, tuple[dict[str, tuple[int, ...]], str, tuple[str, ...]]]  # as convert._wan_targets
+    _files: dict[str, dict]  # component -> its entry's files (text_encoder: per dtype)
+    versions: dict[str, str]
+    origin: str
+
+    def files(self, t5_dtype: str) -> dict[str, str]:
+        """Every config file but model_index.json."""
+        out: dict[str, str] = {}
+        for comp, files in self._files.items():
+            out.update(files[t5_dtype] if comp == "text_encoder" else files)
+        return out
+
+
+def layouts_path(fam) -> Path:
+    return Path(fam.__file__).parent / "layouts.json"
+
+
+def load(fam) -> dict | None:
+    try:
+        return json.loads(layouts_path(fam).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def lookup(fam, cfgs: dict[str, dict], data: dict | None = None) -> Layout | None:
+    """The shipped layout of these target configs (``convert._wan_target_configs``), or None when any
+    component's config is not in the file."""
+    data = load(fam) if data is None else data
+    if not data:
+        return None
+    entries = {}
+    try:
+        for comp in (*WEIGHT_COMPONENTS, "scheduler"):
+            want = _canonical(cfgs[comp])
+            entry = next((e for e in data.get(comp, []) if _canonical(e["config"]) == want), None)
+            if entry is None:
+                return None
+            entries[comp] = entry
+        targets = {c: ({k: tuple(v) for k, v in entries[c]["shapes"].items()}, str(entries[c]["stem"]),
+                       tuple(entries[c]["keep_in_fp32"])) for c in WEIGHT_COMPONENTS}
+        versions = {d: str(data["generated_with"][d]) for d in ("diffusers", "transformers")}
+        files = {c: dict(e["files"]) for c, e in entries.items()}
+    except (KeyError, TypeError, AttributeError, ValueError):  # a damaged file: build from the libraries
+        return None
+    rel = "/".join(fam.__name__.split(".")[:-1]) + "/layouts.json"
+    origin = f"{rel} (written with diffusers {versions['diffusers']}, transformers {versions['transformers']})"
+    return Layout(targets, files, versions, origin)
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing the file from the libraries
+# ----------------------------------------------------------------------------------------------
+def known_configs(fam) -> dict[str, dict[str, dict]]:
+    """The target configs of the family's known releases: {preset: configs}. The real presets' VAE and
+    umT5 dimensions come from the published key listings of the official release, as `port convert`
+    derives them from a real release's tensors; the tiny preset's are the family's."""
+    from porting.convert import _wan_target_configs
+    from porting.sources import KeysFileSource, StateDictSource
+
+    out = {}
+    for preset in fam.PRESETS:
+        if preset == "tiny":
+            sources = {c: StateDictSource() for c in WEIGHT_COMPONENTS}
+        else:
+            sources = {"vae": KeysFileSource(fam.REFERENCE_KEYS / "official_vae_keys.txt"),
+                       "text_encoder": KeysFileSource(fam.REFERENCE_KEYS / "official_umt5xxl_keys.txt")}
+        out[preset] = _wan_target_configs(fam, fam.dit_config(preset), preset, sources)
+    return out
+
+
+def build(fam) -> dict:
+    """The file's contents, built through diffusers/transformers for every known config."""
+    from porting.convert import _wan_targets, installed_version
+
+    data: dict = {
+        "about": "Generated by `python -m porting.layouts --write`; checked by tests/test_layouts.py. "
+                 "Per component config: the Diffusers/transformers state-dict shapes, keep-in-fp32 list and "
+                 "config file(s).",
+        "generated_with": {d: installed_version(d) for d in ("diffusers", "transformers")},
+    }
+    seen: dict[str, set[str]] = {}
+    for cfgs in known_configs(fam).values():
+        targets, component_files = _wan_targets(cfgs)
+        files = {dtype: component_files(dtype) for dtype in T5_DTYPES}
+        paths = {"transformer": "transformer/config.json", "vae": "vae/config.json",
+                 "scheduler": "scheduler/scheduler_config.json"}
+        for comp in (*WEIGHT_COMPONENTS, "scheduler"):
+            key = _canonical(cfgs[comp])
+            if key in seen.setdefault(comp, set()):
+                continue
+            seen[comp].add(key)
+            entry: dict = {"config": cfgs[comp]}
+            if comp == "text_encoder":
+                entry["files"] = {d: {"text_encoder/config.json": files[d]["text_encoder/config.json"]}
+                                  for d in T5_DTYPES}
+            else:
+                entry["files"] = {paths[comp]: files["BF16"][paths[comp]]}
+            if comp in WEIGHT_COMPONENTS:
+                shapes, stem, keep = targets[comp]
+                entry.update(stem=stem, keep_in_fp32=list(keep), shapes={k: list(v) for k, v in shapes.items()})
+            data.setdefault(comp, []).append(entry)
+    return data
+
+
+def dumps(data: dict) -> str:
+    """JSON, one shape (and any other list of numbers) per line."""
+    text = json.dumps(data, indent=1)
+    return re.sub(r"\[[-\d,\s]*\]", lambda m: json.dumps(json.loads(m.group())), text) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from runtime.families import get_family
+
+    ap = argparse.ArgumentParser(prog="python -m porting.layouts", description=__doc__.splitlines()[0])
+    ap.add_argument("--family", default="wan2.1-t2v")
+    mode = ap.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--write", action="store_true", help="rewrite the family's layouts.json")
+    mode.add_argument("--check", action="store_true", help="exit 1 if layouts.json differs from a rebuild")
+    args = ap.parse_args(argv)
+    fam = get_family(args.family)
+    text = dumps(build(fam))
+    path = layouts_path(fam)
+    if args.write:
+        path.write_text(text)
+        print(f"wrote {path}")
+        return 0
+    current = path.read_text() if path.is_file() else ""
+    if current != text:
+        print(f"{path} is out of date with the installed diffusers/transformers; rewrite it with "
+              f"`python -m porting.layouts --write --family {args.family}`", file=sys.stderr)
+        return 1
+    print(f"{path} is current")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
