@@ -1,6 +1,6 @@
 """Benchmark `port convert` on a synthetic official release at the real Wan2.1 1.3B DiT shapes.
 
-    python benchmarks/bench_convert.py [--workdir /tmp] [--dtype keep] [--keep-files]
+    python benchmarks/bench_convert.py [--workdir /tmp] [--dtype keep] [--rounds 6] [--keep-files] [--release DIR]
 
 Writes (once) a 5.7 GB fp32 DiT safetensors with the 825 keys and shapes of the real
 Wan2.1-T2V-1.3B release (runtime/models/wan/reference/official_dit_1.3b_keys.txt, random data) plus
@@ -11,10 +11,18 @@ the official 1.3B config.json; the VAE, umT5 and tokenizer are the tiny ones of 
 - `port convert` in a child process: wall time (imports, planning, the strict check against the
   Diffusers/transformers models, SHA-256 of the sources, all included), the transformer component's
   own seconds, and the child's peak RSS (``ru_maxrss`` from wait4).
-cp and convert alternate for --rounds rounds, with `sync` between runs. Conversions alternate "cold"
-(the vidport cache, ``VIDPORT_CACHE_DIR`` in the work folder, emptied first: the target models are
-built, importing diffusers and transformers, as on a user's first conversion) and "warm" (the target
-side memoised by the previous run). The best cp, best cold and best warm run are reported.
+cp and convert alternate for --rounds rounds, with `sync` between runs. The conversions cycle through
+three cases, each with the vidport cache (``VIDPORT_CACHE_DIR`` in the work folder) as a user has it:
+
+- "first": the cache emptied, default ``--targets auto``: the release's configs are the published ones,
+  so the target layout comes from the family's shipped layouts (no diffusers/transformers import): a
+  user's first conversion of a Wan2.1 release;
+- "libraries-cold": the cache emptied, ``--targets libraries``: the target models are built, importing
+  diffusers and transformers: a first conversion of a config vidport does not ship (or a user asking
+  for the libraries' check);
+- "libraries-memo": ``--targets libraries`` again, the target side memoised by the previous run.
+
+The best cp and the best run of each case are reported.
 
 Targets (issue 4): conversion >= 0.5x the throughput of `cp`, peak RSS < 1 GB. Everything written is
 removed at the end unless --keep-files.
@@ -87,16 +95,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", default=tempfile.gettempdir(), help="folder on the disk to measure")
     ap.add_argument("--dtype", default="keep", choices=["keep", "bf16", "fp16", "fp32"])
-    ap.add_argument("--rounds", type=int, default=4, help="cp/convert rounds (conversions: cold, warm, cold, ...)")
+    ap.add_argument("--rounds", type=int, default=6,
+                    help="cp/convert rounds (conversions: first, libraries-cold, libraries-memo, first, ...)")
     ap.add_argument("--keep-files", action="store_true")
+    ap.add_argument("--release", type=Path, default=None,
+                    help="reuse the synthetic release of an earlier --keep-files run (left in place)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench_convert-", dir=args.workdir))
     try:
-        release = work / "release"
-        t0 = time.perf_counter()
-        size = make_release(release)
-        print(f"synthetic release: {size / 1e9:.2f} GB DiT in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        if args.release is not None:
+            release = args.release
+            size = (release / family.OFFICIAL_FILES["transformer"]).stat().st_size
+        else:
+            release = work / "release"
+            t0 = time.perf_counter()
+            size = make_release(release)
+            print(f"synthetic release: {size / 1e9:.2f} GB DiT in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         dit = release / family.OFFICIAL_FILES["transformer"]
 
         os.sync()  # the release's own dirty pages must not be flushed during the timings
@@ -106,35 +121,34 @@ def main() -> None:
                "--out", str(out), "--dtype", args.dtype, "--no-progress", "--json"]
         env = {**os.environ, "VIDPORT_CACHE_DIR": str(work / "cache")}
         runs = []
+        cases = ("first", "libraries-cold", "libraries-memo")
         for i in range(args.rounds):
-            if i % 2 == 0:
-                shutil.rmtree(work / "cache", ignore_errors=True)  # a cold conversion
+            case = cases[i % len(cases)]
+            if case != "libraries-memo":
+                shutil.rmtree(work / "cache", ignore_errors=True)
             cp_wall, _, _ = timed_child(["sh", "-c", f"cp '{dit}' '{copy}' && sync '{copy}'"])
             copy.unlink()
             os.sync()
-            wall, rss, stdout = timed_child(cmd, env)
+            extra = [] if case == "first" else ["--targets", "libraries"]
+            wall, rss, stdout = timed_child(cmd + extra, env)
             report = {c["component"]: c for c in json.loads(stdout)["components"]}
             shutil.rmtree(out)
             os.sync()
-            runs.append({"cache": "warm" if i % 2 else "cold", "cp_s": round(cp_wall, 2),
-                         "convert_wall_s": round(wall, 2),
+            runs.append({"case": case, "cp_s": round(cp_wall, 2), "convert_wall_s": round(wall, 2),
                          "convert_transformer_s": round(report["transformer"]["seconds"], 2),
                          "peak_rss_MB": round(rss / 1e6, 1)})
             print(json.dumps(runs[-1]), file=sys.stderr)
         cp_best = min(r["cp_s"] for r in runs)
         dit_best = min(r["convert_transformer_s"] for r in runs)
-        cold = min(r["convert_wall_s"] for r in runs if r["cache"] == "cold")
-        warm = min((r["convert_wall_s"] for r in runs if r["cache"] == "warm"), default=float("nan"))
+        best = {c: min((r["convert_wall_s"] for r in runs if r["case"] == c), default=float("nan")) for c in cases}
         result = {
             "dit_bytes": size,
             "dtype": args.dtype,
             "cp_GBps": round(size / cp_best / 1e9, 3),
             "convert_GBps_transformer": round(size / dit_best / 1e9, 3),
-            "convert_GBps_end_to_end_cold": round(size / cold / 1e9, 3),
-            "convert_GBps_end_to_end_warm": round(size / warm / 1e9, 3),
+            **{f"convert_GBps_end_to_end_{c}": round(size / best[c] / 1e9, 3) for c in cases},
             "ratio_vs_cp_transformer": round(cp_best / dit_best, 2),
-            "ratio_vs_cp_end_to_end_cold": round(cp_best / cold, 2),
-            "ratio_vs_cp_end_to_end_warm": round(cp_best / warm, 2),
+            **{f"ratio_vs_cp_end_to_end_{c}": round(cp_best / best[c], 2) for c in cases},
             "peak_rss_MB": max(r["peak_rss_MB"] for r in runs),
             "runs": runs,
             "cpus": os.cpu_count(),

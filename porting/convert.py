@@ -36,23 +36,20 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
+from porting.dtypes import FLOATING, ITEMSIZE
 from porting.errors import UserError
 from porting.namemap import NameMap, Op, Plan
-from porting.sources import (
-    SAFETENSORS_DTYPES,
-    PickleSource,
-    StateDictSource,
-    TensorInfo,
-    dtype_name,
-    pread_full,
-    read_safetensors_header,
-)
+from porting.sources import StateDictSource, TensorInfo, dtype_name, pread_full, read_safetensors_header, torch_dtypes
+from porting.torchzip import read_table
 
-DTYPES: dict[str, torch.dtype | None] = {"keep": None, "bf16": torch.bfloat16, "fp16": torch.float16,
-                                         "fp32": torch.float32}
+if TYPE_CHECKING:
+    import torch
+
+# --dtype -> safetensors dtype name. Planning and kernel copies run without torch: it is imported only
+# where tensor values are needed (casts, merges/splits, tensors of a checkpoint torch must unpickle).
+DTYPES: dict[str, str | None] = {"keep": None, "bf16": "BF16", "fp16": "F16", "fp32": "F32"}
 TARGETS_FROM = ("auto", "libraries")  # --targets: where the strict target layout comes from
 TEST_KILL_ENV = "VIDPORT_TEST_KILL_AFTER_TENSORS"  # test hook, read only by TensorSink
 CHUNK_BYTES = 64 << 20  # a tensor is read, cast and written in pieces of this size: RSS stays flat
@@ -110,19 +107,27 @@ class StreamingSafetensors(StateDictSource):
             fd = self._fds[path] = os.open(path, os.O_RDONLY)
         return fd, offset, nbytes
 
+    def copyable(self, name: str) -> bool:
+        """Every tensor's bytes lie in its file as they are written: ``locate`` + kernel copy."""
+        return True
+
     def get(self, name: str) -> torch.Tensor:
+        import torch
+
         fd, offset, nbytes = self.locate(name)
         path = self._where[name][0]
         info = self._infos[name]
-        out = torch.empty(info.shape, dtype=SAFETENSORS_DTYPES[info.dtype])
+        out = torch.empty(info.shape, dtype=torch_dtypes()[info.dtype])
         if nbytes and not pread_full(fd, memoryview(out.reshape(-1).view(torch.uint8).numpy()), offset):
             raise ConvertError(f"{path}: file ended inside tensor {name!r} (truncated download?)")
         return out
 
     def chunks(self, name: str, max_bytes: int) -> Iterator[torch.Tensor]:
         """The tensor's elements, flattened, in 1-D pieces of at most ``max_bytes`` (one buffer each)."""
+        import torch
+
         fd, offset, nbytes = self.locate(name)
-        dtype = SAFETENSORS_DTYPES[self._infos[name].dtype]
+        dtype = torch_dtypes()[self._infos[name].dtype]
         step = max(max_bytes // dtype.itemsize, 1) * dtype.itemsize
         for start in range(0, nbytes, step):
             n = min(step, nbytes - start)
@@ -178,16 +183,49 @@ def _madvise_dontneed(start: int, size: int, mappings: list[tuple[int, int]]) ->
 
 
 class StreamingPickle(StateDictSource):
-    """A weights-only ``.pth`` opened with mmap; pages of each tensor are released after use."""
+    """A ``.pth`` checkpoint. Its tensor table is read without torch (``porting.torchzip``), and an
+    unchanged contiguous tensor is copied from its byte range in the kernel, like a safetensors one.
+    Tensors needed as values (casts, merges) come from ``torch.load(mmap=True, weights_only=True)``, opened
+    on first use; the pages of each are released after use. A file the table reader cannot describe
+    (a legacy pickle, say) is opened with torch.load at once."""
 
     def __init__(self, path: Path):
         super().__init__()
-        before = set(_file_mappings(path))
-        self._inner = PickleSource(path)
-        self.description = self._inner.description
-        self._infos = dict(self._inner.infos)
-        # the address ranges where torch.load mapped this file just now (none for a legacy pickle)
-        self._maps = sorted(set(_file_mappings(path)) - before)
+        self.path = Path(path)
+        self.description = str(self.path)
+        self._inner = None
+        self._maps: list[tuple[int, int]] = []
+        self._fd: int | None = None
+        self._table = read_table(self.path)
+        if self._table is None:
+            self._infos = dict(self._open().infos)
+        else:
+            self._infos = {k: TensorInfo(k, t.shape, t.dtype) for k, t in self._table.items()}
+
+    def _open(self):
+        """The torch.load'ed checkpoint; it must describe the tensors as the table did."""
+        if self._inner is None:
+            from porting.sources import PickleSource
+
+            before = set(_file_mappings(self.path))
+            inner = PickleSource(self.path)
+            if self._infos and inner.infos != self._infos:
+                raise ConvertError(f"{self.path}: torch.load and the checkpoint's tensor table disagree; "
+                                   "re-save it with torch.save(state_dict, ...)")
+            # the address ranges where torch.load mapped this file just now (none for a legacy pickle)
+            self._maps = sorted(set(_file_mappings(self.path)) - before)
+            self._inner = inner
+        return self._inner
+
+    def copyable(self, name: str) -> bool:
+        return self._table is not None and self._table[name].contiguous
+
+    def locate(self, name: str) -> tuple[int, int, int]:
+        """(open file descriptor, absolute offset, byte count) of a ``copyable`` tensor's bytes."""
+        t = self._table[name]
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        return self._fd, t.offset, t.nbytes
 
     def release(self, tensor: torch.Tensor) -> None:
         """Drop the pages under ``tensor``, only where they are this file's mapping (never heap memory,
@@ -197,7 +235,7 @@ class StreamingPickle(StateDictSource):
             _madvise_dontneed(start, size, self._maps)
 
     def get(self, name: str) -> torch.Tensor:
-        return self._inner.get(name)
+        return self._open().get(name)
 
     def chunks(self, name: str, max_bytes: int) -> Iterator[torch.Tensor]:
         """1-D views of the mmap'd tensor, at most ``max_bytes`` each; each piece's pages are released
@@ -210,10 +248,14 @@ class StreamingPickle(StateDictSource):
             self.release(piece)
 
     def files(self) -> list[Path]:
-        return [self._inner.path]
+        return [self.path]
 
     def close(self) -> None:
-        self._inner._tensors = {}
+        if self._inner is not None:
+            self._inner._tensors = {}
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def open_streaming(path: Path) -> StateDictSource:
@@ -253,7 +295,7 @@ class TargetTensor:
 
     @property
     def nbytes(self) -> int:
-        n = SAFETENSORS_DTYPES[self.dtype].itemsize
+        n = ITEMSIZE[self.dtype]
         for s in self.shape:
             n *= s
         return n
@@ -324,12 +366,11 @@ def output_dtype(name: str, source_dtype: str, requested: str, keep: tuple[str, 
     """keep: the source dtype. A cast applies to floating tensors; tensors of keep-in-fp32 modules are
     never cast *down* (an fp32 source stays fp32 under bf16/fp16), only up (to fp32)."""
     target = DTYPES[requested]
-    src = SAFETENSORS_DTYPES[source_dtype]
-    if target is None or not src.is_floating_point or src == target:
+    if target is None or source_dtype not in FLOATING or source_dtype == target:
         return source_dtype
-    if keeps_fp32(name, keep) and src.itemsize > target.itemsize:
+    if keeps_fp32(name, keep) and ITEMSIZE[source_dtype] > ITEMSIZE[target]:
         return source_dtype
-    return dtype_name(target)
+    return target
 
 
 def plan_component(name: str, source: StateDictSource, name_map: NameMap, map_origin: str,
@@ -439,6 +480,8 @@ def safetensors_header(tensors: list[tuple[str, str, tuple[int, ...], int]]) -> 
 
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     """The tensor's raw little-endian bytes without a copy (when it is already contiguous)."""
+    import torch
+
     flat = tensor.contiguous().reshape(-1)
     if flat.numel() == 0:
         return memoryview(b"")
@@ -546,10 +589,10 @@ def write_component(comp: ComponentPlan, folder: Path, sink: TensorSink,
                 if t.op.kind in ("rename", "tie", "reshape") and hasattr(comp.source, "chunks"):
                     # one source tensor, bytes in the same order: never hold the whole tensor
                     src = t.op.sources[0]
-                    if t.dtype == t.source_dtype and isinstance(comp.source, StreamingSafetensors):
+                    if t.dtype == t.source_dtype and getattr(comp.source, "copyable", lambda _: False)(src):
                         writer.copy(t.name, *comp.source.locate(src))  # unchanged: copied in the kernel
                     else:
-                        dtype = SAFETENSORS_DTYPES[t.dtype]
+                        dtype = torch_dtypes()[t.dtype]
                         writer.write_pieces(t.name, (p.to(dtype) for p in comp.source.chunks(src, CHUNK_BYTES)))
                     on_bytes(t.nbytes)
                     continue
@@ -559,7 +602,7 @@ def write_component(comp: ComponentPlan, folder: Path, sink: TensorSink,
                     _fetched.append(comp.source.get(key))
                     return _fetched[-1]
 
-                out = t.op.compute(get).to(SAFETENSORS_DTYPES[t.dtype])
+                out = t.op.compute(get).to(torch_dtypes()[t.dtype])
                 writer.write(t.name, out)
                 release = getattr(comp.source, "release", None)
                 if release is not None:
@@ -871,7 +914,7 @@ def provenance(cplan: ConversionPlan, hashes: dict[Path, str]) -> dict:
         }
     return {
         "vidport_version": installed_version("vidport"),
-        "torch_version": torch.__version__,
+        "torch_version": installed_version("torch"),
         "family": cplan.family,
         "preset": cplan.preset,
         "dtype": cplan.dtype,
@@ -1035,6 +1078,7 @@ def _wan_targets(cfgs: dict[str, dict]):
     """The Diffusers/transformers models on the meta device, from ``_wan_target_configs`` ->
     ({component: (shapes, stem, keep_fp32)}, component_files(t5_dtype) -> {relative path: config text}).
     ``component_files`` writes every config file but ``model_index.json`` (see ``_model_index``)."""
+    import torch
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
@@ -1057,7 +1101,7 @@ def _wan_targets(cfgs: dict[str, dict]):
     # 5. config files and scheduler
     def component_files(t5_dtype: str) -> dict[str, str]:
         t5_config.architectures = ["UMT5EncoderModel"]
-        t5_config.dtype = SAFETENSORS_DTYPES[t5_dtype]
+        t5_config.dtype = torch_dtypes()[t5_dtype]
         return {
             "scheduler/scheduler_config.json": UniPCMultistepScheduler(**cfgs["scheduler"]).to_json_string(),
             "transformer/config.json": transformer.to_json_string(),

@@ -24,10 +24,12 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from porting.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 KINDS = ("rename", "drop", "merge", "split", "tie", "reshape")
 HEADER = "# vidport name map v1"
@@ -112,6 +114,8 @@ class Op:
 
     def compute(self, get: Callable[[str], torch.Tensor]) -> torch.Tensor:
         if self.kind == "merge":
+            import torch
+
             return torch.cat([get(s) for s in self.sources], dim=self.dim)
         t = get(self.sources[0])
         if self.kind == "split":

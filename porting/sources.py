@@ -12,6 +12,7 @@ A source is opened from a spec string (see ``open_source``):
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import os
@@ -19,23 +20,39 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
+from porting.dtypes import ITEMSIZE
 from porting.errors import SourceError
 
-SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-}
-_DTYPE_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+if TYPE_CHECKING:
+    import torch
+
+# This module imports torch only where tensors are made: planning a conversion (names, shapes, dtypes,
+# byte ranges) runs without it. ``SAFETENSORS_DTYPES`` (safetensors name -> torch dtype) is built on
+# first use (module ``__getattr__``).
+@functools.cache
+def torch_dtypes() -> dict[str, torch.dtype]:
+    import torch
+
+    return {
+        "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+        "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+        "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    }
+
+
+def __getattr__(name: str):
+    if name == "SAFETENSORS_DTYPES":
+        return torch_dtypes()
+    raise AttributeError(f"module 'porting.sources' has no attribute {name!r}")
 
 
 def dtype_name(dtype: torch.dtype | str) -> str:
     if isinstance(dtype, str):
         return dtype
-    return _DTYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))
+    names = {v: k for k, v in torch_dtypes().items()}
+    return names.get(dtype, str(dtype).replace("torch.", ""))
 
 
 @dataclass(frozen=True)
@@ -134,7 +151,7 @@ def read_safetensors_header(path: Path) -> dict:
             raise SourceError(f"{path}: corrupt safetensors header entry for {name!r}") from None
         if end > data_len or start > end:
             raise SourceError(f"{path}: tensor {name!r} lies past the end of the file (truncated download?)")
-        if dtype not in SAFETENSORS_DTYPES:
+        if dtype not in ITEMSIZE:
             raise SourceError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
     return header
 
@@ -163,6 +180,8 @@ class SafetensorsSource(StateDictSource):
         the host-to-device copies of the filled ones run; ``get`` then returns views of it. For fast
         loading straight to a GPU."""
         from concurrent.futures import ThreadPoolExecutor
+
+        import torch
 
         device = torch.device(device)
         if device.type != "cuda":
@@ -208,7 +227,7 @@ class SafetensorsSource(StateDictSource):
         if self._staged is not None:
             start, end = self._offsets[name]
             info = self._infos[name]
-            return self._staged[start:end].view(SAFETENSORS_DTYPES[info.dtype]).view(info.shape)
+            return self._staged[start:end].view(torch_dtypes()[info.dtype]).view(info.shape)
         if self._handle is None:
             from safetensors import safe_open
 
@@ -281,6 +300,8 @@ class PickleSource(StateDictSource):
         self.description = str(self.path)
         if not self.path.is_file():
             raise SourceError(f"{self.path}: no such file")
+        import torch
+
         try:
             obj = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError as e:
@@ -302,6 +323,8 @@ class PickleSource(StateDictSource):
             self._infos[k] = TensorInfo(k, tuple(v.shape), dtype_name(v.dtype))
 
     def _load_plain(self):
+        import torch
+
         try:
             return torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001
@@ -378,6 +401,8 @@ class TensorDictSource(StateDictSource):
 
 def build_class(spec: str) -> torch.nn.Module:
     """``MODULE.Class[@CONFIG.json]`` -> an instance on the meta device."""
+    import torch
+
     target, _, config_path = spec.partition("@")
     mod_name, _, cls_name = target.rpartition(".")
     if not mod_name:
