@@ -1,18 +1,22 @@
-"""Benchmark `port convert` on a synthetic official release at the real Wan2.1 1.3B DiT shapes.
+"""Benchmark `port convert` on a synthetic official release at the real Wan2.1 1.3B shapes.
 
     python benchmarks/bench_convert.py [--workdir /tmp] [--dtype keep] [--rounds 6] [--keep-files] [--release DIR]
+    python benchmarks/bench_convert.py --real-size --cases first,before --before /tmp/old-vidport --rounds 4
 
 Writes (once) a 5.7 GB fp32 DiT safetensors with the 825 keys and shapes of the real
 Wan2.1-T2V-1.3B release (runtime/models/wan/reference/official_dit_1.3b_keys.txt, random data) plus
 the official 1.3B config.json; the VAE, umT5 and tokenizer are the tiny ones of the embedded release
-(the DiT is what is big). Then, on the same disk:
+(the DiT is what is big). ``--real-size`` writes every component at its real size instead
+(``runtime.models.wan.tiny_release --real-size``: also the 0.5 GB VAE and the 11 GB umT5-xxl pickle,
+about 17 GB in all; for a machine with the disk for it). Then, on the same disk:
 
-- `cp` of the DiT file followed by `sync` of the copy (fsync'd, as `port convert` fsyncs its shards);
+- `cp` of the release's weight files followed by `sync` of the copies (fsync'd, as `port convert`
+  fsyncs its output);
 - `port convert` in a child process: wall time (imports, planning, the strict check against the
-  Diffusers/transformers models, SHA-256 of the sources, all included), the transformer component's
-  own seconds, and the child's peak RSS (``ru_maxrss`` from wait4).
+  target layout, SHA-256 of the sources, all included), the transformer component's own seconds, and
+  the child's peak RSS (``ru_maxrss`` from wait4).
 cp and convert alternate for --rounds rounds, with `sync` between runs. The conversions cycle through
-three cases, each with the vidport cache (``VIDPORT_CACHE_DIR`` in the work folder) as a user has it:
+--cases, each with the vidport cache (``VIDPORT_CACHE_DIR`` in the work folder) as a user has it:
 
 - "first": the cache emptied, default ``--targets auto``: the release's configs are the published ones,
   so the target layout comes from the family's shipped layouts (no diffusers/transformers import): a
@@ -20,7 +24,9 @@ three cases, each with the vidport cache (``VIDPORT_CACHE_DIR`` in the work fold
 - "libraries-cold": the cache emptied, ``--targets libraries``: the target models are built, importing
   diffusers and transformers: a first conversion of a config vidport does not ship (or a user asking
   for the libraries' check);
-- "libraries-memo": ``--targets libraries`` again, the target side memoised by the previous run.
+- "libraries-memo": ``--targets libraries`` again, the target side memoised by the previous run;
+- "before": the `port convert` of another vidport checkout (``--before DIR``, e.g. a ``git worktree``
+  of an older commit), cache emptied: the same machine and disk, before and after a change.
 
 The best cp and the best run of each case are reported.
 
@@ -52,8 +58,8 @@ from runtime.models.wan.tiny_release import read_listing  # noqa: E402
 TINY = ROOT / "official_weights" / "wan2.1-t2v-tiny"
 
 
-def make_release(folder: Path) -> int:
-    """A 1.3B-shaped official release; returns the DiT file's size. Tensors are written one at a time."""
+def make_release(folder: Path) -> None:
+    """A 1.3B-DiT-shaped official release. Tensors are written one at a time."""
     folder.mkdir(parents=True)
     listing = read_listing(family.REFERENCE_KEYS / "official_dit_1.3b_keys.txt")
     entries = [(name, "F32", shape, 4 * _numel(shape)) for name, shape in listing]
@@ -67,7 +73,6 @@ def make_release(folder: Path) -> int:
     for name in (family.OFFICIAL_FILES["vae"], family.OFFICIAL_FILES["text_encoder"]):
         shutil.copyfile(TINY / name, folder / name)
     shutil.copytree(TINY / family.OFFICIAL_FILES["tokenizer"], folder / family.OFFICIAL_FILES["tokenizer"])
-    return path.stat().st_size
 
 
 def _numel(shape) -> int:
@@ -77,10 +82,10 @@ def _numel(shape) -> int:
     return n
 
 
-def timed_child(cmd: list[str], env: dict | None = None) -> tuple[float, int, str]:
+def timed_child(cmd: list[str], env: dict | None = None, cwd: Path = ROOT) -> tuple[float, int, str]:
     """Run a command; (wall seconds, peak RSS bytes of the child, stdout)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, env=env)
     out = proc.stdout.read()
     err = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -91,65 +96,85 @@ def timed_child(cmd: list[str], env: dict | None = None) -> tuple[float, int, st
     return wall, usage.ru_maxrss * 1024, out.decode()
 
 
+WEIGHTS = [family.OFFICIAL_FILES[c] for c in family.COMPONENTS]
+CASES = ("first", "libraries-cold", "libraries-memo", "before")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", default=tempfile.gettempdir(), help="folder on the disk to measure")
     ap.add_argument("--dtype", default="keep", choices=["keep", "bf16", "fp16", "fp32"])
-    ap.add_argument("--rounds", type=int, default=6,
-                    help="cp/convert rounds (conversions: first, libraries-cold, libraries-memo, first, ...)")
+    ap.add_argument("--rounds", type=int, default=6, help="cp/convert rounds; the conversions cycle through --cases")
+    ap.add_argument("--cases", default="first,libraries-cold,libraries-memo",
+                    help=f"comma-separated, from {', '.join(CASES)}")
+    ap.add_argument("--before", type=Path, default=None, help="the other vidport checkout of the 'before' case")
+    ap.add_argument("--real-size", action="store_true", help="every component at its real size (about 17 GB)")
     ap.add_argument("--keep-files", action="store_true")
     ap.add_argument("--release", type=Path, default=None,
                     help="reuse the synthetic release of an earlier --keep-files run (left in place)")
     args = ap.parse_args()
+    cases = tuple(args.cases.split(","))
+    if not set(cases) <= set(CASES) or ("before" in cases) != (args.before is not None):
+        ap.error(f"--cases {args.cases!r}: choose from {', '.join(CASES)}; 'before' goes with --before DIR")
 
     work = Path(tempfile.mkdtemp(prefix="bench_convert-", dir=args.workdir))
     try:
         if args.release is not None:
             release = args.release
-            size = (release / family.OFFICIAL_FILES["transformer"]).stat().st_size
         else:
             release = work / "release"
             t0 = time.perf_counter()
-            size = make_release(release)
-            print(f"synthetic release: {size / 1e9:.2f} GB DiT in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-        dit = release / family.OFFICIAL_FILES["transformer"]
+            if args.real_size:
+                from runtime.models.wan.tiny_release import make_tiny_release
+
+                make_tiny_release(release, real_size=True)
+            else:
+                make_release(release)
+            print(f"synthetic release in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        weights = [release / w for w in WEIGHTS]
+        size = sum(w.stat().st_size for w in weights)
+        print(f"weights: {size / 1e9:.2f} GB", file=sys.stderr)
 
         os.sync()  # the release's own dirty pages must not be flushed during the timings
-        copy = work / "copy.safetensors"
+        copies = work / "copies"
         out = work / "converted"
-        cmd = [sys.executable, "-m", "porting.cli", "convert", str(release), "--family", "wan2.1-t2v",
-               "--out", str(out), "--dtype", args.dtype, "--no-progress", "--json"]
+        args_ = ["convert", str(release), "--family", "wan2.1-t2v", "--out", str(out), "--dtype", args.dtype,
+                 "--no-progress", "--json"]
         env = {**os.environ, "VIDPORT_CACHE_DIR": str(work / "cache")}
+        cp = "mkdir -p '{0}' && cp {1} '{0}/' && sync '{0}'/*".format(copies, " ".join(f"'{w}'" for w in weights))
         runs = []
-        cases = ("first", "libraries-cold", "libraries-memo")
         for i in range(args.rounds):
             case = cases[i % len(cases)]
             if case != "libraries-memo":
                 shutil.rmtree(work / "cache", ignore_errors=True)
-            cp_wall, _, _ = timed_child(["sh", "-c", f"cp '{dit}' '{copy}' && sync '{copy}'"])
-            copy.unlink()
+            cp_wall, _, _ = timed_child(["sh", "-c", cp])
+            shutil.rmtree(copies)
             os.sync()
-            extra = [] if case == "first" else ["--targets", "libraries"]
-            wall, rss, stdout = timed_child(cmd + extra, env)
+            if case == "before":
+                code = args.before.resolve()
+                wall, rss, stdout = timed_child([sys.executable, "-m", "porting.cli", *args_],
+                                                {**env, "PYTHONPATH": os.pathsep.join(
+                                                    [str(code), env.get("PYTHONPATH", "")])}, cwd=code)
+            else:
+                extra = ["--targets", "libraries"] if case.startswith("libraries") else []
+                wall, rss, stdout = timed_child([sys.executable, "-m", "porting.cli", *args_, *extra], env)
             report = {c["component"]: c for c in json.loads(stdout)["components"]}
             shutil.rmtree(out)
             os.sync()
             runs.append({"case": case, "cp_s": round(cp_wall, 2), "convert_wall_s": round(wall, 2),
-                         "convert_transformer_s": round(report["transformer"]["seconds"], 2),
+                         **{f"convert_{c}_s": round(report[c]["seconds"], 2) for c in family.COMPONENTS},
                          "peak_rss_MB": round(rss / 1e6, 1)})
             print(json.dumps(runs[-1]), file=sys.stderr)
         cp_best = min(r["cp_s"] for r in runs)
-        dit_best = min(r["convert_transformer_s"] for r in runs)
-        best = {c: min((r["convert_wall_s"] for r in runs if r["case"] == c), default=float("nan")) for c in cases}
+        best = {c: min(r["convert_wall_s"] for r in runs if r["case"] == c) for c in cases}
         result = {
-            "dit_bytes": size,
+            "weights_bytes": size,
+            "real_size": args.real_size,
             "dtype": args.dtype,
             "cp_GBps": round(size / cp_best / 1e9, 3),
-            "convert_GBps_transformer": round(size / dit_best / 1e9, 3),
             **{f"convert_GBps_end_to_end_{c}": round(size / best[c] / 1e9, 3) for c in cases},
-            "ratio_vs_cp_transformer": round(cp_best / dit_best, 2),
             **{f"ratio_vs_cp_end_to_end_{c}": round(cp_best / best[c], 2) for c in cases},
-            "peak_rss_MB": max(r["peak_rss_MB"] for r in runs),
+            "peak_rss_MB": {c: max(r["peak_rss_MB"] for r in runs if r["case"] == c) for c in cases},
             "runs": runs,
             "cpus": os.cpu_count(),
             "load_average": os.getloadavg()[0],
