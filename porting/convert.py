@@ -698,7 +698,7 @@ class Hasher(threading.Thread):
     def cancel(self) -> None:
         self._cancel.set()
 
-    WINDOW = 64 << 20  # bytes mapped at a time: the hash reads the page cache in place, RSS stays bounded
+    WINDOW = 16 << 20  # bytes mapped at a time, per worker: the hash reads the page cache in place, RSS stays low
 
     def run(self) -> None:
         """Files in parallel, the largest first (one file's SHA-256 is sequential: a release's time is that
