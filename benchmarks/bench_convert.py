@@ -14,7 +14,7 @@ about 17 GB in all; for a machine with the disk for it). Then, on the same disk:
   fsyncs its output);
 - `port convert` in a child process: wall time (imports, planning, the strict check against the
   target layout, SHA-256 of the sources, all included), the transformer component's own seconds, and
-  the child's peak RSS (``ru_maxrss`` from wait4).
+  the child's peak RSS (its VmHWM at exit).
 cp and convert alternate for --rounds rounds, with `sync` between runs. The conversions cycle through
 --cases, each with the vidport cache (``VIDPORT_CACHE_DIR`` in the work folder) as a user has it:
 
@@ -82,18 +82,31 @@ def _numel(shape) -> int:
     return n
 
 
+# `port convert` as a child that reports its own peak RSS at exit: VmHWM of its own address space, made at
+# exec. (ru_maxrss from wait4 would not do: Linux carries the parent's peak into a forked child, and this
+# process has torch imported.)
+PORT_CHILD = """
+import atexit, sys
+def peak():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM"):
+            print("BENCH_VMHWM_KB", line.split()[1], file=sys.stderr)
+atexit.register(peak)
+from porting.cli import main
+main(sys.argv[1:])
+"""
+
+
 def timed_child(cmd: list[str], env: dict | None = None, cwd: Path = ROOT) -> tuple[float, int, str]:
-    """Run a command; (wall seconds, peak RSS bytes of the child, stdout)."""
+    """Run a command; (wall seconds, peak RSS bytes of a PORT_CHILD (else 0), stdout)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, env=env)
-    out = proc.stdout.read()
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
+    out, err = proc.communicate()
     wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {err.decode()[-2000:]}")
-    return wall, usage.ru_maxrss * 1024, out.decode()
+    peaks = [int(line.split()[1]) for line in err.decode().splitlines() if line.startswith("BENCH_VMHWM_KB")]
+    return wall, (peaks[-1] << 10) if peaks else 0, out.decode()
 
 
 WEIGHTS = [family.OFFICIAL_FILES[c] for c in family.COMPONENTS]
@@ -151,12 +164,12 @@ def main() -> None:
             os.sync()
             if case == "before":
                 code = args.before.resolve()
-                wall, rss, stdout = timed_child([sys.executable, "-m", "porting.cli", *args_],
+                wall, rss, stdout = timed_child([sys.executable, "-c", PORT_CHILD, *args_],
                                                 {**env, "PYTHONPATH": os.pathsep.join(
                                                     [str(code), env.get("PYTHONPATH", "")])}, cwd=code)
             else:
                 extra = ["--targets", "libraries"] if case.startswith("libraries") else []
-                wall, rss, stdout = timed_child([sys.executable, "-m", "porting.cli", *args_, *extra], env)
+                wall, rss, stdout = timed_child([sys.executable, "-c", PORT_CHILD, *args_, *extra], env)
             report = {c["component"]: c for c in json.loads(stdout)["components"]}
             shutil.rmtree(out)
             os.sync()
