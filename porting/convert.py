@@ -1,20 +1,24 @@
 """`port convert`: stream an official release into a Diffusers-format repo, atomically.
 
 The conversion is planned before a byte is written: every component's name map is applied to the
-source key names, checked strictly against the target model built on the meta device (every source
-tensor used or dropped on purpose, every target parameter made once with its shape), and each target
-tensor gets its output dtype, shard file and byte offset. (With ``--dtype keep`` the check against the
-target models, which needs diffusers/transformers imported, may finish on a thread while unchanged
-tensors already stream into the temporary folder: see ``DeferredTargets``. Nothing is published before
-it passes.) Then the writer runs:
+source key names, checked strictly against the target layout (every source tensor used or dropped on
+purpose, every target parameter made once with its shape), and each target tensor gets its output
+dtype, shard file and byte offset. The target layout is the family's shipped one for the published
+configs (``porting.layouts``), else the diffusers/transformers models built on the meta device (memoised,
+``TargetCache``). (With ``--dtype keep`` the check may finish on a thread while unchanged tensors
+already stream into the temporary folder: see ``DeferredTargets``. Nothing is published before it
+passes.) Then the writer runs:
 
-- Streaming: one tensor at a time, in pieces of ``CHUNK_BYTES``. Unchanged tensors of a safetensors
-  source are copied in the kernel (``copy_file_range``); others are read with ``pread``, so no mmap pages
-  pile up in the process. Pickles are opened with ``torch.load(mmap=True, weights_only=True)`` and each
-  piece's pages are released (``madvise(MADV_DONTNEED)``) once written. Safetensors shards are written
+- Streaming: one tensor at a time, in pieces of ``CHUNK_BYTES``. Unchanged tensors are copied in the
+  kernel (``copy_file_range``) from their byte range: a safetensors file's from its header, a ``.pth``
+  checkpoint's from its tensor table (``porting.torchzip``, read without torch). Tensors needed as values
+  (casts, merges) are read with ``pread`` from safetensors, so no mmap pages pile up in the process, or
+  from ``torch.load(mmap=True, weights_only=True)`` for checkpoints, each piece's pages released
+  (``madvise(MADV_DONTNEED)``) once written. torch is imported only then. Safetensors shards are written
   by our own writer: the header first, then tensor bytes in order.
-- Atomic: everything goes into a temporary folder beside the target, is fsync'd, and is renamed onto
-  the target at the end (with --force, swapped with the old one atomically; the old one is removed
+- Atomic: everything goes into a temporary folder beside the target, is fsync'd (each shard on a
+  ``Flusher`` thread as soon as it is complete, the whole tree again before the rename), and is renamed
+  onto the target at the end (with --force, swapped with the old one atomically; the old one is removed
   only after). A killed run leaves only a hidden temporary folder, which the next run removes.
 """
 
