@@ -136,12 +136,11 @@ class StreamingSafetensors(StateDictSource):
         dtype = torch_dtypes()[self._infos[name].dtype]
         step = max(max_bytes // dtype.itemsize, 1) * dtype.itemsize
         for start in range(0, nbytes, step):
-            n = min(step, nbytes - start)
-            piece = self._buffer.take(n).view(dtype)
-            if not pread_full(fd, memoryview(piece.view(torch_dtypes()["U8"]).numpy()), offset + start):
+            raw = self._buffer.take(min(step, nbytes - start))
+            if not pread_full(fd, memoryview(raw.numpy()), offset + start):
                 raise ConvertError(f"{self._where[name][0]}: file ended inside tensor {name!r} "
                                    "(truncated download?)")
-            yield piece
+            yield raw.view(dtype)
 
     def release(self, tensor: torch.Tensor) -> None:
         """Nothing to release: each tensor is its own buffer, freed when dropped."""

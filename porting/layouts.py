@@ -122,19 +122,14 @@ def build(fam) -> dict:
     for cfgs in known_configs(fam).values():
         targets, component_files = _wan_targets(cfgs)
         files = {dtype: component_files(dtype) for dtype in T5_DTYPES}
-        paths = {"transformer": "transformer/config.json", "vae": "vae/config.json",
-                 "scheduler": "scheduler/scheduler_config.json"}
         for comp in (*WEIGHT_COMPONENTS, "scheduler"):
             key = _canonical(cfgs[comp])
             if key in seen.setdefault(comp, set()):
                 continue
             seen[comp].add(key)
-            entry: dict = {"config": cfgs[comp]}
-            if comp == "text_encoder":
-                entry["files"] = {d: {"text_encoder/config.json": files[d]["text_encoder/config.json"]}
-                                  for d in T5_DTYPES}
-            else:
-                entry["files"] = {paths[comp]: files["BF16"][paths[comp]]}
+            # the files in this component's folder; only the umT5 config records a dtype
+            own = {d: {p: t for p, t in files[d].items() if p.startswith(f"{comp}/")} for d in T5_DTYPES}
+            entry: dict = {"config": cfgs[comp], "files": own if comp == "text_encoder" else own["BF16"]}
             if comp in WEIGHT_COMPONENTS:
                 shapes, stem, keep = targets[comp]
                 entry.update(stem=stem, keep_in_fp32=list(keep), shapes={k: list(v) for k, v in shapes.items()})

@@ -29,10 +29,10 @@ if TYPE_CHECKING:
     import torch
 
 # This module imports torch only where tensors are made: planning a conversion (names, shapes, dtypes,
-# byte ranges) runs without it. ``SAFETENSORS_DTYPES`` (safetensors name -> torch dtype) is built on
-# first use (module ``__getattr__``).
+# byte ranges) runs without it.
 @functools.cache
 def torch_dtypes() -> dict[str, torch.dtype]:
+    """safetensors dtype name -> torch dtype (imports torch on first use)."""
     import torch
 
     return {
@@ -42,17 +42,15 @@ def torch_dtypes() -> dict[str, torch.dtype]:
     }
 
 
-def __getattr__(name: str):
-    if name == "SAFETENSORS_DTYPES":
-        return torch_dtypes()
-    raise AttributeError(f"module 'porting.sources' has no attribute {name!r}")
+@functools.cache
+def _dtype_names() -> dict[torch.dtype, str]:
+    return {v: k for k, v in torch_dtypes().items()}
 
 
 def dtype_name(dtype: torch.dtype | str) -> str:
     if isinstance(dtype, str):
         return dtype
-    names = {v: k for k, v in torch_dtypes().items()}
-    return names.get(dtype, str(dtype).replace("torch.", ""))
+    return _dtype_names().get(dtype, str(dtype).replace("torch.", ""))
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ writes the error for a damaged file.
 
 from __future__ import annotations
 
+import math
 import pickle
 import struct
 import zipfile
@@ -39,13 +40,6 @@ class ZipTensor:
     offset: int  # absolute file offset of the first element
     nbytes: int
     contiguous: bool  # the elements lie in [offset, offset + nbytes) in row-major order
-
-    @property
-    def numel(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
 
 
 class _Unsupported(Exception):
@@ -150,9 +144,7 @@ def read_table(path: Path) -> dict[str, ZipTensor] | None:
                     starts[t.storage.key] = (_data_offset(f, member), member.file_size)
                 start, size = starts[t.storage.key]
                 item = ITEMSIZE[t.storage.dtype]
-                numel = 1
-                for s in t.shape:
-                    numel *= s
+                numel = math.prod(t.shape)
                 lo, nbytes = t.offset * item, numel * item
                 contiguous = _contiguous(t.shape, t.stride)
                 if t.offset < 0 or min(t.shape, default=1) < 0 or (contiguous and numel and lo + nbytes > size):
