@@ -137,6 +137,131 @@ def build(fam) -> dict:
     return data
 
 
+# ----------------------------------------------------------------------------------------------
+# Comparing config files across library versions
+# ----------------------------------------------------------------------------------------------
+VERSION_FIELDS = ("_diffusers_version", "transformers_version")  # which library version wrote a config file
+
+
+def _as_library_reads(config: dict) -> dict:
+    """A config as the installed library loads it: a diffusers class (``_class_name``) takes the file's
+    fields over its init defaults; a transformers model type (``model_type``) builds its config class
+    from the file, which also fills fields derived from others. Anything else is taken as it is."""
+    import inspect
+
+    if "_class_name" in config:
+        import diffusers
+
+        cls = getattr(diffusers, config["_class_name"], None)
+        if cls is None:
+            return config
+        params = inspect.signature(cls.__init__).parameters.values()
+        return {**{p.name: p.default for p in params if p.default is not inspect.Parameter.empty}, **config}
+    if "model_type" in config:
+        from transformers import CONFIG_MAPPING
+
+        if config["model_type"] not in CONFIG_MAPPING:  # a model type this transformers does not know
+            return config
+        return CONFIG_MAPPING[config["model_type"]].from_dict(config).to_dict()
+    return config
+
+
+def config_view(text: str) -> dict:
+    """A JSON config file as the installed library reads it, without the version fields. Two files with
+    equal views load the same."""
+    return {k: v for k, v in _as_library_reads(json.loads(text)).items() if k not in VERSION_FIELDS}
+
+
+def _model_source(config: dict) -> str | None:
+    """The source text of every class the config's model is built from (the class named by
+    ``_class_name`` / ``architectures``, built on the meta device, and its submodules' classes), or None
+    when the config names no class the installed libraries have."""
+    import inspect
+
+    import torch
+
+    if "_class_name" in config:
+        import diffusers as lib
+
+        name = config["_class_name"]
+    elif config.get("architectures") and "model_type" in config:
+        import transformers as lib
+
+        name = config["architectures"][0]
+    else:
+        return None
+    cls = getattr(lib, name, None)
+    if cls is None:
+        return None
+    classes = set(cls.__mro__)
+    if isinstance(cls, type) and issubclass(cls, torch.nn.Module):
+        with torch.device("meta"):
+            if lib.__name__ == "diffusers":
+                model = cls.from_config(config)
+            else:
+                from transformers import CONFIG_MAPPING
+
+                model = cls(CONFIG_MAPPING[config["model_type"]].from_dict(config))
+        classes |= {c for m in model.modules() for c in type(m).__mro__}
+    owners = (lib.__name__ + ".",)
+    return "\n".join(inspect.getsource(c) for c in classes if c.__module__.startswith(owners))
+
+
+def config_drift(have: str, want: str) -> tuple[list[str], list[str]]:
+    """How a config file ``have`` (shipped) differs from ``want`` (rebuilt with the installed libraries):
+    (real differences, harmless ones). A field is harmless when loading ``have`` gives the library the
+    same value (its default, or one derived from other fields), or when no class the model is built from
+    reads it (a decoder-only field in an encoder's config); any other added, removed or changed field is
+    real."""
+    a, b = json.loads(have), json.loads(want)
+    a = {k: v for k, v in a.items() if k not in VERSION_FIELDS}
+    b = {k: v for k, v in b.items() if k not in VERSION_FIELDS}
+    va, vb = config_view(have), config_view(want)
+    changed = [k for k in sorted(set(a) | set(b)) if a.get(k, _MISSING) != b.get(k, _MISSING)]
+    source = _model_source(b) if any(va.get(k, _MISSING) != vb.get(k, _MISSING) for k in changed) else None
+    real, harmless = [], []
+    for key in changed:
+        if va.get(key, _MISSING) == vb.get(key, _MISSING):
+            harmless.append(f"{key}={json.dumps(b.get(key, a.get(key)))} (loads the same)")
+        elif key in b and source is not None and not re.search(rf"\b{re.escape(key)}\b", source):
+            owner = b.get("_class_name") or b["architectures"][0]
+            harmless.append(f"{key}={json.dumps(b[key])} (read by no class of {owner})")
+        else:
+            real.append(f"{key}: {json.dumps(a.get(key, '<absent>'))} -> {json.dumps(b.get(key, '<absent>'))}")
+    return real, harmless
+
+
+_MISSING = object()
+
+
+def compare(shipped: dict, rebuilt: dict) -> tuple[list[str], list[str]]:
+    """The shipped file's contents against a rebuild with the installed libraries: (real differences,
+    harmless ones), each a line naming the component, the entry and the field. Shapes, keep-in-fp32 lists,
+    weight-file stems and the set of configs must be equal; config files may differ harmlessly only by
+    the writer's version fields and by defaulted fields a newer library adds (``config_drift``)."""
+    real, harmless = [], []
+    for comp in (*WEIGHT_COMPONENTS, "scheduler"):
+        have, want = shipped.get(comp, []), rebuilt.get(comp, [])
+        if [e["config"] for e in have] != [e["config"] for e in want]:
+            real.append(f"{comp}: the known configs differ")
+            continue
+        for i, (h, w) in enumerate(zip(have, want)):
+            for field in ("stem", "keep_in_fp32", "shapes"):
+                if h.get(field) != w.get(field):
+                    real.append(f"{comp}[{i}] {field} differs")
+            hf, wf = h["files"], w["files"]
+            pairs = [(f"{d}/{p}", hf.get(d, {}).get(p), t) for d, fs in wf.items() for p, t in fs.items()] \
+                if comp == "text_encoder" else [(p, hf.get(p), t) for p, t in wf.items()]
+            for name, old, new in pairs:
+                if old is None:
+                    real.append(f"{comp}[{i}] {name}: not in the shipped file")
+                    continue
+                r, ok = config_drift(old, new)
+                real += [f"{comp}[{i}] {name}: {x}" for x in r]
+                harmless += [f"{comp}[{i}] {name}: {x}" for x in ok]
+    return real, sorted(set(harmless))
+
+
 def dumps(data: dict) -> str:
     """JSON, one shape (and any other list of numbers) per line."""
     text = json.dumps(data, indent=1)
@@ -162,11 +287,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {path}")
         return 0
     current = path.read_text() if path.is_file() else ""
-    if current != text:
+    if current == text:
+        print(f"{path} is current")
+        return 0
+    real, harmless = compare(load(fam) or {}, json.loads(text))
+    for line in harmless:
+        print(f"harmless: {line}")
+    if real:
+        for line in real:
+            print(f"differs: {line}", file=sys.stderr)
         print(f"{path} is out of date with the installed diffusers/transformers; rewrite it with "
               f"`python -m porting.layouts --write --family {args.family}`", file=sys.stderr)
         return 1
-    print(f"{path} is current")
+    print(f"{path} loads the same with the installed libraries (only their version fields or defaulted "
+          f"fields differ)")
     return 0
 
 

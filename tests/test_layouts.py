@@ -14,7 +14,6 @@ from porting.sources import KeysFileSource
 from runtime.models.wan import family
 
 RELEASE = Path(__file__).resolve().parents[1] / "official_weights" / "wan2.1-t2v-tiny"
-VERSION_FIELDS = ("_diffusers_version", "transformers_version")  # which library version wrote a config file
 
 
 @pytest.fixture(scope="module")
@@ -29,27 +28,41 @@ def rebuilt() -> dict:
     return layouts.build(family)  # through the installed diffusers/transformers
 
 
-def _files(entry: dict, same_versions: bool) -> dict:
-    def norm(text: str):
-        return text if same_versions else {k: v for k, v in json.loads(text).items() if k not in VERSION_FIELDS}
-
-    return {k: ({p: norm(t) for p, t in v.items()} if isinstance(v, dict) else norm(v))
-            for k, v in entry["files"].items()}
-
-
 def test_shipped_layouts_match_the_libraries(shipped: dict, rebuilt: dict):
     """Every entry rebuilt with the installed libraries: the same configs, shapes, keep-in-fp32 lists and
-    config files (their version fields aside, when the installed versions are not the recorded ones)."""
-    same = shipped["generated_with"] == {d: installed_version(d) for d in ("diffusers", "transformers")}
-    for comp in (*layouts.WEIGHT_COMPONENTS, "scheduler"):
-        assert [e["config"] for e in shipped[comp]] == [e["config"] for e in rebuilt[comp]], comp
-        for have, want in zip(shipped[comp], rebuilt[comp]):
-            for field in ("stem", "keep_in_fp32", "shapes"):
-                assert have.get(field) == want.get(field), \
-                    f"{comp} {field} differs: rewrite with python -m porting.layouts --write"
-            assert _files(have, same) == _files(want, same), f"{comp} config files differ from the libraries'"
-    if same:
+    config files, up to the writers' version fields and defaulted fields a newer library adds (those load
+    the same); byte for byte when the installed versions are the recorded ones."""
+    real, harmless = layouts.compare(shipped, rebuilt)
+    assert not real, f"{real[:5]}: rewrite with python -m porting.layouts --write"
+    if shipped["generated_with"] == {d: installed_version(d) for d in ("diffusers", "transformers")}:
+        assert not harmless
         assert layouts.dumps(rebuilt) == layouts.layouts_path(family).read_text()
+
+
+def test_config_drift_tells_a_new_default_from_a_real_change():
+    """A field a newer library adds with its own default value is harmless (the shipped file loads the
+    same); a changed value, a non-default new field or a dropped field is real."""
+    base = {"_class_name": "AutoencoderKLWan", "_diffusers_version": "0.42.1", "base_dim": 96, "z_dim": 16}
+    new_default = {**base, "_diffusers_version": "9.9", "is_residual": False}  # False: the init default
+    assert layouts.config_drift(json.dumps(base), json.dumps(new_default)) == \
+        ([], ["is_residual=false (loads the same)"])
+    real, _ = layouts.config_drift(json.dumps(base), json.dumps({**base, "is_residual": True}))
+    assert real == ['is_residual: "<absent>" -> true']
+    real, _ = layouts.config_drift(json.dumps(base), json.dumps({**base, "z_dim": 48}))
+    assert real == ["z_dim: 16 -> 48"]
+    t5 = {"model_type": "umt5", "d_model": 8, "transformers_version": "5.23.0"}
+    dropped = {k: v for k, v in t5.items() if k != "d_model"}
+    assert layouts.config_drift(json.dumps(t5), json.dumps(dropped))[0] == ['d_model: 8 -> "<absent>"']
+    added = {**t5, "tie_word_embeddings": True}  # UMT5Config's default
+    assert layouts.config_drift(json.dumps(t5), json.dumps(added))[0] == []
+    # transformers 5.24 writes scale_decoder_outputs=false for an untied umT5: only the decoder's LM head
+    # reads it, so the encoder loads the same; the same field in a seq2seq model's config is real
+    enc = {**t5, "architectures": ["UMT5EncoderModel"], "num_layers": 1, "vocab_size": 16}
+    real, ok = layouts.config_drift(json.dumps(enc), json.dumps({**enc, "scale_decoder_outputs": False}))
+    assert (real, ok) == ([], ["scale_decoder_outputs=false (read by no class of UMT5EncoderModel)"])
+    seq2seq = {**enc, "architectures": ["UMT5ForConditionalGeneration"]}
+    real, _ = layouts.config_drift(json.dumps(seq2seq), json.dumps({**seq2seq, "scale_decoder_outputs": False}))
+    assert real == ['scale_decoder_outputs: "<absent>" -> false']
 
 
 @pytest.mark.parametrize("preset, listings", [
