@@ -51,9 +51,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from porting.convert import safetensors_header, tensor_bytes  # noqa: E402
-from runtime.models.wan import family  # noqa: E402
-from runtime.models.wan.tiny_release import read_listing  # noqa: E402
+from vidport.porting.convert import safetensors_header, tensor_bytes  # noqa: E402
+from vidport.runtime.models.wan import family  # noqa: E402
+from vidport.runtime.models.wan.tiny_release import read_listing  # noqa: E402
 
 TINY = ROOT / "official_weights" / "wan2.1-t2v-tiny"
 
@@ -92,7 +92,7 @@ def peak():
         if line.startswith("VmHWM"):
             print("BENCH_VMHWM_KB", line.split()[1], file=sys.stderr)
 atexit.register(peak)
-from porting.cli import main
+from vidport.porting.cli import main
 main(sys.argv[1:])
 """
 
@@ -138,8 +138,8 @@ def main() -> None:
             release = work / "release"
             t0 = time.perf_counter()
             if args.real_size:  # in a child: this process stays small (a child's ru_maxrss starts at its parent's)
-                subprocess.run([sys.executable, "-m", "runtime.models.wan.tiny_release", str(release), "--real-size"],
-                               cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+                subprocess.run([sys.executable, "-m", "vidport.runtime.models.wan.tiny_release", str(release),
+                                "--real-size"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
             else:
                 make_release(release)
             print(f"synthetic release in {time.perf_counter() - t0:.1f} s", file=sys.stderr)

@@ -21,6 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vidport.runtime import attention  # noqa: E402
+from vidport.runtime.models.wan.config import preset  # noqa: E402
+
 from benchmarks.common import (  # noqa: E402
     attention_tflops,
     compare,
@@ -31,8 +34,6 @@ from benchmarks.common import (  # noqa: E402
     native_from_diffusers,
     table,
 )
-from runtime import attention  # noqa: E402
-from runtime.models.wan.config import preset  # noqa: E402
 
 
 def main() -> None:
@@ -159,7 +160,7 @@ def main() -> None:
 
     def graphed_row(label, key):
         """The native forward replayed as one CUDA graph: checked against the module it wraps, then timed."""
-        from runtime.cuda_graph import CUDAGraphed
+        from vidport.runtime.cuda_graph import CUDAGraphed
 
         graphed = CUDAGraphed(native)
         with torch.no_grad():

@@ -24,9 +24,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from vidport.runtime.models.wan import family  # noqa: E402
+from vidport.runtime.models.wan.config import preset  # noqa: E402
+
 from benchmarks.common import diffusers_wan, native_from_diffusers, table  # noqa: E402
-from runtime.models.wan import family  # noqa: E402
-from runtime.models.wan.config import preset  # noqa: E402
 
 PROMPT = "a cat walks on the grass, realistic, sunny afternoon"
 
@@ -39,9 +40,8 @@ def sync(device):
 def build(args, device, dtype):
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline
     from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
-
-    from runtime.generator import VideoGenerator
-    from runtime.models.wan import pipeline as wan_pipeline
+    from vidport.runtime.generator import VideoGenerator
+    from vidport.runtime.models.wan import pipeline as wan_pipeline
 
     cfg = preset(args.preset)
     torch.manual_seed(0)
@@ -56,11 +56,11 @@ def build(args, device, dtype):
     native = native_from_diffusers(ref_dit, cfg, device=device, dtype=dtype)
     pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, transformer=ref_dit, vae=vae,
                        scheduler=copy.deepcopy(scheduler))
-    from runtime.attention import resolve_backends
+    from vidport.runtime.attention import resolve_backends
 
     native.set_attention_backend(*resolve_backends("auto", device, dtype))
     if args.cuda_graph:
-        from runtime.cuda_graph import CUDAGraphed
+        from vidport.runtime.cuda_graph import CUDAGraphed
 
         native = CUDAGraphed(native)
     components = wan_pipeline.WanComponents(tokenizer=tokenizer, text_encoder=text_encoder, transformer=native,

@@ -21,8 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vidport.runtime.models.wan.config import preset  # noqa: E402
+
 from benchmarks.common import compare, diffusers_wan, table  # noqa: E402
-from runtime.models.wan.config import preset  # noqa: E402
 
 
 def main() -> None:
@@ -32,8 +33,7 @@ def main() -> None:
     ap.add_argument("--tolerance", type=float, default=2e-2, help="max rel L2, vidport vs diffusers output (bf16)")
     args = ap.parse_args()
     from diffusers import WanTransformer3DModel
-
-    from runtime.loading import load_wan_transformer
+    from vidport.runtime.loading import load_wan_transformer
 
     cfg = preset(args.preset)
     dev = torch.device(args.device)

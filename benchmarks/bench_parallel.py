@@ -23,10 +23,10 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from runtime.models.wan.config import preset  # noqa: E402
-from runtime.models.wan.model import WanDiT  # noqa: E402
-from runtime.parallel import launch, parallelize  # noqa: E402
-from runtime.pipeline.guidance import SerialCFG  # noqa: E402
+from vidport.runtime.models.wan.config import preset  # noqa: E402
+from vidport.runtime.models.wan.model import WanDiT  # noqa: E402
+from vidport.runtime.parallel import launch, parallelize  # noqa: E402
+from vidport.runtime.pipeline.guidance import SerialCFG  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 

@@ -29,11 +29,10 @@ os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
 
 def _rank_forward(worker, preset_name: str, latent: tuple[int, int, int], repeats: int):
     import torch.distributed as dist
-
-    from runtime.attention import resolve_backends
-    from runtime.models.wan.config import preset
-    from runtime.models.wan.model import WanDiT
-    from runtime.parallel import parallelize_wan
+    from vidport.runtime.attention import resolve_backends
+    from vidport.runtime.models.wan.config import preset
+    from vidport.runtime.models.wan.model import WanDiT
+    from vidport.runtime.parallel import parallelize_wan
 
     cfg = preset(preset_name)
     dev = worker.device
@@ -79,7 +78,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=832)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
-    from runtime.parallel import launch
+    from vidport.runtime.parallel import launch
 
     latent = ((args.frames - 1) // 4 + 1, args.height // 8, args.width // 8)
     sizes = [int(s) for s in args.world_sizes.split(",")]

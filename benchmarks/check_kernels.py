@@ -12,10 +12,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vidport.runtime.kernels import fused  # noqa: E402
+from vidport.runtime.models.wan.config import preset  # noqa: E402
+from vidport.runtime.models.wan.model import rope_tables  # noqa: E402
+
 from benchmarks.common import compare  # noqa: E402
-from runtime.kernels import fused  # noqa: E402
-from runtime.models.wan.config import preset  # noqa: E402
-from runtime.models.wan.model import rope_tables  # noqa: E402
 
 
 def rel(a, b):

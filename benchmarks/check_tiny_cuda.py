@@ -17,14 +17,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from runtime.generator import VideoGenerator  # noqa: E402
+from vidport.runtime.generator import VideoGenerator  # noqa: E402
 
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "wan2.1-t2v-tiny"
-        subprocess.run([sys.executable, "-m", "porting.cli", "convert", str(ROOT / "official_weights/wan2.1-t2v-tiny"),
-                        "--family", "wan2.1-t2v", "--out", str(repo)], check=True, cwd=ROOT)
+        subprocess.run([sys.executable, "-m", "vidport.porting.cli", "convert",
+                        str(ROOT / "official_weights/wan2.1-t2v-tiny"), "--family", "wan2.1-t2v", "--out", str(repo)],
+                       check=True, cwd=ROOT)
         runs = {}
         for device, dtype, backend in (("cpu", "fp32", "sdpa-math"), ("cuda", "fp32", "sdpa-math"),
                                        ("cuda", "bf16", None)):

@@ -71,11 +71,11 @@ def diffusers_wan(cfg, device="cuda", dtype=torch.bfloat16, seed: int = 0):
 
 def native_from_diffusers(ref, cfg, device="cuda", dtype=torch.bfloat16):
     """The native WanDiT with the diffusers model's weights, loaded through the committed map."""
-    from porting.namemap import NameMap
-    from porting.sources import ModuleSource
-    from runtime.loading import load_into
-    from runtime.models.wan import family
-    from runtime.models.wan.model import KEEP_IN_FP32, WanDiT
+    from vidport.porting.namemap import NameMap
+    from vidport.porting.sources import ModuleSource
+    from vidport.runtime.loading import load_into
+    from vidport.runtime.models.wan import family
+    from vidport.runtime.models.wan.model import KEEP_IN_FP32, WanDiT
 
     with torch.device("meta"):
         model = WanDiT(cfg)

@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from vidport.runtime.attention import fa4_tile_kwargs  # noqa: E402
+
 from benchmarks.common import median_ms  # noqa: E402
-from runtime.attention import fa4_tile_kwargs  # noqa: E402
 
 DEFAULT_CONFIGS = "default,128x144:rs:ol,128x160:rs:ol,128x176:rs:ol,128x192:rs:ol,128x176:rs:nool,192x128:rs:nool"
 

@@ -16,9 +16,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-
-from parity.capture import Trace
-from porting.namemap import NameMap
+from vidport.parity.capture import Trace
+from vidport.porting.namemap import NameMap
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 import click
-
-from porting.errors import UserError
-
-COMPONENTS = ("transformer", "vae", "text_encoder", "pipeline")
+from vidport.parity.api import COMPONENTS
 
 
 @click.command("parity")
@@ -34,45 +30,12 @@ COMPONENTS = ("transformer", "vae", "text_encoder", "pipeline")
 def parity(family, component, reference, weights, official, dtype, device, seed, steps, save_failing, as_json):
     """Compare FAMILY's native COMPONENT with the reference, module by module; name the first divergence.
 
-    Exit status 0 when every aligned module is within the dtype's tolerance, 1 otherwise.
+    Exit status 0 when every aligned module is within the dtype's tolerance, 1 when one is not (the
+    report names the first), 2 on bad input (a damaged or missing repo, an unknown family).
     """
-    import torch
+    from vidport.parity.api import parity as run
 
-    from parity.harness import run_parity
-    from parity.repos import TINY_RELEASE, converted_tiny_repo
-    from parity.tolerances import DTYPES
-    from parity.wan import SETUPS
-    from runtime.families import get_family
-
-    fam = get_family(family)
-    if fam.NAME != "wan2.1-t2v":
-        raise UserError(f"parity has no setups for family {family!r} yet")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
-    if weights is not None and not (weights / "model_index.json").is_file():
-        raise UserError(f"{weights}: not a Diffusers-format repo folder (no model_index.json); "
-                        "convert an official release with `port convert`")
-    torch_dtype = DTYPES[dtype]
-    with tempfile.TemporaryDirectory(prefix="vidport-parity-") as tmp:
-        repo = weights
-        if repo is None:
-            repo, how = converted_tiny_repo(Path(tmp) / "wan2.1-t2v-tiny")
-            click.echo(f"tiny repo: {how}", err=True)
-        kwargs = {"device": device}
-        if component in ("transformer", "vae"):
-            # the reference converts the official release itself (diffusers' single-file converters)
-            kwargs["official"] = official or (TINY_RELEASE if weights is None else None)
-            if kwargs["official"] is None and component == "vae":
-                raise UserError("--component vae with --weights needs --official RELEASE (the official VAE file "
-                                "is the reference's source)")
-        if component != "vae":
-            kwargs["dtype"] = torch_dtype
-        if component == "pipeline" and steps:
-            kwargs["steps"] = steps
-        setup = SETUPS[component](repo, **kwargs)
-        report = run_parity(setup.reference, setup.run_reference, setup.native, setup.run_native,
-                            name_map=setup.name_map, dtype=dtype if component != "vae" else "fp32", seed=seed,
-                            reference_name=setup.reference_name, native_name=setup.native_name,
-                            save_failing=save_failing, store_device="cpu" if device == "cuda" else None)
+    report = run(family, component=component, weights=weights, official=official, dtype=dtype, device=device,
+                 seed=seed, steps=steps, save_failing=save_failing, log=lambda m: click.echo(m, err=True))
     click.echo(report.to_json() if as_json else report.table())
     sys.exit(0 if report.passed else 1)

@@ -36,7 +36,7 @@ def device(request) -> str:
 @pytest.fixture(scope="session")
 def tiny_repo(tmp_path_factory) -> Path:
     """The embedded tiny release as a Diffusers-format repo (port convert, or the stand-in)."""
-    from parity.repos import converted_tiny_repo
+    from vidport.parity.repos import converted_tiny_repo
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # see one_cpu_thread in the root conftest.py

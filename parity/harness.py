@@ -19,13 +19,12 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
-
-from parity.align import Pair, align, combine
-from parity.capture import Recorder, Trace, first_tensor
-from parity.metrics import compare
-from parity.report import Report, Row
-from parity.tolerances import dtype_key, tolerance
-from porting.namemap import NameMap
+from vidport.parity.align import Pair, align, combine
+from vidport.parity.capture import Recorder, Trace, first_tensor
+from vidport.parity.metrics import compare
+from vidport.parity.report import Report, Row
+from vidport.parity.tolerances import dtype_key, tolerance
+from vidport.porting.namemap import NameMap
 
 IDENTITY_MAP = NameMap.loads("rename ^(.*)$ -> \\1", origin="identity")
 
@@ -35,7 +34,7 @@ def force_math_attention(model: nn.Module) -> None:
     pipeline components): vidport models name their backend (``set_attention_backend("sdpa-math")``),
     diffusers models take ``_native_math``; everything else (transformers) runs under the ``sdpa_kernel``
     context of ``controlled``."""
-    from runtime.models.wan.model import WanDiT
+    from vidport.runtime.models.wan.model import WanDiT
 
     for m in model.modules():
         if isinstance(m, WanDiT):

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-
-from parity.tolerances import Tolerance
+from vidport.parity.tolerances import Tolerance
 
 
 @dataclass

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from parity.align import Pair
-from parity.metrics import Comparison
-from parity.tolerances import Tolerance
+from vidport.parity.align import Pair
+from vidport.parity.metrics import Comparison
+from vidport.parity.tolerances import Tolerance
 
 
 @dataclass

@@ -11,16 +11,22 @@ import importlib.util
 from pathlib import Path
 
 import torch
-
-from porting.errors import UserError
-from runtime.models.wan import family
+from vidport.porting.errors import UserError
+from vidport.runtime.models.wan import family
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_RELEASE = ROOT / "official_weights" / "wan2.1-t2v-tiny"
 
 
+def check_repo(repo: Path) -> None:
+    """``--weights``: a Diffusers-format repo with sound weight files, or a one-line error (exit 2)."""
+    from vidport.porting.sources import check_diffusers_repo
+
+    check_diffusers_repo(repo)
+
+
 def convert_available() -> bool:
-    return importlib.util.find_spec("porting.commands.convert") is not None
+    return importlib.util.find_spec("vidport.porting.commands.convert") is not None
 
 
 def converted_tiny_repo(out: Path, release: Path = TINY_RELEASE) -> tuple[Path, str]:
@@ -28,8 +34,7 @@ def converted_tiny_repo(out: Path, release: Path = TINY_RELEASE) -> tuple[Path, 
     out = Path(out)
     if convert_available():
         from click.testing import CliRunner
-
-        from porting.cli import cli
+        from vidport.porting.cli import cli
 
         args = ["convert", str(release), "--family", family.NAME, "--out", str(out), "--no-progress"]
         result = CliRunner().invoke(cli, args)
@@ -43,8 +48,7 @@ def converted_tiny_repo(out: Path, release: Path = TINY_RELEASE) -> tuple[Path, 
 def stand_in_tiny_repo(out: Path, release: Path = TINY_RELEASE, seed: int = 0) -> Path:
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
     from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
-
-    from parity.wan import reference_vae
+    from vidport.parity.wan import reference_vae
 
     torch.manual_seed(seed)
     cfg = family.dit_config("tiny")

@@ -17,8 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from porting.errors import UserError
+from vidport.porting.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 REFS = ROOT / "ssim_refs"
@@ -278,9 +277,9 @@ class RenderSettings:
 
 def default_settings(repo: Path, prompt: str, seed: int, **overrides) -> RenderSettings:
     """The preset's sampling defaults (official facts via the runtime), with overrides."""
-    from runtime.loading import read_diffusers_config
-    from runtime.models.wan.config import WanDiTConfig
-    from runtime.models.wan.pipeline import sampling_defaults
+    from vidport.runtime.loading import read_diffusers_config
+    from vidport.runtime.models.wan.config import WanDiTConfig
+    from vidport.runtime.models.wan.pipeline import sampling_defaults
 
     d = sampling_defaults(WanDiTConfig.from_diffusers(read_diffusers_config(Path(repo) / "transformer")))
     kw = {k: d[k] for k in ("negative_prompt", "num_frames", "height", "width", "num_inference_steps",
@@ -314,7 +313,7 @@ def render_reference(repo: Path, s: RenderSettings, *, device: str, dtype: str, 
 
 def render_ours(repo: Path, s: RenderSettings, *, device: str, dtype: str, backend: str, generator=None):
     """vidport VideoGenerator -> uint8 [F, H, W, 3]. Pass ``generator`` to reuse loaded weights."""
-    from runtime.generator import VideoGenerator
+    from vidport.runtime.generator import VideoGenerator
 
     gen = generator or VideoGenerator.from_pretrained(repo, device=device, dtype=dtype, attention_backend=backend)
     return gen.generate_video(s.prompt, negative_prompt=s.negative_prompt, num_frames=s.num_frames,
@@ -382,7 +381,7 @@ def check_references(family: str, repo: Path, *, device: str = "cpu", dtype: str
 
     ``seed_offset`` perturbs our seeds (a run that must fail; used by the suite's negative test).
     """
-    from runtime.generator import VideoGenerator
+    from vidport.runtime.generator import VideoGenerator
 
     dtype, backend = defaults_for(device, dtype, backend)
     dev_class = device_class(device)

@@ -8,8 +8,7 @@ import tempfile
 from pathlib import Path
 
 import click
-
-from porting.errors import UserError
+from vidport.porting.errors import UserError
 
 
 def _options(f):
@@ -27,7 +26,7 @@ def _options(f):
 
 
 def _repo(weights: Path | None, tmp: str) -> Path:
-    from parity.repos import converted_tiny_repo
+    from vidport.parity.repos import converted_tiny_repo
 
     if weights is not None:
         if not (weights / "model_index.json").is_file():
@@ -45,7 +44,7 @@ def _label(weights: Path | None) -> str:
 
 
 def _check_family(family: str) -> None:
-    from runtime.families import get_family
+    from vidport.runtime.families import get_family
 
     get_family(family)
 
@@ -73,7 +72,7 @@ def ssim_refs():
 @click.option("--steps", type=int, default=None)
 def generate(family, weights, device, dtype, backend, refs, prompts, seeds, frames, height, width, steps):
     """Render FAMILY's reference videos with the reference implementation (diffusers WanPipeline)."""
-    from parity.ssim import REFS, generate_references
+    from vidport.parity.ssim import REFS, generate_references
 
     _check_family(family)
     _check_device(device)
@@ -94,7 +93,7 @@ def generate(family, weights, device, dtype, backend, refs, prompts, seeds, fram
 @click.option("--json", "as_json", is_flag=True)
 def check(family, weights, device, dtype, backend, refs, failures, as_json):
     """Render FAMILY's references with vidport and compare per-frame SSIM; exit 1 on any failure."""
-    from parity.ssim import REFS, check_references
+    from vidport.parity.ssim import REFS, check_references
 
     _check_family(family)
     _check_device(device)

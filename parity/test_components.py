@@ -10,10 +10,9 @@ import importlib.util
 
 import pytest
 import torch
-
-from parity.harness import run_parity
-from parity.repos import TINY_RELEASE
-from parity.wan import SETUPS
+from vidport.parity.harness import run_parity
+from vidport.parity.repos import TINY_RELEASE
+from vidport.parity.wan import SETUPS
 
 
 def run(setup, dtype="fp32", device="cpu"):
@@ -50,7 +49,8 @@ def test_text_encoder(tiny_repo):
     assert report.row("encoder.block.1").status == "pass"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("runtime.generator") is None, reason="runtime.generator not present")
+@pytest.mark.skipif(importlib.util.find_spec("vidport.runtime.generator") is None,
+                    reason="vidport.runtime.generator not present")
 @pytest.mark.parametrize("cfg", ["serial", "batched"])
 def test_pipeline_latents(tiny_repo, cfg):
     report = run(SETUPS["pipeline"](tiny_repo, steps=3, cfg=cfg, height=16, width=32))
@@ -62,7 +62,7 @@ def test_pipeline_latents(tiny_repo, cfg):
 # --- real size (GPU, weights given) -----------------------------------------------------------------
 def _fits_twice_in_fp32(repo, component: str, device: str) -> bool:
     """Reference and native copies of the component in fp32, with 25% headroom, fit in GPU memory."""
-    from porting.sources import open_source
+    from vidport.porting.sources import open_source
 
     src = open_source(str(repo / component))
     numel = sum(info.numel for info in src.infos.values())

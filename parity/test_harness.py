@@ -12,17 +12,16 @@ import json
 import pytest
 import torch
 from torch import nn
-
-from parity.align import align_by_params
-from parity.harness import run_parity
-from parity.metrics import compare
-from parity.tolerances import TOLERANCES, tolerance
-from parity.wan import diffusers_to_native, transformer_setup
-from porting.namemap import NameMap
-from porting.sources import open_source
-from runtime.loading import StrictLoadError, load_into, read_diffusers_config
-from runtime.models.wan.config import WanDiTConfig
-from runtime.models.wan.model import WanDiT
+from vidport.parity.align import align_by_params
+from vidport.parity.harness import run_parity
+from vidport.parity.metrics import compare
+from vidport.parity.tolerances import TOLERANCES, tolerance
+from vidport.parity.wan import diffusers_to_native, transformer_setup
+from vidport.porting.namemap import NameMap
+from vidport.porting.sources import open_source
+from vidport.runtime.loading import StrictLoadError, load_into, read_diffusers_config
+from vidport.runtime.models.wan.config import WanDiTConfig
+from vidport.runtime.models.wan.model import WanDiT
 
 
 def native_from(folder, name_map: NameMap, cls=WanDiT, edit=None) -> WanDiT:
@@ -214,8 +213,7 @@ def test_one_tolerance_table_per_dtype():
 # --- the command ----------------------------------------------------------------------------------------
 def test_port_parity_command(tiny_repo):
     from click.testing import CliRunner
-
-    from porting.cli import cli
+    from vidport.porting.cli import cli
 
     result = CliRunner().invoke(cli, ["parity", "wan2.1-t2v", "--component", "text_encoder", "--weights",
                                       str(tiny_repo), "--json"])
@@ -225,7 +223,7 @@ def test_port_parity_command(tiny_repo):
 
 
 def test_port_parity_bad_weights_is_one_line(tmp_path, capsys):
-    from porting.cli import main
+    from vidport.porting.cli import main
 
     with pytest.raises(SystemExit) as exit_:
         main(["parity", "wan2.1-t2v", "--weights", str(tmp_path)])
@@ -239,10 +237,9 @@ def test_corrupted_conversion_map_is_named(tmp_path):
     """q/k norm scales swapped by the conversion map: the repo loads strictly (same shapes), and parity
     against the official DiT converted by diffusers' own converter names the module."""
     from click.testing import CliRunner
-
-    from parity.repos import TINY_RELEASE
-    from porting.cli import cli
-    from runtime.models.wan import family
+    from vidport.parity.repos import TINY_RELEASE
+    from vidport.porting.cli import cli
+    from vidport.runtime.models.wan import family
 
     text = family.OFFICIAL_TO_DIFFUSERS["transformer"].read_text()
     rule = "rename   ^blocks\\.(\\d+)\\.self_attn\\.(norm_q|norm_k)\\.weight$"

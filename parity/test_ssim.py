@@ -12,8 +12,7 @@ import shutil
 
 import numpy as np
 import pytest
-
-from parity import ssim
+from vidport.parity import ssim
 
 FAMILY = "wan2.1-t2v"
 CPU_BACKENDS = ("sdpa-math", "sdpa")  # committed tiny CPU references exist for both
@@ -107,8 +106,7 @@ def test_real_size_gpu_references(request, device):
 
 def test_port_ssim_refs_commands(tiny_repo, tmp_path):
     from click.testing import CliRunner
-
-    from porting.cli import cli
+    from vidport.porting.cli import cli
 
     root = tmp_path / "refs"
     common = [FAMILY, "--weights", str(tiny_repo), "--refs", str(root)]

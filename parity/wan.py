@@ -15,11 +15,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from parity.harness import IDENTITY_MAP
-from porting.errors import UserError
-from porting.namemap import NameMap, Rule
-from runtime.models.wan import family
+from vidport.parity.harness import IDENTITY_MAP
+from vidport.porting.errors import UserError
+from vidport.porting.namemap import NameMap, Rule
+from vidport.runtime.models.wan import family
 
 PROMPT = "a cat walks on the grass in the sun"
 NEGATIVE = "static, blurry details, worst quality"
@@ -81,7 +80,7 @@ def transformer_inputs(text_dim: int, device, dtype, *, batch: int = 1, seed: in
 
 
 def official_state_dict(release: Path, component: str) -> dict[str, torch.Tensor]:
-    from porting.sources import open_source
+    from vidport.porting.sources import open_source
 
     src = open_source(str(family.official_component_file(Path(release), component)))
     return {k: src.get(k) for k in src.keys()}
@@ -93,8 +92,7 @@ def transformer_setup(repo: Path, *, dtype=torch.float32, device="cpu", native: 
     diffusers' own ``convert_wan_transformer_to_diffusers`` (so the comparison covers `port convert` too),
     not the repo's tensors."""
     from diffusers import WanTransformer3DModel
-
-    from runtime.loading import load_wan_transformer
+    from vidport.runtime.loading import load_wan_transformer
 
     folder = check_repo(repo, "transformer")
     ref = WanTransformer3DModel.from_pretrained(folder, dtype=dtype)  # dtype layout as diffusers keeps it
@@ -137,7 +135,7 @@ def vae_setup(repo: Path, official: Path, *, device="cpu", frames: int = 5, heig
               width: int = 24) -> Setup:
     import json
 
-    from runtime.models.wan.pipeline import _strict
+    from vidport.runtime.models.wan.pipeline import _strict
 
     folder = check_repo(repo, "vae")
     official_file = Path(official) / family.OFFICIAL_FILES["vae"] if Path(official).is_dir() else Path(official)
@@ -167,8 +165,7 @@ def vae_setup(repo: Path, official: Path, *, device="cpu", frames: int = 5, heig
 def text_encoder_setup(repo: Path, *, dtype=torch.float32, device="cpu") -> Setup:
     from diffusers import WanPipeline
     from transformers import AutoTokenizer, UMT5EncoderModel
-
-    from runtime.models.wan.pipeline import EncodePrompt, _strict
+    from vidport.runtime.models.wan.pipeline import EncodePrompt, _strict
 
     folder = check_repo(repo, "text_encoder")
     tok_folder = Path(repo) / "tokenizer"
@@ -191,7 +188,7 @@ def text_encoder_setup(repo: Path, *, dtype=torch.float32, device="cpu") -> Setu
 
 
 def _text_len(repo: Path) -> int:
-    from runtime.loading import read_diffusers_config
+    from vidport.runtime.loading import read_diffusers_config
 
     cfg = read_diffusers_config(Path(repo) / "transformer")
     return int(cfg.get("text_len", 512))
@@ -204,8 +201,7 @@ def pipeline_setup(repo: Path, *, dtype=torch.float32, device="cpu", steps: int 
                    cfg: str = "serial", frames: int | None = None, height: int | None = None,
                    width: int | None = None) -> Setup:
     from diffusers import WanPipeline
-
-    from runtime.generator import VideoGenerator
+    from vidport.runtime.generator import VideoGenerator
 
     repo = Path(repo)
     check_repo(repo, "transformer")

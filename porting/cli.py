@@ -4,19 +4,20 @@ so `port --help` is fast and a broken optional dependency breaks only its own co
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 
 import click
-
-from porting.errors import UserError
+from vidport.porting.errors import UserError
 
 # command name -> "module:function" (a click.Command). Add a line to add a command.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "diff-keys": ("porting.commands.diff_keys:diff_keys", "Diff two checkpoints' keys and infer the name map."),
-    "convert": ("porting.commands.convert:convert", "Convert an official release into a Diffusers-format repo."),
-    "parity": ("parity.cli:parity", "Per-layer activation parity of the native model vs a reference."),
-    "generate": ("runtime.cli:generate", "Generate a video with a validated model."),
-    "ssim-refs": ("parity.ssim_cli:ssim_refs", "Render and check SSIM reference videos."),
+    "diff-keys": ("vidport.porting.commands.diff_keys:diff_keys", "Diff two checkpoints' keys and infer the name map."),
+    "convert": ("vidport.porting.commands.convert:convert",
+                "Convert an official release into a Diffusers-format repo."),
+    "parity": ("vidport.parity.cli:parity", "Per-layer activation parity of the native model vs a reference."),
+    "generate": ("vidport.runtime.cli:generate", "Generate a video with a validated model."),
+    "ssim-refs": ("vidport.parity.ssim_cli:ssim_refs", "Render and check SSIM reference videos."),
 }
 
 

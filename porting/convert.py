@@ -43,11 +43,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from porting.dtypes import FLOATING, ITEMSIZE
-from porting.errors import UserError
-from porting.namemap import NameMap, Op, Plan
-from porting.sources import StateDictSource, TensorInfo, dtype_name, pread_full, read_safetensors_header, torch_dtypes
-from porting.torchzip import read_table
+from vidport.porting.dtypes import FLOATING, ITEMSIZE
+from vidport.porting.errors import UserError
+from vidport.porting.namemap import NameMap, Op, Plan
+from vidport.porting.sources import (
+    StateDictSource,
+    TensorInfo,
+    dtype_name,
+    pread_full,
+    read_safetensors_header,
+    torch_dtypes,
+)
+from vidport.porting.torchzip import read_table
 
 if TYPE_CHECKING:
     import torch
@@ -237,7 +244,7 @@ class StreamingPickle(StateDictSource):
     def _open(self):
         """The torch.load'ed checkpoint; it must describe the tensors as the table did."""
         if self._inner is None:
-            from porting.sources import PickleSource
+            from vidport.porting.sources import PickleSource
 
             before = set(_file_mappings(self.path))
             inner = PickleSource(self.path)
@@ -1034,7 +1041,7 @@ def plan_release(release: str | Path, family_name: str, *, dtype: str = "keep", 
     target models on a thread while ``execute`` streams (``ConversionPlan.complete`` joins it).
     ``targets_from``: "auto" (the family's shipped layout of a known config, else the libraries) or
     "libraries" (always build the target models with diffusers/transformers)."""
-    from runtime.families import get_family
+    from vidport.runtime.families import get_family
 
     if targets_from not in TARGETS_FROM:
         raise ConvertError(f"--targets {targets_from!r}: choose one of {', '.join(TARGETS_FROM)}")
@@ -1272,7 +1279,7 @@ def _wan_targets_cached(fam, dit, preset, sources, tok_dir, t5_dtype: Callable[[
     """The target side from the cheapest place that has it: the family's shipped layouts (the published
     configs, ``porting.layouts``; not with ``targets_from="libraries"``), the ``TargetCache`` memo, else
     diffusers/transformers. -> (targets, make_files, where they came from)."""
-    from porting import layouts
+    from vidport.porting import layouts
 
     cfgs = _wan_target_configs(fam, dit, preset, sources)
     tok_class = _tokenizer_class(tok_dir)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from porting.generalize import build_map
-from porting.infer import Inference, infer
-from porting.namemap import NameMap
-from porting.sources import StateDictSource
+from vidport.porting.generalize import build_map
+from vidport.porting.infer import Inference, infer
+from vidport.porting.namemap import NameMap
+from vidport.porting.sources import StateDictSource
 
 
 @dataclass

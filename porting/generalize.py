@@ -18,8 +18,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from porting.infer import Correspondence
-from porting.namemap import NameMap, NameMapError, Rule
+from vidport.porting.infer import Correspondence
+from vidport.porting.namemap import NameMap, NameMapError, Rule
 
 # a source segment: ("lit", text) | ("cap", values or None for \d+) | ("part", pre, parts, post)
 # a target segment: tuple of pieces; a piece is text or an int (the source segment it copies) or

@@ -37,8 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from porting.sources import TensorInfo
+from vidport.porting.sources import TensorInfo
 
 # weights of the matching cost. Names and context count fully. Key order costs per position of
 # displacement inside a signature class, so a whole shifted block is expensive but a clear name

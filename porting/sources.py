@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from porting.dtypes import ITEMSIZE
-from porting.errors import SourceError
+from vidport.porting.dtypes import ITEMSIZE
+from vidport.porting.errors import SourceError
 
 if TYPE_CHECKING:
     import torch
@@ -468,7 +468,7 @@ def open_directory(path: Path, component: str | None = None) -> StateDictSource:
         if not sub.is_dir():
             raise SourceError(f"{path}: no component folder {component!r}")
         return open_directory(sub)
-    from runtime.families import find_official_component
+    from vidport.runtime.families import find_official_component
 
     official = find_official_component(path, component)
     if official is not None:
@@ -519,12 +519,29 @@ def _hub_filename(repo_id: str, subfolder: str | None) -> str:
 # ----------------------------------------------------------------------------------------------
 # the spec parser
 # ----------------------------------------------------------------------------------------------
+def check_diffusers_repo(path: Path) -> None:
+    """A Diffusers-format repo folder whose weight files all have sound safetensors headers (every tensor
+    within its file, every shard an index names present), or a one-line ``SourceError`` naming the file.
+    Reads headers only; run before any library loads the repo, so a damaged download is bad input, not
+    a traceback from deep inside a loader."""
+    path = Path(path)
+    if not path.is_dir():
+        raise SourceError(f"{path}: no such folder; pass a Diffusers-format repo (e.g. written by `port convert`)")
+    if not (path / "model_index.json").is_file():
+        hint = " (an official release: run `port convert` first)" if (path / "config.json").is_file() else ""
+        raise SourceError(f"{path}: no model_index.json; expected a Diffusers-format repo folder{hint}")
+    for index in sorted(path.glob("*/*.safetensors.index.json")):
+        ShardedSafetensorsSource(index)  # names every missing shard
+    for weights in sorted(path.glob("*/*.safetensors")):
+        read_safetensors_header(weights)
+
+
 def open_source(spec: str, component: str | None = None) -> StateDictSource:
     """Open a state-dict source from a spec string (module docstring lists the forms)."""
     if spec.startswith("hf:"):
         return open_hub(spec[3:])
     if spec.startswith("native:"):
-        from runtime.families import native_meta_module
+        from vidport.runtime.families import native_meta_module
 
         body = spec[len("native:"):]
         name, _, comp = body.partition("/")

@@ -8,7 +8,7 @@ __all__ = ["VideoGenerator"]
 
 def __getattr__(name: str):
     if name == "VideoGenerator":
-        from runtime.generator import VideoGenerator
+        from vidport.runtime.generator import VideoGenerator
 
         return VideoGenerator
     raise AttributeError(f"module 'runtime' has no attribute {name!r}")

@@ -20,8 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
-
-from porting.errors import UserError
+from vidport.porting.errors import UserError
 
 AttentionFn = Callable[..., torch.Tensor]
 ENV_OVERRIDE = "VIDPORT_ATTENTION_BACKEND"

@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 import click
-
-from porting.errors import UserError
+from vidport.porting.errors import UserError
 
 DEFAULT_OUTPUT_DIR = Path("out")
 
@@ -27,7 +26,7 @@ DEFAULT_OUTPUT_DIR = Path("out")
 @click.option("--guidance", type=float, default=None, help="CFG scale; 1 disables guidance [default: preset's].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same video (diffusers' noise).")
 @click.option("--num-gpus", type=int, default=1, show_default=True, help="GPUs (sequence parallelism).")
-@click.option("--attention-backend", default=None, help="runtime.attention backend [default: auto].")
+@click.option("--attention-backend", default=None, help="vidport.runtime.attention backend [default: auto].")
 @click.option("--dtype", type=click.Choice(["bf16", "fp32"]), default=None,
               help="DiT and text encoder dtype [default: bf16 on CUDA, fp32 on CPU].")
 @click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
@@ -47,7 +46,7 @@ def generate(model, prompt, negative_prompt, output, num_frames, height, width, 
              as_json):
     """Generate a video with MODEL: a Diffusers-format folder (e.g. written by `port convert`) or a
     hub id such as Wan-AI/Wan2.1-T2V-1.3B-Diffusers."""
-    from runtime.pipeline.validate import validate_output_path, validate_request
+    from vidport.runtime.pipeline.validate import validate_output_path, validate_request
 
     # explicit values are checked before minutes of loading (unset ones take the model's defaults later)
     validate_request(prompt, negative_prompt, num_frames=1 if num_frames is None else num_frames,
@@ -63,8 +62,7 @@ def generate(model, prompt, negative_prompt, output, num_frames, height, width, 
 
     _quiet_library_progress_bars()
     from tqdm import tqdm
-
-    from runtime.generator import VideoGenerator
+    from vidport.runtime.generator import VideoGenerator
 
     if cfg_parallel and num_gpus < 2:
         raise UserError("--cfg-parallel needs --num-gpus 2 or more (an even number)")

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-
-from porting.errors import UserError
+from vidport.porting.errors import UserError
 
 
 class CUDAGraphed(nn.Module):

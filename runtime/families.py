@@ -6,11 +6,11 @@ import importlib
 from pathlib import Path
 from types import ModuleType
 
-from porting.errors import UserError
+from vidport.porting.errors import UserError
 
 # family name -> module that defines it (see runtime/models/wan/family.py for the contract)
 FAMILIES: dict[str, str] = {
-    "wan2.1-t2v": "runtime.models.wan.family",
+    "wan2.1-t2v": "vidport.runtime.models.wan.family",
 }
 
 

@@ -1,6 +1,6 @@
 """VideoGenerator: a validated model turned into videos.
 
-    from runtime import VideoGenerator
+    from vidport.runtime import VideoGenerator
     gen = VideoGenerator.from_pretrained("converted_weights/wan2.1-t2v-tiny")
     frames = gen.generate_video("a cat walks on the grass", seed=0, output_path="cat.mp4")
 
@@ -25,13 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from porting.errors import UserError
-from runtime.pipeline import CFGStrategy, PipelineState, get_cfg_strategy, run_stages, validate_request
-from runtime.pipeline.validate import validate_output_path
+from vidport.porting.errors import UserError
+from vidport.runtime.pipeline import CFGStrategy, PipelineState, get_cfg_strategy, run_stages, validate_request
+from vidport.runtime.pipeline.validate import validate_output_path
 
 # model_index.json "_class_name" -> the family pipeline module that loads and runs it
-PIPELINES = {"WanPipeline": "runtime.models.wan.pipeline"}
+PIPELINES = {"WanPipeline": "vidport.runtime.models.wan.pipeline"}
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -121,7 +120,7 @@ class VideoGenerator:
             for block in components.transformer.blocks:
                 block.compile(dynamic=False)  # in place: parameter names and hooks stay as they are
         if cuda_graph:
-            from runtime.cuda_graph import CUDAGraphed
+            from vidport.runtime.cuda_graph import CUDAGraphed
 
             components.transformer = CUDAGraphed(components.transformer)
         if device.type == "cuda":
@@ -159,7 +158,7 @@ class VideoGenerator:
         state = run_stages(stages, PipelineState(request=request, device=c.device))
         timings = {"load": self.load_seconds, **state.timings}
         if out is not None:
-            from runtime.video import write_mp4
+            from vidport.runtime.video import write_mp4
 
             start = time.perf_counter()
             write_mp4(state.frames, out, fps=d["fps"])
@@ -178,10 +177,10 @@ class VideoGenerator:
 # --- resolving the arguments ---------------------------------------------------------------------
 def parallel_launcher():
     """``runtime.parallel.launch`` if this installation has it (multi-GPU generation), else None."""
-    if importlib.util.find_spec("runtime.parallel") is None or \
-            importlib.util.find_spec("runtime.parallel.launch") is None:
+    if importlib.util.find_spec("vidport.runtime.parallel") is None or \
+            importlib.util.find_spec("vidport.runtime.parallel.launch") is None:
         return None
-    return importlib.import_module("runtime.parallel.launch")
+    return importlib.import_module("vidport.runtime.parallel.launch")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -209,7 +208,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 
 def _resolve_backends(name: str | None, device: torch.device, dtype: torch.dtype | None = None) -> tuple[str, str]:
-    from runtime.attention import resolve_backends
+    from vidport.runtime.attention import resolve_backends
 
     try:  # auto depends on the dtype (no fp32 cuDNN kernel) and on the attention's shape (self or cross)
         return resolve_backends(name, device, dtype)

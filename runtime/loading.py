@@ -12,10 +12,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-
-from porting.errors import UserError
-from porting.namemap import NameMap
-from porting.sources import StateDictSource, open_source
+from vidport.porting.errors import UserError
+from vidport.porting.namemap import NameMap
+from vidport.porting.sources import StateDictSource, open_source
 
 
 class StrictLoadError(UserError):
@@ -94,9 +93,9 @@ def read_diffusers_config(folder: Path) -> dict:
 def load_wan_transformer(folder: str | Path, *, dtype: torch.dtype = torch.float32,
                          device: torch.device | str = "cpu", text_len: int = 512):
     """A Diffusers-format ``transformer/`` folder -> native WanDiT, strictly, tensors streamed to ``device``."""
-    from runtime.models.wan import family
-    from runtime.models.wan.config import WanDiTConfig
-    from runtime.models.wan.model import KEEP_IN_FP32, WanDiT
+    from vidport.runtime.models.wan import family
+    from vidport.runtime.models.wan.config import WanDiTConfig
+    from vidport.runtime.models.wan.model import KEEP_IN_FP32, WanDiT
 
     folder = Path(folder)
     cfg = read_diffusers_config(folder)

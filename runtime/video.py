@@ -8,8 +8,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
-from porting.errors import UserError
+from vidport.porting.errors import UserError
 
 
 def write_mp4(frames: np.ndarray, path: str | os.PathLike, *, fps: int = 16, quality: float = 8.0) -> Path:

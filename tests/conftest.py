@@ -13,7 +13,7 @@ TINY_RELEASE = Path(__file__).resolve().parents[1] / "official_weights" / "wan2.
 def converted_tiny_release(tmp_path_factory) -> Path:
     """The embedded tiny official release, converted by `port convert` into a Diffusers-format repo
     (once per session). Read-only for tests: copy it before changing anything."""
-    from porting.cli import main
+    from vidport.porting.cli import main
 
     out = tmp_path_factory.mktemp("converted") / "wan2.1-t2v-tiny"
     try:

@@ -8,12 +8,11 @@ import sys
 
 import pytest
 import torch
-
-from porting.errors import UserError
-from runtime import attention
-from runtime.attention import ENV_OVERRIDE, available_backends, get_backend, resolve_backend
-from runtime.models.wan.config import preset
-from runtime.models.wan.model import WanDiT
+from vidport.porting.errors import UserError
+from vidport.runtime import attention
+from vidport.runtime.attention import ENV_OVERRIDE, available_backends, get_backend, resolve_backend
+from vidport.runtime.models.wan.config import preset
+from vidport.runtime.models.wan.model import WanDiT
 
 CPU_BACKENDS = available_backends("cpu")
 

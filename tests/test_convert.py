@@ -19,11 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-
-from porting import layouts
-from porting.cli import main as port_main
-from porting.sources import open_source
-from runtime.models.wan import family
+from vidport.porting import layouts
+from vidport.porting.cli import main as port_main
+from vidport.porting.sources import open_source
+from vidport.runtime.models.wan import family
 
 ROOT = Path(__file__).resolve().parents[1]
 RELEASE = ROOT / "official_weights" / "wan2.1-t2v-tiny"
@@ -153,7 +152,7 @@ def test_values_follow_the_official_release(converted: Path):
 
 
 def test_native_runtime_loads_strictly(converted: Path):
-    from runtime.loading import load_wan_transformer
+    from vidport.runtime.loading import load_wan_transformer
 
     model = load_wan_transformer(converted / "transformer")
     assert sum(p.numel() for p in model.parameters()) > 0
@@ -271,7 +270,7 @@ def _subprocess_convert(out: Path, kill_after: int | None = None) -> subprocess.
     env.pop("VIDPORT_TEST_KILL_AFTER_TENSORS", None)
     if kill_after is not None:
         env["VIDPORT_TEST_KILL_AFTER_TENSORS"] = str(kill_after)
-    return subprocess.run([sys.executable, "-m", "porting.cli", *convert_args(out)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "vidport.porting.cli", *convert_args(out)], capture_output=True,
                           text=True, cwd=ROOT, env=env)
 
 
@@ -307,7 +306,7 @@ def test_existing_target_needs_force(converted: Path, tmp_path: Path, capsys):
 
 
 def test_disk_full_mid_write(tmp_path: Path, capsys, monkeypatch):
-    import porting.convert as engine
+    import vidport.porting.convert as engine
 
     out = tmp_path / "full"
     out.mkdir()
@@ -332,7 +331,7 @@ def test_disk_full_mid_write(tmp_path: Path, capsys, monkeypatch):
 
 
 def test_not_enough_space_up_front(tmp_path: Path, capsys, monkeypatch):
-    import porting.convert as engine
+    import vidport.porting.convert as engine
 
     monkeypatch.setattr(engine.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 1000))
     assert port(*convert_args(tmp_path / "o")) == 2
@@ -412,10 +411,10 @@ STREAM_CHILD = textwrap.dedent("""
     import sys, torch
     from pathlib import Path
     from safetensors.torch import save_file
-    import porting.convert
-    from porting.convert import TensorSink, open_streaming, plan_component, write_component
-    porting.convert.CHUNK_BYTES = 1 << 20  # pieces of 1 MiB: a whole 8 MiB tensor is never held
-    from porting.namemap import NameMap
+    import vidport.porting.convert
+    from vidport.porting.convert import TensorSink, open_streaming, plan_component, write_component
+    vidport.porting.convert.CHUNK_BYTES = 1 << 20  # pieces of 1 MiB: a whole 8 MiB tensor is never held
+    from vidport.porting.namemap import NameMap
 
     def hwm():
         for line in open("/proc/self/status"):
@@ -478,7 +477,7 @@ def test_streaming_peak_rss(tmp_path: Path):
 # ----------------------------------------------------------------------------------------------
 CACHE_CHILD = textwrap.dedent("""
     import sys
-    from porting.cli import main
+    from vidport.porting.cli import main
     try:
         main(sys.argv[1:])
     except SystemExit as e:
@@ -565,10 +564,10 @@ def test_target_sources(tmp_path: Path):
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("preset", ["1.3b", "14b"])
 def test_real_release_plans_on_meta(preset: str):
-    from porting.convert import _wan_target_configs, _wan_targets, plan_component
-    from porting.namemap import NameMap
-    from porting.sources import StateDictSource, TensorInfo
-    from runtime.models.wan.tiny_release import read_listing
+    from vidport.porting.convert import _wan_target_configs, _wan_targets, plan_component
+    from vidport.porting.namemap import NameMap
+    from vidport.porting.sources import StateDictSource, TensorInfo
+    from vidport.runtime.models.wan.tiny_release import read_listing
 
     def listing(name: str, dtype: str) -> StateDictSource:
         src = StateDictSource()

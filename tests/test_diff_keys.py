@@ -16,15 +16,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from porting.cli import main
-from porting.diffkeys import diff_keys
-from porting.generalize import build_map
-from porting.infer import infer
-from porting.namemap import NameMap
-from porting.sources import KeysFileSource, ModuleSource, TensorDictSource, TensorInfo, open_source
-from runtime.loading import load_into
-from runtime.models.wan import family
+from vidport.porting.cli import main
+from vidport.porting.diffkeys import diff_keys
+from vidport.porting.generalize import build_map
+from vidport.porting.infer import infer
+from vidport.porting.namemap import NameMap
+from vidport.porting.sources import KeysFileSource, ModuleSource, TensorDictSource, TensorInfo, open_source
+from vidport.runtime.loading import load_into
+from vidport.runtime.models.wan import family
 
 REF = family.REFERENCE_KEYS
 TINY = Path(__file__).resolve().parents[1] / "official_weights" / "wan2.1-t2v-tiny"
@@ -176,9 +175,8 @@ def test_diffusers_to_native_real_key_sets(size):
 
 def test_diffusers_to_native_inferred_map_loads_and_matches_diffusers():
     from diffusers import WanTransformer3DModel
-
-    from runtime.models.wan.config import preset
-    from runtime.models.wan.model import WanDiT
+    from vidport.runtime.models.wan.config import preset
+    from vidport.runtime.models.wan.model import WanDiT
 
     cfg = preset("tiny")
     torch.manual_seed(0)
@@ -261,7 +259,7 @@ def test_tiny_release_infers_the_committed_mapping(component):
 def test_alphabetical_listing_reports_indistinguishable_instead_of_guessing(tmp_path):
     """The tiny DiT safetensors lists keys alphabetically, so self_attn/cross_attn vs attn1/attn2 has no
     evidence at all: the inference must say so, with both candidates, and map everything else."""
-    from runtime.models.wan.config import preset
+    from vidport.runtime.models.wan.config import preset
 
     cfg_path = tmp_path / "config.json"
     cfg_path.write_text(json.dumps(preset("tiny").to_diffusers()))

@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from porting.errors import UserError
+from vidport.porting.errors import UserError
 
 TOKENIZER = Path(__file__).resolve().parents[1] / "official_weights/wan2.1-t2v-tiny/google/umt5-xxl"
 PROMPT = "a cat walks on the grass in the sun"
@@ -25,9 +24,8 @@ def write_tiny_repo(out: Path) -> Path:
     """A tiny Wan T2V repo in the Diffusers layout, written by diffusers/transformers themselves."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
     from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
-
-    from runtime.models.wan import family
-    from runtime.models.wan.config import preset
+    from vidport.runtime.models.wan import family
+    from vidport.runtime.models.wan.config import preset
 
     torch.manual_seed(0)
     dit = WanTransformer3DModel(**{k: v for k, v in preset("tiny").to_diffusers().items() if not k.startswith("_")})
@@ -51,7 +49,7 @@ def tiny_repo(converted_tiny_release) -> Path:
 
 @pytest.fixture(scope="module")
 def generator(tiny_repo):
-    from runtime import VideoGenerator
+    from vidport.runtime import VideoGenerator
 
     return VideoGenerator.from_pretrained(tiny_repo, attention_backend="sdpa-math", dtype="fp32", device="cpu")
 
@@ -104,7 +102,7 @@ def test_latents_and_frames_match_diffusers(generator, reference):
 
 def test_repo_written_by_diffusers_matches_diffusers(tmp_path):
     """A repo saved by diffusers' own save_pretrained (hub-like, randomized DiT) runs the same way."""
-    from runtime import VideoGenerator
+    from vidport.runtime import VideoGenerator
 
     repo = write_tiny_repo(tmp_path / "repo")
     gen = VideoGenerator.from_pretrained(repo, attention_backend="sdpa-math", dtype="fp32", device="cpu")
@@ -155,7 +153,7 @@ def test_batched_cfg_equals_serial(generator):
     serial = generator.last_state.latents
     cfg = generator.cfg
     try:
-        from runtime.pipeline import BatchedCFG
+        from vidport.runtime.pipeline import BatchedCFG
 
         generator.cfg = BatchedCFG()
         generator.generate_video(PROMPT, **SIZE, num_inference_steps=2, seed=3)
@@ -165,7 +163,7 @@ def test_batched_cfg_equals_serial(generator):
 
 
 def test_prompt_encoding_zero_pads_like_diffusers(generator, reference):
-    from runtime.models.wan.pipeline import EncodePrompt
+    from vidport.runtime.models.wan.pipeline import EncodePrompt
 
     c = generator.components
     text = "  a  cat &amp; a dog\n walk "  # exercises the cleaning: HTML entity, whitespace runs
@@ -188,7 +186,7 @@ def test_seed_semantics(generator):
 
 
 def test_tiny_weights_get_tiny_defaults_and_fp32_on_cpu(generator):
-    from runtime.models.wan import family
+    from vidport.runtime.models.wan import family
 
     assert generator.components.preset == "tiny"
     assert generator.components.dtype == torch.float32
@@ -215,8 +213,7 @@ def test_mp4_is_written_and_readable(generator, tmp_path):
 def test_mp4_write_is_atomic(tmp_path, monkeypatch):
     """A failure while encoding leaves neither the target file nor a temporary one."""
     import imageio.v2 as imageio
-
-    from runtime.video import write_mp4
+    from vidport.runtime.video import write_mp4
 
     real_get_writer = imageio.get_writer
 
@@ -272,8 +269,8 @@ def test_output_in_a_file_not_a_folder(generator, tmp_path):
 
 
 def test_loading_errors(tmp_path, monkeypatch):
-    from runtime import VideoGenerator
-    from runtime import generator as gen_module
+    from vidport.runtime import VideoGenerator
+    from vidport.runtime import generator as gen_module
 
     with pytest.raises(UserError, match="no such folder"):
         VideoGenerator.from_pretrained(tmp_path / "missing")
@@ -287,10 +284,10 @@ def test_loading_errors(tmp_path, monkeypatch):
 
 
 def test_cuda_graph_needs_one_cuda_device(tiny_repo):
-    from runtime import VideoGenerator
-    from runtime.cuda_graph import CUDAGraphed
-    from runtime.models.wan.config import preset
-    from runtime.models.wan.model import WanDiT
+    from vidport.runtime import VideoGenerator
+    from vidport.runtime.cuda_graph import CUDAGraphed
+    from vidport.runtime.models.wan.config import preset
+    from vidport.runtime.models.wan.model import WanDiT
 
     with pytest.raises(UserError, match=r"^cuda_graph needs a CUDA device, not cpu; drop cuda_graph"):
         VideoGenerator.from_pretrained(tiny_repo, device="cpu", cuda_graph=True)
@@ -303,8 +300,7 @@ def test_cuda_graph_needs_one_cuda_device(tiny_repo):
 
 def test_hub_id_offline_fails_in_one_line(tmp_path, monkeypatch):
     import huggingface_hub.constants
-
-    from runtime import VideoGenerator
+    from vidport.runtime import VideoGenerator
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -316,8 +312,8 @@ def test_hub_id_offline_fails_in_one_line(tmp_path, monkeypatch):
 
 
 def test_num_gpus_delegates_to_runtime_parallel_launch(monkeypatch):
-    from runtime import VideoGenerator
-    from runtime import generator as gen_module
+    from vidport.runtime import VideoGenerator
+    from vidport.runtime import generator as gen_module
 
     seen = {}
     fake = types.SimpleNamespace(from_pretrained=lambda path, **kw: seen.update(path=path, **kw) or "parallel")
@@ -330,7 +326,7 @@ def test_num_gpus_delegates_to_runtime_parallel_launch(monkeypatch):
 # The CLI
 # ---------------------------------------------------------------------------------------------
 def test_cli_json(tiny_repo, tmp_path, monkeypatch, capsys):
-    from porting.cli import main
+    from vidport.porting.cli import main
 
     monkeypatch.setenv("VIDPORT_ATTENTION_BACKEND", "sdpa-math")
     out = tmp_path / "v.mp4"
@@ -343,7 +339,7 @@ def test_cli_json(tiny_repo, tmp_path, monkeypatch, capsys):
 
 
 def test_cli_error_is_one_line(tiny_repo, tmp_path, capsys):
-    from porting.cli import main
+    from vidport.porting.cli import main
 
     with pytest.raises(SystemExit) as exit_:
         main(["generate", str(tiny_repo), "--prompt", PROMPT, "--num-frames", "6", "-o", str(tmp_path / "v.mp4")])
@@ -383,8 +379,7 @@ def test_strict_load_of_library_components(tiny_repo, tmp_path, component, file)
     import shutil
 
     from safetensors.torch import load_file, save_file
-
-    from runtime import VideoGenerator
+    from vidport.runtime import VideoGenerator
 
     repo = tmp_path / "repo"
     shutil.copytree(tiny_repo, repo)
@@ -402,8 +397,7 @@ def test_strict_load_of_library_components(tiny_repo, tmp_path, component, file)
 def test_euler_option_matches_diffusers_with_euler(tiny_repo, reference):
     """scheduler="euler": flow-match Euler with the configured shift, as diffusers steps it."""
     from diffusers import FlowMatchEulerDiscreteScheduler
-
-    from runtime import VideoGenerator
+    from vidport.runtime import VideoGenerator
 
     gen = VideoGenerator.from_pretrained(tiny_repo, attention_backend="sdpa-math", dtype="fp32", device="cpu",
                                          scheduler="euler")
@@ -420,7 +414,7 @@ def test_euler_option_matches_diffusers_with_euler(tiny_repo, reference):
 
 
 def test_cli_prints_path_and_timings(tiny_repo, tmp_path, monkeypatch, capsys):
-    from porting.cli import main
+    from vidport.porting.cli import main
 
     monkeypatch.chdir(tmp_path)  # the default output goes to ./out/
     main(["generate", str(tiny_repo), "--prompt", PROMPT, "--steps", "1", "--guidance", "1"])

@@ -7,11 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-
-from porting import layouts
-from porting.convert import _wan_target_configs, installed_version, open_streaming
-from porting.sources import KeysFileSource
-from runtime.models.wan import family
+from vidport.porting import layouts
+from vidport.porting.convert import _wan_target_configs, installed_version, open_streaming
+from vidport.porting.sources import KeysFileSource
+from vidport.runtime.models.wan import family
 
 RELEASE = Path(__file__).resolve().parents[1] / "official_weights" / "wan2.1-t2v-tiny"
 
@@ -33,7 +32,7 @@ def test_shipped_layouts_match_the_libraries(shipped: dict, rebuilt: dict):
     config files, up to the writers' version fields and defaulted fields a newer library adds (those load
     the same); byte for byte when the installed versions are the recorded ones."""
     real, harmless = layouts.compare(shipped, rebuilt)
-    assert not real, f"{real[:5]}: rewrite with python -m porting.layouts --write"
+    assert not real, f"{real[:5]}: rewrite with python -m vidport.porting.layouts --write"
     if shipped["generated_with"] == {d: installed_version(d) for d in ("diffusers", "transformers")}:
         assert not harmless
         assert layouts.dumps(rebuilt) == layouts.layouts_path(family).read_text()

@@ -13,11 +13,10 @@ import psutil
 import pytest
 import torch
 import torch.distributed as dist
-
-from porting.errors import UserError
-from runtime.models.wan.config import preset
-from runtime.models.wan.model import WanDiT
-from runtime.parallel import WorkerError, WorkerPool, check_heads, launch, parallelize, parallelize_wan
+from vidport.porting.errors import UserError
+from vidport.runtime.models.wan.config import preset
+from vidport.runtime.models.wan.model import WanDiT
+from vidport.runtime.parallel import WorkerError, WorkerPool, check_heads, launch, parallelize, parallelize_wan
 
 TINY = preset("tiny")  # 4 heads: 1, 2 or 4 ranks
 TINY6 = TINY.replace(dim=96, num_heads=6)  # 6 heads (head_dim 16): 3 ranks
@@ -155,7 +154,7 @@ def test_heads_not_divisible_by_ranks(pool3):
 
 # --- CFG parallelism --------------------------------------------------------------------------
 def test_cfg_parallel_equals_serial_cfg(pool2):
-    from runtime.pipeline.guidance import SerialCFG
+    from vidport.runtime.pipeline.guidance import SerialCFG
 
     model = make_dit(TINY)
     x, t, cond = make_cases(TINY)["uneven"]
@@ -229,7 +228,7 @@ def tiny_repo(tmp_path_factory):
                                                  "parallel options are cfg_parallel and timeout"),
 ])
 def test_generator_refuses_bad_layouts_before_starting_ranks(tiny_repo, options, message):
-    from runtime import VideoGenerator
+    from vidport.runtime import VideoGenerator
 
     before = worker_pids()
     with pytest.raises(UserError) as info:
@@ -239,7 +238,7 @@ def test_generator_refuses_bad_layouts_before_starting_ranks(tiny_repo, options,
 
 
 def test_generation_on_two_ranks_equals_one(tiny_repo, tmp_path_factory):
-    from runtime import VideoGenerator
+    from vidport.runtime import VideoGenerator
 
     before = worker_pids()
     repo = tiny_repo

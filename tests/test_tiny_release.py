@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from porting.sources import open_source
-from runtime.models.wan import family
-from runtime.models.wan.tiny_release import make_tiny_release, read_listing
+from vidport.porting.sources import open_source
+from vidport.runtime.models.wan import family
+from vidport.runtime.models.wan.tiny_release import make_tiny_release, read_listing
 
 RELEASE = Path(__file__).resolve().parents[1] / "official_weights" / "wan2.1-t2v-tiny"
 LISTINGS = {

@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from porting.convert import TensorSink, open_streaming, plan_component, write_component
-from porting.namemap import NameMap
-from porting.sources import dtype_name
-from porting.torchzip import read_table
+from vidport.porting.convert import TensorSink, open_streaming, plan_component, write_component
+from vidport.porting.namemap import NameMap
+from vidport.porting.sources import dtype_name
+from vidport.porting.torchzip import read_table
 
 ROOT = Path(__file__).resolve().parents[1]
 

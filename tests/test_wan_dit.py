@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from porting.namemap import NameMap
-from porting.sources import KeysFileSource, ModuleSource, TensorDictSource
-from runtime.loading import StrictLoadError, load_into
-from runtime.models.wan import family
-from runtime.models.wan.config import preset
-from runtime.models.wan.model import WanDiT
+from vidport.porting.namemap import NameMap
+from vidport.porting.sources import KeysFileSource, ModuleSource, TensorDictSource
+from vidport.runtime.loading import StrictLoadError, load_into
+from vidport.runtime.models.wan import family
+from vidport.runtime.models.wan.config import preset
+from vidport.runtime.models.wan.model import WanDiT
 
 DIFFUSERS_MAP = NameMap.load(family.DIFFUSERS_TO_NATIVE)
 

@@ -8,8 +8,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 import click
-
-from porting.convert import DTYPES, TARGETS_FROM, ConvertError, execute, parse_size, plan_release, summary_table
+from vidport.porting.api import convert as run
+from vidport.porting.convert import DTYPES, TARGETS_FROM, parse_size, plan_release, summary_table
 
 
 @click.command("convert")
@@ -52,27 +52,25 @@ def convert(source: Path, family: str, out: Path, dtype: str, max_shard_size: st
     Example:
       port convert official_weights/wan2.1-t2v-tiny --family wan2.1-t2v --out converted_weights/wan2.1-t2v-tiny
     """
-    if emit_script is None and (out.exists() or out.is_symlink()) and not force:
-        raise ConvertError(f"{out} already exists; pass --force to replace it (the old one is removed only "
-                           "after the new one is complete)")
     maps = {}
     for item in map_overrides:
         component, sep, path = item.partition("=")
         if not sep or not path:
             raise click.BadParameter(f"{item!r}: expected COMPONENT=FILE", param_hint="--map")
         maps[component] = Path(path)
-    # without --emit-script, the check against the target models runs while unchanged tensors stream
-    plan = plan_release(source, family, dtype=dtype, max_shard_size=parse_size(max_shard_size), maps=maps,
-                        defer=emit_script is None, targets_from=targets_from)
     if emit_script is not None:
-        from porting.emit_script import write_script
+        from vidport.porting.emit_script import write_script
 
+        plan = plan_release(source, family, dtype=dtype, max_shard_size=parse_size(max_shard_size), maps=maps,
+                            defer=False, targets_from=targets_from)
         if plan.hasher is not None:
             plan.hasher.cancel()  # the script hashes nothing here
         write_script(plan, emit_script, out)
         click.echo(f"wrote {emit_script}: python {emit_script} {source} {out}")
         return
-    reports = execute(plan, out, force=force, progress=progress)
+    # the check against the target models runs while unchanged tensors stream
+    reports = run(source, out, family=family, dtype=dtype, max_shard_size=max_shard_size, force=force, maps=maps,
+                  targets=targets_from, progress=progress)
     if as_json:
         click.echo(json.dumps({"out": str(out), "components": [asdict(r) for r in reports]}, indent=2))
     else:

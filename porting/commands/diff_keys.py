@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
-
-from porting.errors import UserError
 
 
 @click.command("diff-keys")
@@ -21,6 +20,9 @@ from porting.errors import UserError
               help="Write the inferred name map to FILE (the format NameMap.load, the loader and convert read).")
 def diff_keys(source: str, target: str, component: str | None, as_json: bool, write_map: Path | None) -> None:
     """Diff the keys of SOURCE and TARGET and infer the name map from SOURCE to TARGET.
+
+    Exit status 0 when the map is complete (every source key used or dropped on purpose, every target
+    key produced, nothing unresolved), 1 when it is not, 2 on bad input.
 
     \b
     SOURCE and TARGET are read as names, shapes and dtypes only:
@@ -36,25 +38,19 @@ def diff_keys(source: str, target: str, component: str | None, as_json: bool, wr
       port diff-keys keys:runtime/models/wan/reference/official_vae_keys.txt \\
           native:wan2.1-t2v-1.3b/vae --write-map vae.map
     """
-    from porting.diffkeys import diff_keys as run_diff
-    from porting.diffkeys import format_report
-    from porting.sources import open_source
+    from vidport.porting.api import diff_keys as run_diff
+    from vidport.porting.api import write_map as save_map
+    from vidport.porting.diffkeys import format_report
 
-    src = open_source(source, component)
-    tgt = open_source(target, component)
-    result = run_diff(src, tgt)
+    result = run_diff(source, target, component=component)
     if write_map is not None:
-        try:
-            write_map.parent.mkdir(parents=True, exist_ok=True)
-            head, _, body = result.name_map.dumps().partition("\n")
-            provenance = f"# written by: port diff-keys {source} {target}" + (f" --component {component}"
-                                                                             if component else "")
-            write_map.write_text(f"{head}\n{provenance}\n{body}")
-        except OSError as e:
-            raise UserError(f"{write_map}: cannot write the map ({e.strerror})") from None
+        save_map(result, write_map, f"# written by: port diff-keys {source} {target}"
+                                    + (f" --component {component}" if component else ""))
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=1))
     else:
         click.echo(format_report(result))
         if write_map is not None:
             click.echo(f"wrote {write_map} ({len(result.name_map.rules)} rules)")
+    if not result.complete:  # a map that leaves keys unmapped or unresolved is not a usable answer
+        sys.exit(1)

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import torch.distributed as dist
 from torch import nn
-
-from runtime.parallel.cfg import CFGSplit, ParallelCFG, split_for_cfg
-from runtime.parallel.launch import Worker, WorkerError, WorkerPool, launch, under_torchrun
-from runtime.parallel.ulysses import DistributedAttention, heads_to_seq, seq_to_heads
-from runtime.parallel.wan import SequenceParallelWanDiT, check_heads, parallelize_wan
+from vidport.runtime.parallel.cfg import CFGSplit, ParallelCFG, split_for_cfg
+from vidport.runtime.parallel.launch import Worker, WorkerError, WorkerPool, launch, under_torchrun
+from vidport.runtime.parallel.ulysses import DistributedAttention, heads_to_seq, seq_to_heads
+from vidport.runtime.parallel.wan import SequenceParallelWanDiT, check_heads, parallelize_wan
 
 
 def parallelize(model, *, cfg_parallel: bool = False,

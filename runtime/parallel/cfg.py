@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-
-from porting.errors import UserError
-from runtime.pipeline.guidance import combine
+from vidport.porting.errors import UserError
+from vidport.runtime.pipeline.guidance import combine
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,9 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import numpy as np
-
-from porting.errors import UserError
-from runtime.parallel.launch import DEFAULT_TIMEOUT, Worker, WorkerPool
-from runtime.parallel.wan import check_heads
+from vidport.porting.errors import UserError
+from vidport.runtime.parallel.launch import DEFAULT_TIMEOUT, Worker, WorkerPool
+from vidport.runtime.parallel.wan import check_heads
 
 # what VideoGenerator.from_pretrained passes on to each rank's own (single-device) from_pretrained
 LOAD_OPTIONS = ("attention_backend", "dtype", "cfg", "scheduler", "flow_shift", "compile")
@@ -25,9 +24,8 @@ LOAD_OPTIONS = ("attention_backend", "dtype", "cfg", "scheduler", "flow_shift", 
 
 def _load(worker: Worker, source, load_kwargs: dict, cfg_parallel: bool) -> dict:
     import torch.distributed as dist
-
-    from runtime.generator import VideoGenerator
-    from runtime.parallel import parallelize
+    from vidport.runtime.generator import VideoGenerator
+    from vidport.runtime.parallel import parallelize
 
     gen = VideoGenerator.from_pretrained(source, num_gpus=1, device=worker.device, **load_kwargs)
     dit = gen.components.transformer
@@ -62,7 +60,7 @@ class ParallelVideoGenerator:
                        on_step: Callable[[int, int], None] | None = None, **kwargs) -> np.ndarray | None:
         """Same arguments as ``VideoGenerator.generate_video``; ``on_step`` hears rank 0's steps.
         Under torchrun only rank 0 gets the frames (and writes the mp4); other ranks get None."""
-        from runtime.pipeline.validate import validate_output_path
+        from vidport.runtime.pipeline.validate import validate_output_path
 
         out = None if output_path is None else validate_output_path(output_path)
         result = self.pool.run(_generate, prompt, kwargs, on_progress=on_step)
@@ -72,7 +70,7 @@ class ParallelVideoGenerator:
         report.settings.update(num_gpus=self.num_gpus, cfg_parallel=self.cfg_parallel)
         report.timings["load"] = self.load_seconds  # as the caller saw it: starting the ranks included
         if out is not None:
-            from runtime.video import write_mp4
+            from vidport.runtime.video import write_mp4
 
             start = time.perf_counter()
             write_mp4(frames, out, fps=self.defaults["fps"])
@@ -109,8 +107,7 @@ def from_pretrained(path_or_hub_id, *, num_gpus: int, device=None, cfg_parallel:
     unconditional branches on two halves of the ranks (needs an even ``num_gpus``). ``timeout``: seconds
     any collective may wait before the ranks give up."""
     import torch
-
-    from runtime.generator import resolve_repo
+    from vidport.runtime.generator import resolve_repo
 
     device_type = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     if cfg_parallel and num_gpus % 2:

@@ -35,8 +35,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
-from porting.errors import UserError
+from vidport.porting.errors import UserError
 
 DEFAULT_TIMEOUT = timedelta(minutes=10)
 
@@ -326,6 +325,6 @@ def _join_torchrun(num_procs, device_type, timeout) -> tuple[Worker, bool]:
 def from_pretrained(path_or_hub_id, *, num_gpus: int, **options):
     """The entry ``VideoGenerator.from_pretrained(num_gpus=N > 1)`` delegates to; see
     ``runtime.parallel.generator.from_pretrained``."""
-    from runtime.parallel.generator import from_pretrained as parallel_from_pretrained
+    from vidport.runtime.parallel.generator import from_pretrained as parallel_from_pretrained
 
     return parallel_from_pretrained(path_or_hub_id, num_gpus=num_gpus, **options)

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-
-from runtime.models.wan.model import AttentionOp
+from vidport.runtime.models.wan.model import AttentionOp
 
 
 def _all_to_all(x: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:

@@ -15,10 +15,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-
-from porting.errors import UserError
-from runtime.models.wan.model import WanDiT, rope_tables
-from runtime.parallel.ulysses import DistributedAttention
+from vidport.porting.errors import UserError
+from vidport.runtime.models.wan.model import WanDiT, rope_tables
+from vidport.runtime.parallel.ulysses import DistributedAttention
 
 
 def check_heads(num_heads: int, world_size: int) -> None:

@@ -17,8 +17,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 import torch
-
-from porting.errors import UserError
+from vidport.porting.errors import UserError
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 

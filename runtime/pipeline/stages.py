@@ -11,10 +11,9 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
-
-from runtime.pipeline.guidance import CFGStrategy, Denoiser
-from runtime.pipeline.state import PipelineState
-from runtime.pipeline.timing import StepClock, now
+from vidport.runtime.pipeline.guidance import CFGStrategy, Denoiser
+from vidport.runtime.pipeline.state import PipelineState
+from vidport.runtime.pipeline.timing import StepClock, now
 
 
 class Stage(Protocol):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from porting.errors import UserError
-from runtime.pipeline.state import GenerationRequest
+from vidport.porting.errors import UserError
+from vidport.runtime.pipeline.state import GenerationRequest
 
 
 def validate_request(prompt, negative_prompt, *, num_frames, height, width, num_inference_steps,

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from porting.errors import UserError
-from runtime.models.wan.config import PRESETS as DIT_PRESETS
-from runtime.models.wan.config import WanDiTConfig
+from vidport.porting.errors import UserError
+from vidport.runtime.models.wan.config import PRESETS as DIT_PRESETS
+from vidport.runtime.models.wan.config import WanDiTConfig
 
 NAME = "wan2.1-t2v"
 PRESETS = tuple(DIT_PRESETS)
@@ -85,7 +85,7 @@ def build_component(component: str, preset: str, device: str = "cpu"):
 
     with torch.device(device):
         if component == "transformer":
-            from runtime.models.wan.model import WanDiT
+            from vidport.runtime.models.wan.model import WanDiT
 
             return WanDiT(dit_config(preset))
         if component == "vae":

@@ -18,11 +18,10 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from runtime.attention import get_backend
-from runtime.kernels import fused
-from runtime.kernels.fused import apply_rope
-from runtime.models.wan.config import WanDiTConfig
+from vidport.runtime.attention import get_backend
+from vidport.runtime.kernels import fused
+from vidport.runtime.kernels.fused import apply_rope
+from vidport.runtime.models.wan.config import WanDiTConfig
 
 # Parameter-name fragments whose tensors stay fp32 when the model runs in bf16/fp16.
 KEEP_IN_FP32 = ("time_embed.", "time_proj.", "modulation", "norm")

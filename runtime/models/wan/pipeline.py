@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-from porting.errors import UserError
-from runtime.models.wan import family
-from runtime.models.wan.config import WanDiTConfig
-from runtime.pipeline import Denoise, PipelineState, PrepareLatents, PrepareTimesteps, Stage
+from vidport.porting.errors import UserError
+from vidport.runtime.models.wan import family
+from vidport.runtime.models.wan.config import WanDiTConfig
+from vidport.runtime.pipeline import Denoise, PipelineState, PrepareLatents, PrepareTimesteps, Stage
 
 SCHEDULERS = ("unipc", "euler")
 
@@ -65,8 +64,7 @@ def load_components(folder: Path, *, dtype: torch.dtype, device: torch.device, s
                     flow_shift: float | None = None) -> WanComponents:
     """A Diffusers-format Wan T2V repo folder -> components on ``device``. Every load is strict."""
     from transformers import AutoTokenizer, UMT5EncoderModel
-
-    from runtime.loading import load_wan_transformer
+    from vidport.runtime.loading import load_wan_transformer
 
     folder = Path(folder)
     transformer = load_wan_transformer(folder / "transformer", dtype=dtype, device=device)

@@ -1,6 +1,6 @@
 """Write the embedded tiny Wan2.1 T2V release in the *official* layout (deterministic).
 
-    python -m runtime.models.wan.tiny_release official_weights/wan2.1-t2v-tiny
+    python -m vidport.runtime.models.wan.tiny_release official_weights/wan2.1-t2v-tiny
 
 Key names come from the published key listings of the real release (``reference/official_*_keys.txt``):
 every real key is kept (blocks beyond the tiny layer count dropped) and each real dimension is
@@ -17,8 +17,7 @@ import sys
 from pathlib import Path
 
 import torch
-
-from runtime.models.wan import family
+from vidport.runtime.models.wan import family
 
 # real dimension -> tiny dimension, per component (dimensions not listed stay as they are)
 DIT_DIMS = {1536: 64, 8960: 128, 9216: 384, 4096: 32, 256: 32}
@@ -133,7 +132,7 @@ def make_tiny_release(out: Path, seed: int = 0, *, real_size: bool = False) -> N
         return
     (out / "README.md").write_text(
         "# wan2.1-t2v-tiny\n\nA tiny Wan2.1 T2V release in the official layout (seeded random weights), written by\n"
-        "`python -m runtime.models.wan.tiny_release official_weights/wan2.1-t2v-tiny`. Key names are those of\n"
+        "`python -m vidport.runtime.models.wan.tiny_release official_weights/wan2.1-t2v-tiny`. Key names are those of\n"
         "Wan-AI/Wan2.1-T2V-1.3B with tiny dimensions. It exercises the tools; it does not make real videos.\n")
 
 

@@ -1,0 +1,63 @@
+"""The parity half of vidport's Python API (``vidport.parity``): what ``port parity`` runs."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from vidport.porting.errors import UserError
+
+COMPONENTS = ("transformer", "vae", "text_encoder", "pipeline")
+
+
+def parity(family: str, *, component: str = "transformer", weights: str | Path | None = None,
+           official: str | Path | None = None, dtype: str = "fp32", device: str = "cpu", seed: int = 0,
+           steps: int | None = None, save_failing: str | Path | None = None,
+           log: Callable[[str], None] | None = None):
+    """Compare FAMILY's native COMPONENT with its reference implementation module by module.
+
+    Returns the ``ParityReport`` (``.passed``, ``.table()``, ``.to_json()``; the first failing module is
+    the answer). ``weights``: a Diffusers-format repo; default the embedded tiny release, converted into
+    a temporary folder. Bad input raises ``UserError`` before any model is built."""
+    import torch
+    from vidport.parity.harness import run_parity
+    from vidport.parity.repos import TINY_RELEASE, check_repo, converted_tiny_repo
+    from vidport.parity.tolerances import DTYPES
+    from vidport.parity.wan import SETUPS
+    from vidport.runtime.families import get_family
+
+    fam = get_family(family)
+    if fam.NAME != "wan2.1-t2v":
+        raise UserError(f"parity has no setups for family {family!r} yet")
+    if component not in COMPONENTS:
+        raise UserError(f"unknown component {component!r}; choose one of {', '.join(COMPONENTS)}")
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
+    weights = Path(weights) if weights is not None else None
+    if weights is not None:
+        check_repo(weights)
+    with tempfile.TemporaryDirectory(prefix="vidport-parity-") as tmp:
+        repo = weights
+        if repo is None:
+            repo, how = converted_tiny_repo(Path(tmp) / "wan2.1-t2v-tiny")
+            if log:
+                log(f"tiny repo: {how}")
+        kwargs = {"device": device}
+        if component in ("transformer", "vae"):
+            # the reference converts the official release itself (diffusers' single-file converters)
+            kwargs["official"] = official or (TINY_RELEASE if weights is None else None)
+            if kwargs["official"] is None and component == "vae":
+                raise UserError("--component vae with --weights needs --official RELEASE (the official VAE file "
+                                "is the reference's source)")
+        if component != "vae":
+            kwargs["dtype"] = DTYPES[dtype]
+        if component == "pipeline" and steps:
+            kwargs["steps"] = steps
+        setup = SETUPS[component](repo, **kwargs)
+        return run_parity(setup.reference, setup.run_reference, setup.native, setup.run_native,
+                          name_map=setup.name_map, dtype=dtype if component != "vae" else "fp32", seed=seed,
+                          reference_name=setup.reference_name, native_name=setup.native_name,
+                          save_failing=save_failing, store_device="cpu" if device == "cuda" else None)
