@@ -283,8 +283,25 @@ class ShardedSafetensorsSource(StateDictSource):
 # pickles (weights only)
 # ----------------------------------------------------------------------------------------------
 def _unloadable(path: Path, e: Exception) -> SourceError:
-    first = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return SourceError(f"{path}: not a loadable weights-only tensor checkpoint ({first}); if it is truncated or "
+    """One line for a checkpoint torch's weights-only loader refused. Torch's own advice (``weights_only=False``,
+    ``add_safe_globals``) would run the file's code, so it never reaches the user."""
+    import re
+
+    from vidport.porting.torchzip import foreign_global
+
+    text = str(e)
+    # torch names the refused global for the pickle protocol torch.save writes; our own scan for the others
+    named = re.search(r"GLOBAL ([\w.]+)", text)
+    name = named[1] if named else foreign_global(path)
+    if name:
+        return SourceError(f"{path}: not a loadable weights-only tensor checkpoint: its pickle would run {name} "
+                           "when loaded (code execution), which vidport refused to run; re-download it from its "
+                           "official source, or re-save a copy you trust as a dict of tensors "
+                           "(torch.save(model.state_dict(), ...)) or as safetensors")
+    unsafe = re.compile(r"weights_only|Weights only load failed|safe_globals\(|trust|file an issue|documentation")
+    detail = next((line.strip() for line in text.splitlines() if line.strip() and not unsafe.search(line)),
+                  type(e).__name__)
+    return SourceError(f"{path}: not a loadable weights-only tensor checkpoint ({detail}); if it is truncated or "
                        "damaged, re-download it; vidport never unpickles arbitrary objects, so re-save other "
                        "pickles as a dict of tensors (torch.save(model.state_dict(), ...))")
 
@@ -301,12 +318,15 @@ class PickleSource(StateDictSource):
         import torch
 
         try:
-            obj = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
+            obj = self._torch_load(mmap=True)
         except RuntimeError as e:
             # legacy (non-zip) pickles cannot be mmap'd
             if "mmap" not in str(e):
                 raise _unloadable(self.path, e) from None
-            obj = self._load_plain()
+            try:
+                obj = self._torch_load(mmap=False)
+            except Exception as e:  # noqa: BLE001
+                raise _unloadable(self.path, e) from None
         except Exception as e:  # noqa: BLE001 - the unpickler raises many types
             raise _unloadable(self.path, e) from None
         if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
@@ -320,13 +340,15 @@ class PickleSource(StateDictSource):
         for k, v in obj.items():
             self._infos[k] = TensorInfo(k, tuple(v.shape), dtype_name(v.dtype))
 
-    def _load_plain(self):
+    def _torch_load(self, mmap: bool):
+        import warnings
+
         import torch
 
-        try:
-            return torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001
-            raise _unloadable(self.path, e) from None
+        with warnings.catch_warnings():
+            # torch's note on a newer pickle protocol asks to file an issue; a refusal gets our one line instead
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(self.path, map_location="cpu", weights_only=True, mmap=mmap)
 
     def get(self, name: str) -> torch.Tensor:
         try:

@@ -46,6 +46,14 @@ class _Unsupported(Exception):
     pass
 
 
+class _ForeignGlobal(_Unsupported):
+    """The pickle imports a name no dict of tensors uses (``posix.system``, say)."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name
+
+
 @dataclass(frozen=True)
 class _StorageType:
     name: str
@@ -89,7 +97,7 @@ class _TableUnpickler(pickle.Unpickler):
             return _rebuild_parameter
         if module == "torch" and name in STORAGE_DTYPES:
             return _StorageType(name)
-        raise _Unsupported(f"{module}.{name}")
+        raise _ForeignGlobal(f"{module}.{name}")
 
     def persistent_load(self, pid):
         if (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)
@@ -118,19 +126,41 @@ def _data_offset(f, info: zipfile.ZipInfo) -> int:
     return info.header_offset + 30 + name_len + extra_len
 
 
+def _data_pkl(zf: zipfile.ZipFile) -> str | None:
+    pkl = [n for n in zf.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
+    return pkl[0] if len(pkl) == 1 else None
+
+
+def foreign_global(path: Path) -> str | None:
+    """The first name the pickle of a zip checkpoint imports that a dict of tensors never uses (``posix.system``,
+    say), or None. The table reader stops at that name before anything is called, so this is safe on any file;
+    it names what ``torch.load`` refused where torch's error does not (a pickle of protocol 4 or later)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            pkl = _data_pkl(zf)
+            if pkl is None:
+                return None
+            _TableUnpickler(zf.open(pkl)).load()
+    except _ForeignGlobal as e:
+        return e.name
+    except Exception:  # noqa: BLE001 - any other stop means no foreign name was reached
+        return None
+    return None
+
+
 def read_table(path: Path) -> dict[str, ZipTensor] | None:
     """{name: ZipTensor} of a ``torch.save``'d flat dict of tensors, or None (see the module doc)."""
     try:
         with open(path, "rb") as f, zipfile.ZipFile(f) as zf:
             infos = {i.filename: i for i in zf.infolist()}
-            pkl = [n for n in infos if n.endswith("data.pkl") and n.count("/") == 1]
-            if len(pkl) != 1:
+            pkl = _data_pkl(zf)
+            if pkl is None:
                 return None
-            prefix = pkl[0][: -len("data.pkl")]
+            prefix = pkl[: -len("data.pkl")]
             order = infos.get(prefix + "byteorder")
             if order is not None and zf.read(order).strip() != b"little":
                 return None
-            obj = _TableUnpickler(zf.open(pkl[0])).load()
+            obj = _TableUnpickler(zf.open(pkl)).load()
             if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, _Tensor)
                                                     for k, v in obj.items()):
                 return None
