@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -36,4 +37,9 @@ def main(S: int = 32760, H: int = 12, D: int = 128) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seq", type=int, default=32760, help="tokens (Wan 1.3B, 81 frames 480x832: 21*30*52)")
+    ap.add_argument("--heads", type=int, default=12)
+    ap.add_argument("--head-dim", type=int, default=128)
+    args = ap.parse_args()
+    main(args.seq, args.heads, args.head_dim)

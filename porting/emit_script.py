@@ -28,6 +28,7 @@ tensor to several targets. Every source key must match a rule and every target k
 models (TARGETS) must be written once with its shape, or nothing is written.
 """
 
+import argparse
 import ctypes
 import hashlib
 import json
@@ -261,10 +262,13 @@ def sha256(path):
 
 
 def main(argv):
-    args = [a for a in argv if a != "--force"]
-    force = "--force" in argv
-    release = args[0] if args else __SOURCE__
-    out = os.path.abspath(args[1] if len(args) > 1 else __OUT__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("source", nargs="?", default=__SOURCE__, metavar="SOURCE", help="the official release folder")
+    ap.add_argument("out", nargs="?", default=__OUT__, metavar="OUT", help="the Diffusers-format repo to write")
+    ap.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    args = ap.parse_args(argv)
+    release, force = args.source, args.force
+    out = os.path.abspath(args.out)
     if os.path.exists(out) and not force:
         fail(f"{out} already exists; pass --force to replace it")
     # plan and check everything before writing

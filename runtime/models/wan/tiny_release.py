@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 from pathlib import Path
 
 import torch
@@ -136,7 +135,19 @@ def make_tiny_release(out: Path, seed: int = 0, *, real_size: bool = False) -> N
         "Wan-AI/Wan2.1-T2V-1.3B with tiny dimensions. It exercises the tools; it does not make real videos.\n")
 
 
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m vidport.runtime.models.wan.tiny_release",
+                                 description=__doc__.splitlines()[0])
+    ap.add_argument("target", nargs="?", type=Path, default=Path("official_weights/wan2.1-t2v-tiny"),
+                    help="folder to write the release into (default: %(default)s)")
+    ap.add_argument("--real-size", action="store_true",
+                    help="random weights at the real 1.3B sizes instead (about 17.5 GB), to exercise conversion "
+                         "and real-size parity without downloading the release")
+    args = ap.parse_args(argv)
+    make_tiny_release(args.target, real_size=args.real_size)
+
+
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a != "--real-size"]
-    target = Path(args[0] if args else "official_weights/wan2.1-t2v-tiny")
-    make_tiny_release(target, real_size="--real-size" in sys.argv)
+    main()
