@@ -32,10 +32,14 @@ def parity(family: str, *, component: str = "transformer", weights: str | Path |
         raise UserError(f"parity has no setups for family {family!r} yet")
     if component not in COMPONENTS:
         raise UserError(f"unknown component {component!r}; choose one of {', '.join(COMPONENTS)}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "bf16" if device.startswith("cuda") else "fp32"
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA device is available here; use --device cpu")
     weights = Path(weights) if weights is not None else None
     if weights is not None:
         check_repo(weights)
@@ -60,4 +64,4 @@ def parity(family: str, *, component: str = "transformer", weights: str | Path |
         return run_parity(setup.reference, setup.run_reference, setup.native, setup.run_native,
                           name_map=setup.name_map, dtype=dtype if component != "vae" else "fp32", seed=seed,
                           reference_name=setup.reference_name, native_name=setup.native_name,
-                          save_failing=save_failing, store_device="cpu" if device == "cuda" else None)
+                          save_failing=save_failing, store_device="cpu" if device.startswith("cuda") else None)

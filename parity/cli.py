@@ -7,11 +7,13 @@ from pathlib import Path
 
 import click
 from vidport.parity.api import COMPONENTS
+from vidport.porting.options import device_option, dtype_option, json_option
 
 
 @click.command("parity")
 @click.argument("family")
-@click.option("--component", type=click.Choice(COMPONENTS), default="transformer", show_default=True)
+@click.option("--component", type=click.Choice(COMPONENTS), default="transformer", show_default=True,
+              help="What to compare; pipeline = the whole sampler's latents after --steps steps.")
 @click.option("--reference", type=click.Choice(["diffusers"]), default="diffusers", show_default=True,
               help="Reference implementation (diffusers; transformers for the text encoder).")
 @click.option("--weights", type=click.Path(path_type=Path), default=None,
@@ -20,13 +22,13 @@ from vidport.parity.api import COMPONENTS
 @click.option("--official", type=click.Path(path_type=Path), default=None,
               help="Official release folder: the reference DiT/VAE are converted from it by diffusers' own "
                    "converters (default with no --weights: the embedded tiny release).")
-@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@dtype_option("fp32", "Dtype both sides run in")
+@device_option("cpu", "Device both sides run on")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--steps", type=int, default=None, help="Pipeline: denoising steps (default: the preset's).")
 @click.option("--save-failing", type=click.Path(path_type=Path), default=None,
               help="Folder for both sides' activations of the first failing module.")
-@click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the table.")
+@json_option("the report")
 def parity(family, component, reference, weights, official, dtype, device, seed, steps, save_failing, as_json):
     """Compare FAMILY's native COMPONENT with the reference, module by module; name the first divergence.
 

@@ -369,7 +369,7 @@ def generate_references(family: str, repo: Path, *, device: str = "cpu", dtype: 
         meta = metadata(repo, s, family=family, device=device, dtype=dtype, backend=backend,
                         weights_label=weights_label)
         write_reference(frames, path, meta)
-        log(f"wrote {path} ({frames.shape[0]} frames {frames.shape[1]}x{frames.shape[2]})")
+        log(f"wrote {path} ({frames.shape[0]} frames {frames.shape[2]}x{frames.shape[1]}, WxH)")
         written.append(path)
     return written
 

@@ -9,17 +9,17 @@ from pathlib import Path
 
 import click
 from vidport.porting.errors import UserError
+from vidport.porting.options import BackendType, deprecated_alias, device_option, dtype_option, json_option, prefer
 
 
 def _options(f):
     f = click.option("--weights", type=click.Path(path_type=Path), default=None,
                      help="Diffusers-format repo (default: the embedded tiny release, converted).")(f)
-    f = click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N")(f)
-    f = click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default=None,
-                     help="Default: fp32 on CPU, bf16 on CUDA.")(f)
-    f = click.option("--attention-backend", "backend", default=None,
-                     help="vidport backend name (default: sdpa-math on CPU, sdpa on CUDA); diffusers "
-                          "uses the same kernel.")(f)
+    f = device_option("cpu", "Device of the renders")(f)
+    f = dtype_option("auto", "Compute dtype of the renders")(f)
+    f = click.option("--attention-backend", "backend", type=BackendType(), default=None,
+                     help="Attention backend of both renders [default: sdpa-math on CPU, sdpa on CUDA]; "
+                          "diffusers uses the same kernel. `port info` lists the backends.")(f)
     f = click.option("--refs", type=click.Path(path_type=Path), default=None,
                      help="Reference root (default: ssim_refs/ of this checkout).")(f)
     return f
@@ -49,11 +49,15 @@ def _check_family(family: str) -> None:
     get_family(family)
 
 
-def _check_device(device: str) -> None:
+def _check_device(device: str) -> str:
+    """The device to render on (``auto`` resolved), or a one-line error when it is absent."""
     import torch
 
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    return device
 
 
 @click.group("ssim-refs")
@@ -66,23 +70,31 @@ def ssim_refs():
 @_options
 @click.option("--prompt", "prompts", multiple=True, help="Prompt to render (repeatable; default: the family's).")
 @click.option("--seed", "seeds", type=int, multiple=True, help="Seed per --prompt (default 0).")
-@click.option("--frames", type=int, default=None)
-@click.option("--height", type=int, default=None)
-@click.option("--width", type=int, default=None)
-@click.option("--steps", type=int, default=None)
-def generate(family, weights, device, dtype, backend, refs, prompts, seeds, frames, height, width, steps):
+@click.option("--num-frames", type=int, default=None, help="Frames per video [default: the preset's].")
+@deprecated_alias("--frames", "frames_deprecated", type=int)
+@click.option("--height", type=int, default=None, help="Height in pixels [default: the preset's].")
+@click.option("--width", type=int, default=None, help="Width in pixels [default: the preset's].")
+@click.option("--steps", type=int, default=None, help="Denoising steps [default: the preset's].")
+@json_option("the written references")
+def generate(family, weights, device, dtype, backend, refs, prompts, seeds, num_frames, frames_deprecated, height,
+             width, steps, as_json):
     """Render FAMILY's reference videos with the reference implementation (diffusers WanPipeline)."""
     from vidport.parity.ssim import REFS, generate_references
 
+    frames = prefer(num_frames, frames_deprecated, new="--num-frames", old="--frames")
+    dtype = None if dtype == "auto" else dtype
     _check_family(family)
-    _check_device(device)
+    device = _check_device(device)
     if seeds and len(seeds) != len(prompts):
         raise UserError("give one --seed per --prompt (or none)")
     pairs = [(p, seeds[i] if seeds else 0) for i, p in enumerate(prompts)] or None
     with tempfile.TemporaryDirectory(prefix="vidport-ssim-") as tmp:
-        generate_references(family, _repo(weights, tmp), device=device, dtype=dtype, backend=backend, prompts=pairs,
-                            root=refs or REFS, log=click.echo, weights_label=_label(weights),
-                            num_frames=frames, height=height, width=width, num_inference_steps=steps)
+        written = generate_references(family, _repo(weights, tmp), device=device, dtype=dtype, backend=backend,
+                                      prompts=pairs, root=refs or REFS, log=(lambda m: None) if as_json else click.echo,
+                                      weights_label=_label(weights), num_frames=frames, height=height, width=width,
+                                      num_inference_steps=steps)
+    if as_json:
+        click.echo(json.dumps({"written": [str(p) for p in written]}, indent=2))
 
 
 @ssim_refs.command("check")
@@ -90,13 +102,14 @@ def generate(family, weights, device, dtype, backend, refs, prompts, seeds, fram
 @_options
 @click.option("--failures", type=click.Path(path_type=Path), default=Path("ssim_failures"), show_default=True,
               help="Where side-by-side PNGs of failing videos' worst frames go.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option("one result per reference")
 def check(family, weights, device, dtype, backend, refs, failures, as_json):
     """Render FAMILY's references with vidport and compare per-frame SSIM; exit 1 on any failure."""
     from vidport.parity.ssim import REFS, check_references
 
+    dtype = None if dtype == "auto" else dtype
     _check_family(family)
-    _check_device(device)
+    device = _check_device(device)
     with tempfile.TemporaryDirectory(prefix="vidport-ssim-") as tmp:
         results = check_references(family, _repo(weights, tmp), device=device, dtype=dtype, backend=backend,
                                    root=refs or REFS, failure_dir=failures)

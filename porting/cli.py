@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "parity": ("vidport.parity.cli:parity", "Per-layer activation parity of the native model vs a reference."),
     "generate": ("vidport.runtime.cli:generate", "Generate a video with a validated model."),
     "ssim-refs": ("vidport.parity.ssim_cli:ssim_refs", "Render and check SSIM reference videos."),
+    "info": ("vidport.porting.commands.info:info", "Families, presets, attention backends that run here, versions."),
 }
 
 
@@ -45,7 +46,10 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="vidport")
-def cli() -> None:
+@click.option("-q", "--quiet", is_flag=True, help="Only results and errors: no progress bars, no library logs.")
+@click.option("-v", "--verbose", count=True, help="More log lines (-vv: debug, libraries' too).")
+@click.pass_context
+def cli(ctx: click.Context, quiet: bool, verbose: int) -> None:
     """vidport: port video diffusion models from their official release into a fast runtime,
     and prove the port is right.
 
@@ -55,16 +59,40 @@ def cli() -> None:
       port convert official_weights/wan2.1-t2v-tiny --family wan2.1-t2v --out converted_weights/wan2.1-t2v-tiny
       port parity wan2.1-t2v --weights converted_weights/wan2.1-t2v-tiny
       port generate converted_weights/wan2.1-t2v-tiny --prompt "a cat walks on the grass"
+
+    `port info` lists the families, presets and attention backends; docs/cli.md the options.
     """
+    if quiet and verbose:
+        raise click.UsageError("--quiet and --verbose contradict each other; give one")
+    ctx.obj = {"verbosity": -1 if quiet else verbose}
+    configure_logging(ctx.obj["verbosity"])
+
+
+def configure_logging(verbosity: int) -> None:
+    """vidport's log level, and the libraries' (their warnings stay on unless --quiet; -vv shows their info)."""
+    import logging
+    import os
+
+    level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("vidport").setLevel(level)
+    library = {-1: "error", 0: "warning", 1: "warning"}.get(verbosity, "info")
+    # set before diffusers/transformers are imported (each command imports them lazily)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", library)
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", library)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: expected failures print one line and exit 2; no traceback."""
     try:
-        cli.main(args=argv, standalone_mode=False)
+        cli.main(args=argv, prog_name="port", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as e:  # one line, like every other bad input
+        where = e.ctx.command_path if e.ctx else "port"
+        click.echo(f"error: {e.format_message()} (see `{where} --help`)", err=True)
+        sys.exit(2)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)

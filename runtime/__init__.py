@@ -1,4 +1,4 @@
-"""vidport runtime: runs validated models. ``import runtime`` stays light (no torch/diffusers import);
+"""vidport runtime: runs validated models. ``import vidport.runtime`` stays light (no torch/diffusers import);
 ``runtime.VideoGenerator`` is imported on first use."""
 
 from __future__ import annotations

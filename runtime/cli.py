@@ -9,6 +9,16 @@ from pathlib import Path
 
 import click
 from vidport.porting.errors import UserError
+from vidport.porting.options import (
+    backend_option,
+    deprecated_alias,
+    device_option,
+    dtype_option,
+    json_option,
+    prefer,
+    progress_option,
+    show_progress,
+)
 
 DEFAULT_OUTPUT_DIR = Path("out")
 
@@ -17,8 +27,9 @@ DEFAULT_OUTPUT_DIR = Path("out")
 @click.argument("model")
 @click.option("--prompt", required=True, help="What the video shows.")
 @click.option("--negative-prompt", default=None, help="What to steer away from [default: the official one].")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
-              help="mp4 to write [default: out/<model>-seed<seed>.mp4].")
+@click.option("-o", "--out", "output", type=click.Path(dir_okay=False), default=None,
+              help="mp4 to write; its folder must exist [default: out/<model>-seed<seed>.mp4].")
+@deprecated_alias("--output", "output_deprecated", type=click.Path(dir_okay=False))
 @click.option("--num-frames", type=int, default=None, help="4k+1 frames [default: the model preset's].")
 @click.option("--height", type=int, default=None, help="Multiple of 16 [default: the model preset's].")
 @click.option("--width", type=int, default=None, help="Multiple of 16 [default: the model preset's].")
@@ -26,12 +37,12 @@ DEFAULT_OUTPUT_DIR = Path("out")
 @click.option("--guidance", type=float, default=None, help="CFG scale; 1 disables guidance [default: preset's].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same video (diffusers' noise).")
 @click.option("--num-gpus", type=int, default=1, show_default=True, help="GPUs (sequence parallelism).")
-@click.option("--attention-backend", default=None, help="vidport.runtime.attention backend [default: auto].")
-@click.option("--dtype", type=click.Choice(["bf16", "fp32"]), default=None,
-              help="DiT and text encoder dtype [default: bf16 on CUDA, fp32 on CPU].")
-@click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
+@backend_option()
+@dtype_option("auto")
+@device_option("auto")
 @click.option("--scheduler", type=click.Choice(["unipc", "euler"]), default=None,
-              help="[default: as configured in the repo's scheduler/].")
+              help="Sampler: unipc (flow-matching UniPC) or euler (flow-matching Euler) [default: as configured "
+                   "in the repo's scheduler/].")
 @click.option("--flow-shift", type=float, default=None, help="Override the scheduler's flow shift.")
 @click.option("--cfg", "cfg", type=click.Choice(["serial", "batched"]), default="serial", show_default=True,
               help="How the two guidance branches run.")
@@ -40,13 +51,19 @@ DEFAULT_OUTPUT_DIR = Path("out")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the DiT blocks (first steps pay for it).")
 @click.option("--cuda-graph", is_flag=True,
               help="Replay each DiT forward as one CUDA graph (one GPU; the first step captures it).")
-@click.option("--json", "as_json", is_flag=True, help="Print the result and timings as JSON on stdout.")
-def generate(model, prompt, negative_prompt, output, num_frames, height, width, steps, guidance, seed, num_gpus,
-             attention_backend, dtype, device, scheduler, flow_shift, cfg, cfg_parallel, compile_, cuda_graph,
-             as_json):
+@progress_option()
+@json_option("the result and timings")
+def generate(model, prompt, negative_prompt, output, output_deprecated, num_frames, height, width, steps, guidance,
+             seed, num_gpus, attention_backend, dtype, device, scheduler, flow_shift, cfg, cfg_parallel, compile_,
+             cuda_graph, progress, as_json):
     """Generate a video with MODEL: a Diffusers-format folder (e.g. written by `port convert`) or a
     hub id such as Wan-AI/Wan2.1-T2V-1.3B-Diffusers."""
     from vidport.runtime.pipeline.validate import validate_output_path, validate_request
+
+    output = prefer(output, output_deprecated, new="--out", old="--output")
+    dtype = None if dtype == "auto" else dtype
+    device = None if device == "auto" else device
+    attention_backend = None if attention_backend == "auto" else attention_backend
 
     # explicit values are checked before minutes of loading (unset ones take the model's defaults later)
     validate_request(prompt, negative_prompt, num_frames=1 if num_frames is None else num_frames,
@@ -73,7 +90,8 @@ def generate(model, prompt, negative_prompt, output, num_frames, height, width, 
                                          **parallel)
     total = steps if steps is not None else gen.defaults["num_inference_steps"]
     try:
-        with tqdm(total=total, desc="denoise", unit="step", file=sys.stderr, leave=False) as bar:
+        with tqdm(total=total, desc="denoise", unit="step", file=sys.stderr, leave=False,
+                  disable=not show_progress(progress)) as bar:
             gen.generate_video(prompt, negative_prompt=negative_prompt, num_frames=num_frames, height=height,
                                width=width, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
                                output_path=output, on_step=lambda i, n: bar.update(1))

@@ -425,7 +425,7 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
 
 def test_cli_hub_offline_is_one_line(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
-    proc = subprocess.run([sys.executable, "-c", "from porting.cli import main; main()", "diff-keys",
+    proc = subprocess.run([sys.executable, "-c", "from vidport.porting.cli import main; main()", "diff-keys",
                            "hf:Wan-AI/Wan2.1-T2V-1.3B-Diffusers/transformer", "native:wan2.1-t2v-tiny"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2, proc.stderr

@@ -352,7 +352,7 @@ def test_cli_error_is_one_line(tiny_repo, tmp_path, capsys):
 def test_import_runtime_is_light():
     import subprocess
 
-    code = "import runtime, sys; print('diffusers' in sys.modules, 'torch' in sys.modules)"
+    code = "import vidport.runtime, sys; print('diffusers' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
 

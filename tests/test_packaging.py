@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 TOP_LEVEL = ("runtime", "porting", "parity")  # installed as vidport.runtime, vidport.porting, vidport.parity
@@ -47,7 +48,14 @@ def test_the_package_list_covers_every_package_folder():
 def installed(tmp_path_factory) -> tuple[Path, dict]:
     """The wheel `pip wheel .` builds, installed into a folder of its own (no editable finder, no clone)."""
     tmp = tmp_path_factory.mktemp("wheel")
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp / "dist"), str(ROOT)],
+    # built from the tracked files only (as from a fresh clone; setuptools' build/ stays out of the clone)
+    src = tmp / "src"
+    files = subprocess.run(["git", "ls-files", "-z"], capture_output=True, text=True, cwd=ROOT, check=True)
+    for rel in filter(None, files.stdout.split("\0")):
+        if (ROOT / rel).is_file():
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, src / rel)
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp / "dist"), str(src)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     (wheel,) = (tmp / "dist").glob("vidport-*.whl")
@@ -74,7 +82,7 @@ def test_wheel_port_works_outside_the_clone(installed, tmp_path: Path):
     r = _port(installed, "--help", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     commands = [line.split()[0] for line in r.stdout.split("Commands:")[1].splitlines() if line.strip()]
-    assert {"diff-keys", "convert", "parity", "generate", "ssim-refs"} <= set(commands)
+    assert {"diff-keys", "convert", "parity", "generate", "ssim-refs", "info"} <= set(commands)
     for command in commands:
         r = _port(installed, command, "--help", cwd=tmp_path)
         assert r.returncode == 0 and "Usage:" in r.stdout, (command, r.stderr)

@@ -98,7 +98,7 @@ def test_the_table_reader_never_runs_a_pickle(tmp_path: Path):
             dst.writestr(info.filename, data)
     assert read_table(evil) is None
     assert not (tmp_path / "pwned").exists()
-    r = subprocess.run([sys.executable, "-c", "import sys; from porting.convert import open_streaming; "
+    r = subprocess.run([sys.executable, "-c", "import sys; from vidport.porting.convert import open_streaming; "
                         "open_streaming(sys.argv[1])", str(evil)], capture_output=True, text=True, cwd=tmp_path,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode != 0 and "not a loadable weights-only tensor checkpoint" in r.stderr
@@ -128,7 +128,7 @@ def test_mixed_checkpoint_converts_exactly(tmp_path: Path, dtype: str):
 def test_keep_conversion_imports_no_torch(tmp_path: Path):
     """--dtype keep of the embedded release: every tensor is copied by byte range, planned from headers and
     tables: the process never imports torch (nor diffusers/transformers: the layout is shipped)."""
-    child = ("import sys; from porting.cli import main\n"
+    child = ("import sys; from vidport.porting.cli import main\n"
              "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
              "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'numpy') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", child, "convert", str(ROOT / "official_weights" / "wan2.1-t2v-tiny"),

@@ -10,12 +10,13 @@ from pathlib import Path
 import click
 from vidport.porting.api import convert as run
 from vidport.porting.convert import DTYPES, TARGETS_FROM, parse_size, plan_release, summary_table
+from vidport.porting.options import json_option, progress_option, show_progress
 
 
 @click.command("convert")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--family", required=True, help="Model family of the release, e.g. wan2.1-t2v.")
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+@click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path),
               help="Target folder, e.g. converted_weights/NAME (created atomically).")
 @click.option("--dtype", default="keep", show_default=True, metavar="|".join(DTYPES),
               help="Cast floating tensors; keep-in-fp32 modules (norms, modulation, time embedding) are never "
@@ -33,8 +34,8 @@ from vidport.porting.convert import DTYPES, TARGETS_FROM, parse_size, plan_relea
               help="What the conversion is checked against: auto = the Diffusers layout vidport ships for the "
                    "family's published configs (verified against diffusers/transformers by its tests), else "
                    "the models of the installed diffusers/transformers; libraries = always those models.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@progress_option()
+@json_option("the summary")
 def convert(source: Path, family: str, out: Path, dtype: str, max_shard_size: str, force: bool,
             emit_script: Path | None, map_overrides: tuple[str, ...], targets_from: str, progress: bool,
             as_json: bool) -> None:
@@ -70,7 +71,7 @@ def convert(source: Path, family: str, out: Path, dtype: str, max_shard_size: st
         return
     # the check against the target models runs while unchanged tensors stream
     reports = run(source, out, family=family, dtype=dtype, max_shard_size=max_shard_size, force=force, maps=maps,
-                  targets=targets_from, progress=progress)
+                  targets=targets_from, progress=show_progress(progress))
     if as_json:
         click.echo(json.dumps({"out": str(out), "components": [asdict(r) for r in reports]}, indent=2))
     else:

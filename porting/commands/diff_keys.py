@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import click
+from vidport.porting.options import json_option
 
 
 @click.command("diff-keys")
@@ -15,7 +16,7 @@ import click
 @click.option("--component", default=None,
               help="Component to read from a Diffusers repo, an official release folder or a native: model "
                    "(transformer, vae, text_encoder).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the report.")
+@json_option("one object (counts, rules, transforms, unresolved, complete) instead of the report")
 @click.option("--write-map", "write_map", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the inferred name map to FILE (the format NameMap.load, the loader and convert read).")
 def diff_keys(source: str, target: str, component: str | None, as_json: bool, write_map: Path | None) -> None:

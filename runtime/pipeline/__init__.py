@@ -1,15 +1,23 @@
 """Pipeline machinery shared by families: a typed state, generic stages, CFG strategies, validation.
 
 A family's pipeline (e.g. ``runtime/models/wan/pipeline.py``) is a list of stages built from these.
+Names are imported on first use, so validating a request (``validate``) does not import torch.
 """
 
-from vidport.runtime.pipeline.guidance import CFG_STRATEGIES, BatchedCFG, CFGStrategy, SerialCFG, get_cfg_strategy
-from vidport.runtime.pipeline.stages import Denoise, PrepareLatents, PrepareTimesteps, Stage, run_stages
-from vidport.runtime.pipeline.state import GenerationRequest, PipelineState
-from vidport.runtime.pipeline.validate import validate_output_path, validate_request
+from __future__ import annotations
 
-__all__ = [
-    "CFG_STRATEGIES", "BatchedCFG", "CFGStrategy", "SerialCFG", "get_cfg_strategy",
-    "Denoise", "PrepareLatents", "PrepareTimesteps", "Stage", "run_stages",
-    "GenerationRequest", "PipelineState", "validate_output_path", "validate_request",
-]
+import importlib
+
+_WHERE = {
+    **dict.fromkeys(("CFG_STRATEGIES", "BatchedCFG", "CFGStrategy", "SerialCFG", "get_cfg_strategy"), "guidance"),
+    **dict.fromkeys(("Denoise", "PrepareLatents", "PrepareTimesteps", "Stage", "run_stages"), "stages"),
+    **dict.fromkeys(("GenerationRequest", "PipelineState"), "state"),
+    **dict.fromkeys(("validate_output_path", "validate_request"), "validate"),
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

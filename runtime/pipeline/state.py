@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+if TYPE_CHECKING:  # annotations only: validating a request must not import torch (seconds of start-up)
+    import numpy as np
+    import torch
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,60 @@
+"""`port info`: what this installation can do: families and their presets and components, attention
+backends and which run on this machine, and the library versions."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from vidport.porting.options import device_option, json_option
+
+
+def collect(device: str) -> dict:
+    import torch
+    from vidport.porting.convert import installed_version
+    from vidport.runtime.attention import BACKENDS, available_backends
+    from vidport.runtime.families import FAMILIES, get_family
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    runnable = set(available_backends(torch.device(device)))
+    families = []
+    for name in FAMILIES:
+        fam = get_family(name)
+        families.append({"name": name, "presets": list(fam.PRESETS), "components": list(fam.COMPONENTS),
+                         "native": [f"native:{name}-{p}" for p in fam.PRESETS]})
+    return {
+        "vidport": installed_version("vidport"),
+        "libraries": {d: installed_version(d) for d in ("torch", "diffusers", "transformers", "safetensors")},
+        "device": device,
+        "families": families,
+        "attention_backends": [{"name": b, "runs_here": b in runnable} for b in BACKENDS],
+    }
+
+
+def format_info(info: dict) -> str:
+    lines = [f"vidport {info['vidport']}  ("
+             + ", ".join(f"{k} {v}" for k, v in info["libraries"].items()) + ")", "", "families:"]
+    width = max(len(f["name"]) for f in info["families"])
+    for f in info["families"]:
+        lines.append(f"  {f['name']:<{width}}  presets: {', '.join(f['presets'])}   "
+                     f"components: {', '.join(f['components'])}")
+    lines += ["", f"attention backends on {info['device']} (auto picks among those that run):"]
+    for b in info["attention_backends"]:
+        lines.append(f"  {b['name']:<16} {'runs here' if b['runs_here'] else '-'}")
+    return "\n".join(lines)
+
+
+@click.command("info")
+@device_option("auto", "Device whose attention backends are listed")
+@json_option("the same")
+def info(device: str, as_json: bool) -> None:
+    """List the model families (presets, components), the attention backends and which run here, and
+    the installed library versions.
+
+    \b
+    Example:
+      port info --json
+    """
+    data = collect(device)
+    click.echo(json.dumps(data, indent=2) if as_json else format_info(data))
