@@ -51,7 +51,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vidport.porting.convert import safetensors_header, tensor_bytes  # noqa: E402
+from vidport.porting.writer import safetensors_header, tensor_bytes  # noqa: E402
 from vidport.runtime.models.wan import family  # noqa: E402
 from vidport.runtime.models.wan.tiny_release import read_listing  # noqa: E402
 

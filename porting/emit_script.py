@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vidport.porting.convert import ConversionPlan, _tensor_table, installed_version
+from vidport.porting.plan import ConversionPlan, _tensor_table
+from vidport.porting.provenance import installed_version
 
 TEMPLATE = r'''#!/usr/bin/env python3
 """Convert an official __FAMILY__ release into a Diffusers-format repo (the same bytes as `port convert`).

@@ -7,3 +7,7 @@ class UserError(Exception):
 
 class SourceError(UserError):
     """A state-dict source that cannot be opened or read."""
+
+
+class ConvertError(UserError):
+    """A conversion that cannot start or finish; the target is untouched."""

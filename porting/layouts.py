@@ -25,9 +25,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-# the dtypes a converted umT5 can end up in (its config file records it)
-T5_DTYPES = ("BF16", "F16", "F32")
-WEIGHT_COMPONENTS = ("transformer", "vae", "text_encoder")
+# the dtypes a converted component whose config file records its dtype (the release format's
+# CONFIG_DTYPE_COMPONENT, e.g. a transformers text encoder) can end up in
+CONFIG_DTYPES = ("BF16", "F16", "F32")
+META = ("about", "generated_with")  # the file's own fields; every other key is a component
 
 
 def _canonical(config: dict) -> str:
@@ -38,16 +39,17 @@ def _canonical(config: dict) -> str:
 class Layout:
     """The target side of one conversion, read from the shipped file."""
 
-    targets: dict[str, tuple[dict[str, tuple[int, ...]], str, tuple[str, ...]]]  # as convert._wan_targets
-    _files: dict[str, dict]  # component -> its entry's files (text_encoder: per dtype)
+    targets: dict[str, tuple[dict[str, tuple[int, ...]], str, tuple[str, ...]]]  # as a format's build_targets
+    _files: dict[str, dict]  # component -> its entry's files (the config-dtype component's: per dtype)
     versions: dict[str, str]
     origin: str
+    config_dtype_component: str
 
-    def files(self, t5_dtype: str) -> dict[str, str]:
+    def files(self, config_dtype: str) -> dict[str, str]:
         """Every config file but model_index.json."""
         out: dict[str, str] = {}
         for comp, files in self._files.items():
-            out.update(files[t5_dtype] if comp == "text_encoder" else files)
+            out.update(files[config_dtype] if comp == self.config_dtype_component else files)
         return out
 
 
@@ -63,54 +65,49 @@ def load(fam) -> dict | None:
 
 
 def lookup(fam, cfgs: dict[str, dict], data: dict | None = None) -> Layout | None:
-    """The shipped layout of these target configs (``convert._wan_target_configs``), or None when any
-    component's config is not in the file."""
+    """The shipped layout of these target configs (the release format's ``target_configs``), or None when
+    any component's config is not in the file."""
+    from vidport.porting.convert import release_format
+
     data = load(fam) if data is None else data
     if not data:
         return None
+    fmt = release_format(fam)
     entries = {}
     try:
-        for comp in (*WEIGHT_COMPONENTS, "scheduler"):
+        for comp in cfgs:
             want = _canonical(cfgs[comp])
             entry = next((e for e in data.get(comp, []) if _canonical(e["config"]) == want), None)
             if entry is None:
                 return None
             entries[comp] = entry
         targets = {c: ({k: tuple(v) for k, v in entries[c]["shapes"].items()}, str(entries[c]["stem"]),
-                       tuple(entries[c]["keep_in_fp32"])) for c in WEIGHT_COMPONENTS}
+                       tuple(entries[c]["keep_in_fp32"])) for c in fmt.COMPONENTS}
         versions = {d: str(data["generated_with"][d]) for d in ("diffusers", "transformers")}
         files = {c: dict(e["files"]) for c, e in entries.items()}
     except (KeyError, TypeError, AttributeError, ValueError):  # a damaged file: build from the libraries
         return None
     rel = "/".join(fam.__name__.removeprefix("vidport.").split(".")[:-1]) + "/layouts.json"
     origin = f"{rel} (written with diffusers {versions['diffusers']}, transformers {versions['transformers']})"
-    return Layout(targets, files, versions, origin)
+    return Layout(targets, files, versions, origin, fmt.CONFIG_DTYPE_COMPONENT)
 
 
 # ----------------------------------------------------------------------------------------------
 # Writing the file from the libraries
 # ----------------------------------------------------------------------------------------------
 def known_configs(fam) -> dict[str, dict[str, dict]]:
-    """The target configs of the family's known releases: {preset: configs}. The real presets' VAE and
-    umT5 dimensions come from the published key listings of the official release, as `port convert`
-    derives them from a real release's tensors; the tiny preset's are the family's."""
-    from vidport.porting.convert import _wan_target_configs
-    from vidport.porting.sources import KeysFileSource, StateDictSource
+    """The target configs of the family's known releases: {preset: configs}."""
+    from vidport.porting.convert import release_format
 
-    out = {}
-    for preset in fam.PRESETS:
-        if preset == "tiny":
-            sources = {c: StateDictSource() for c in WEIGHT_COMPONENTS}
-        else:
-            sources = {"vae": KeysFileSource(fam.REFERENCE_KEYS / "official_vae_keys.txt"),
-                       "text_encoder": KeysFileSource(fam.REFERENCE_KEYS / "official_umt5xxl_keys.txt")}
-        out[preset] = _wan_target_configs(fam, fam.dit_config(preset), preset, sources)
-    return out
+    return release_format(fam).known_configs()
 
 
 def build(fam) -> dict:
     """The file's contents, built through diffusers/transformers for every known config."""
-    from vidport.porting.convert import _wan_targets, installed_version
+    from vidport.porting.convert import release_format
+    from vidport.porting.provenance import installed_version
+
+    fmt = release_format(fam)
 
     data: dict = {
         "about": "Generated by `python -m vidport.porting.layouts --write`; checked by tests/test_layouts.py. "
@@ -120,17 +117,18 @@ def build(fam) -> dict:
     }
     seen: dict[str, set[str]] = {}
     for cfgs in known_configs(fam).values():
-        targets, component_files = _wan_targets(cfgs)
-        files = {dtype: component_files(dtype) for dtype in T5_DTYPES}
-        for comp in (*WEIGHT_COMPONENTS, "scheduler"):
+        targets, component_files = fmt.build_targets(cfgs)
+        files = {dtype: component_files(dtype) for dtype in CONFIG_DTYPES}
+        for comp in cfgs:
             key = _canonical(cfgs[comp])
             if key in seen.setdefault(comp, set()):
                 continue
             seen[comp].add(key)
-            # the files in this component's folder; only the umT5 config records a dtype
-            own = {d: {p: t for p, t in files[d].items() if p.startswith(f"{comp}/")} for d in T5_DTYPES}
-            entry: dict = {"config": cfgs[comp], "files": own if comp == "text_encoder" else own["BF16"]}
-            if comp in WEIGHT_COMPONENTS:
+            # the files in this component's folder; only one component's config records a dtype
+            own = {d: {p: t for p, t in files[d].items() if p.startswith(f"{comp}/")} for d in CONFIG_DTYPES}
+            entry: dict = {"config": cfgs[comp],
+                           "files": own if comp == fmt.CONFIG_DTYPE_COMPONENT else own["BF16"]}
+            if comp in fmt.COMPONENTS:
                 shapes, stem, keep = targets[comp]
                 entry.update(stem=stem, keep_in_fp32=list(keep), shapes={k: list(v) for k, v in shapes.items()})
             data.setdefault(comp, []).append(entry)
@@ -240,7 +238,7 @@ def compare(shipped: dict, rebuilt: dict) -> tuple[list[str], list[str]]:
     weight-file stems and the set of configs must be equal; config files may differ harmlessly only by
     the writer's version fields and by defaulted fields a newer library adds (``config_drift``)."""
     real, harmless = [], []
-    for comp in (*WEIGHT_COMPONENTS, "scheduler"):
+    for comp in [k for k in {**shipped, **rebuilt} if k not in META]:
         have, want = shipped.get(comp, []), rebuilt.get(comp, [])
         if [e["config"] for e in have] != [e["config"] for e in want]:
             real.append(f"{comp}: the known configs differ")
@@ -251,7 +249,7 @@ def compare(shipped: dict, rebuilt: dict) -> tuple[list[str], list[str]]:
                     real.append(f"{comp}[{i}] {field} differs")
             hf, wf = h["files"], w["files"]
             pairs = [(f"{d}/{p}", hf.get(d, {}).get(p), t) for d, fs in wf.items() for p, t in fs.items()] \
-                if comp == "text_encoder" else [(p, hf.get(p), t) for p, t in wf.items()]
+                if all(isinstance(v, dict) for v in wf.values()) else [(p, hf.get(p), t) for p, t in wf.items()]
             for name, old, new in pairs:
                 if old is None:
                     real.append(f"{comp}[{i}] {name}: not in the shipped file")

@@ -265,13 +265,27 @@ def test_sharded_official_dit(converted: Path, tmp_path: Path):
 # ----------------------------------------------------------------------------------------------
 # Atomicity
 # ----------------------------------------------------------------------------------------------
-def _subprocess_convert(out: Path, kill_after: int | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.pop("VIDPORT_TEST_KILL_AFTER_TENSORS", None)
-    if kill_after is not None:
-        env["VIDPORT_TEST_KILL_AFTER_TENSORS"] = str(kill_after)
-    return subprocess.run([sys.executable, "-m", "vidport.porting.cli", *convert_args(out)], capture_output=True,
-                          text=True, cwd=ROOT, env=env)
+KILL_CHILD = textwrap.dedent("""
+    import os, signal, sys
+    from vidport.porting.writer import TensorSink
+    from vidport.porting.cli import main
+
+    kill_after = int(sys.argv.pop(1))
+    written = TensorSink.written
+
+    def written_then_kill(self):  # the seam: SIGKILL right after the N-th tensor is on disk
+        written(self)
+        if self.count >= kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    TensorSink.written = written_then_kill
+    main(sys.argv[1:])
+""")
+
+
+def _subprocess_convert(out: Path, kill_after: int) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", KILL_CHILD, str(kill_after), *convert_args(out)],
+                          capture_output=True, text=True, cwd=ROOT)
 
 
 def test_kill_9_leaves_no_target_and_rerun_succeeds(tmp_path: Path, capsys):
@@ -306,7 +320,7 @@ def test_existing_target_needs_force(converted: Path, tmp_path: Path, capsys):
 
 
 def test_disk_full_mid_write(tmp_path: Path, capsys, monkeypatch):
-    import vidport.porting.convert as engine
+    import vidport.porting.writer as engine
 
     out = tmp_path / "full"
     out.mkdir()
@@ -411,9 +425,11 @@ STREAM_CHILD = textwrap.dedent("""
     import sys, torch
     from pathlib import Path
     from safetensors.torch import save_file
-    import vidport.porting.convert
-    from vidport.porting.convert import TensorSink, open_streaming, plan_component, write_component
-    vidport.porting.convert.CHUNK_BYTES = 1 << 20  # pieces of 1 MiB: a whole 8 MiB tensor is never held
+    import vidport.porting.writer
+    from vidport.porting.plan import plan_component
+    from vidport.porting.streaming import open_streaming
+    from vidport.porting.writer import TensorSink, write_component
+    vidport.porting.writer.CHUNK_BYTES = 1 << 20  # pieces of 1 MiB: a whole 8 MiB tensor is never held
     from vidport.porting.namemap import NameMap
 
     def hwm():
@@ -564,9 +580,10 @@ def test_target_sources(tmp_path: Path):
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("preset", ["1.3b", "14b"])
 def test_real_release_plans_on_meta(preset: str):
-    from vidport.porting.convert import _wan_target_configs, _wan_targets, plan_component
     from vidport.porting.namemap import NameMap
+    from vidport.porting.plan import plan_component
     from vidport.porting.sources import StateDictSource, TensorInfo
+    from vidport.runtime.models.wan.release import _target_configs, build_targets
     from vidport.runtime.models.wan.tiny_release import read_listing
 
     def listing(name: str, dtype: str) -> StateDictSource:
@@ -579,7 +596,7 @@ def test_real_release_plans_on_meta(preset: str):
     sources = {"transformer": listing(f"official_dit_{preset}_keys.txt", "F32"),
                "vae": listing("official_vae_keys.txt", "F32"),
                "text_encoder": listing("official_umt5xxl_keys.txt", "BF16")}
-    targets, component_files = _wan_targets(_wan_target_configs(family, family.dit_config(preset), preset, sources))
+    targets, component_files = build_targets(_target_configs(family.dit_config(preset), preset, sources))
     sizes = {}
     for comp in family.COMPONENTS:
         shapes, stem, keep = targets[comp]

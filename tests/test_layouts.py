@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 from vidport.porting import layouts
-from vidport.porting.convert import _wan_target_configs, installed_version, open_streaming
+from vidport.porting.provenance import installed_version
 from vidport.porting.sources import KeysFileSource
+from vidport.porting.streaming import open_streaming
 from vidport.runtime.models.wan import family
+from vidport.runtime.models.wan import release as wan_release
 
 RELEASE = Path(__file__).resolve().parents[1] / "official_weights" / "wan2.1-t2v-tiny"
 
@@ -85,7 +87,7 @@ def test_real_presets_match_the_published_repos(preset: str, listings: dict):
 
 def test_the_embedded_release_and_real_configs_are_shipped():
     sources = {c: open_streaming(family.official_component_file(RELEASE, c)) for c in family.COMPONENTS}
-    cfgs = _wan_target_configs(family, family.read_official_config(RELEASE), "tiny", sources)
+    cfgs = wan_release._target_configs(family.read_official_config(RELEASE), "tiny", sources)
     assert layouts.lookup(family, cfgs) is not None
     for preset in ("1.3b", "14b"):
         assert layouts.lookup(family, layouts.known_configs(family)[preset]) is not None

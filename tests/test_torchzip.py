@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from vidport.porting.convert import TensorSink, open_streaming, plan_component, write_component
 from vidport.porting.namemap import NameMap
+from vidport.porting.plan import plan_component
 from vidport.porting.sources import dtype_name
+from vidport.porting.streaming import open_streaming
 from vidport.porting.torchzip import read_table
+from vidport.porting.writer import TensorSink, write_component
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,7 +100,7 @@ def test_the_table_reader_never_runs_a_pickle(tmp_path: Path):
             dst.writestr(info.filename, data)
     assert read_table(evil) is None
     assert not (tmp_path / "pwned").exists()
-    r = subprocess.run([sys.executable, "-c", "import sys; from vidport.porting.convert import open_streaming; "
+    r = subprocess.run([sys.executable, "-c", "import sys; from vidport.porting.streaming import open_streaming; "
                         "open_streaming(sys.argv[1])", str(evil)], capture_output=True, text=True, cwd=tmp_path,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode != 0 and "not a loadable weights-only tensor checkpoint" in r.stderr

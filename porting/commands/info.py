@@ -11,7 +11,7 @@ from vidport.porting.options import device_option, json_option
 
 def collect(device: str) -> dict:
     import torch
-    from vidport.porting.convert import installed_version
+    from vidport.porting.provenance import installed_version
     from vidport.runtime.attention import BACKENDS, available_backends
     from vidport.runtime.families import FAMILIES, get_family
 

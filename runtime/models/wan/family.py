@@ -30,6 +30,7 @@ OFFICIAL_FILES = {
 
 # --- official -> Diffusers maps (committed data written by `port diff-keys --write-map`) --------
 OFFICIAL_TO_DIFFUSERS = {c: MAPS / f"official_to_diffusers_{c}.map" for c in COMPONENTS}
+RELEASE = "vidport.runtime.models.wan.release"  # the release format `port convert` reads
 DIFFUSERS_TO_NATIVE = MAPS / "diffusers_to_native.map"
 
 # --- sampling defaults (official wan/configs/shared_config.py and wan_t2v_*.py) ----------------
@@ -48,6 +49,13 @@ SAMPLING = {
 }
 NUM_TRAIN_TIMESTEPS = 1000
 SAMPLE_FPS = 16  # wan_shared_cfg.sample_fps: the frame rate the official release writes its mp4s at
+
+
+def scheduler_config(preset: str) -> dict:
+    """The diffusers ``UniPCMultistepScheduler`` config of the official sampler: flow matching with the
+    preset's shift (the one place this is written; `port convert`, the runtime and parity read it)."""
+    return dict(prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=NUM_TRAIN_TIMESTEPS,
+                flow_shift=SAMPLING.get(preset, SAMPLING["1.3b"])["flow_shift"])
 
 
 # --- component configs --------------------------------------------------------------------------
