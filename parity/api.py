@@ -6,7 +6,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from vidport.porting.errors import UserError
+from vidport.errors import UserError
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "pipeline")
 
@@ -22,16 +22,15 @@ def parity(family: str, *, component: str = "transformer", weights: str | Path |
     a temporary folder. Bad input raises ``UserError`` before any model is built."""
     import torch
     from vidport.parity.harness import run_parity
-    from vidport.parity.repos import TINY_RELEASE, check_repo, converted_tiny_repo
+    from vidport.parity.repos import check_repo, converted_tiny_repo, tiny_release
     from vidport.parity.tolerances import DTYPES
-    from vidport.parity.wan import SETUPS
-    from vidport.runtime.families import get_family
+
+    from vidport.families import get_family
 
     fam = get_family(family)
-    if fam.NAME != "wan2.1-t2v":
-        raise UserError(f"parity has no setups for family {family!r} yet")
-    if component not in COMPONENTS:
-        raise UserError(f"unknown component {component!r}; choose one of {', '.join(COMPONENTS)}")
+    setups = fam.load(fam.parity_setups)
+    if component not in setups:
+        raise UserError(f"{family} has no parity setup for {component!r}; choose one of {', '.join(setups)}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype == "auto":
@@ -46,13 +45,13 @@ def parity(family: str, *, component: str = "transformer", weights: str | Path |
     with tempfile.TemporaryDirectory(prefix="vidport-parity-") as tmp:
         repo = weights
         if repo is None:
-            repo, how = converted_tiny_repo(Path(tmp) / "wan2.1-t2v-tiny")
+            repo, how = converted_tiny_repo(Path(tmp) / fam.tiny_release, fam.name)
             if log:
                 log(f"tiny repo: {how}")
         kwargs = {"device": device}
         if component in ("transformer", "vae"):
             # the reference converts the official release itself (diffusers' single-file converters)
-            kwargs["official"] = official or (TINY_RELEASE if weights is None else None)
+            kwargs["official"] = official or (tiny_release(fam) if weights is None else None)
             if kwargs["official"] is None and component == "vae":
                 raise UserError("--component vae with --weights needs --official RELEASE (the official VAE file "
                                 "is the reference's source)")
@@ -60,7 +59,7 @@ def parity(family: str, *, component: str = "transformer", weights: str | Path |
             kwargs["dtype"] = DTYPES[dtype]
         if component == "pipeline" and steps:
             kwargs["steps"] = steps
-        setup = SETUPS[component](repo, **kwargs)
+        setup = setups[component](repo, **kwargs)
         return run_parity(setup.reference, setup.run_reference, setup.native, setup.run_native,
                           name_map=setup.name_map, dtype=dtype if component != "vae" else "fp32", seed=seed,
                           reference_name=setup.reference_name, native_name=setup.native_name,

@@ -12,8 +12,9 @@ from vidport.porting.options import device_option, dtype_option, json_option
 
 @click.command("parity")
 @click.argument("family")
-@click.option("--component", type=click.Choice(COMPONENTS), default="transformer", show_default=True,
-              help="What to compare; pipeline = the whole sampler's latents after --steps steps.")
+@click.option("--component", default="transformer", show_default=True,
+              help=f"What to compare ({', '.join(COMPONENTS)}, as the family's parity setups offer); "
+                   "pipeline = the whole sampler's latents after --steps steps.")
 @click.option("--reference", type=click.Choice(["diffusers"]), default="diffusers", show_default=True,
               help="Reference implementation (diffusers; transformers for the text encoder).")
 @click.option("--weights", type=click.Path(path_type=Path), default=None,

@@ -34,10 +34,8 @@ def force_math_attention(model: nn.Module) -> None:
     pipeline components): vidport models name their backend (``set_attention_backend("sdpa-math")``),
     diffusers models take ``_native_math``; everything else (transformers) runs under the ``sdpa_kernel``
     context of ``controlled``."""
-    from vidport.runtime.models.wan.model import WanDiT
-
     for m in model.modules():
-        if isinstance(m, WanDiT):
+        if type(m).__module__.startswith("vidport.") and callable(getattr(m, "set_attention_backend", None)):
             m.set_attention_backend("sdpa-math")
         elif type(m).__module__.startswith("diffusers") and callable(getattr(m, "set_attention_backend", None)) \
                 and hasattr(m, "config"):

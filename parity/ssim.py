@@ -2,7 +2,8 @@
 
 Layout: ``ssim_refs/<family>/<device-class>/<attention-backend>/<prompt-slug>-seed<k>.mp4`` with a
 ``.json`` of metadata beside it (and a ``.npz`` of the same frames, see ``write_reference``).
-References are rendered by the reference implementation (diffusers ``WanPipeline``) on the same
+References are rendered by the reference implementation (the diffusers pipeline the repo names, e.g.
+``WanPipeline``) on the same
 weights; ``check`` renders with the vidport runtime and compares frame by frame with scikit-image's
 ``structural_similarity(channel_axis=-1, data_range=255)`` on uint8 RGB frames.
 """
@@ -17,12 +18,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from vidport.porting.errors import UserError
+
+from vidport.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 REFS = ROOT / "ssim_refs"
 DATA_RANGE = 255  # uint8 frames
-FPS = 16
+REFERENCE_FPS = 16  # the reference files' container rate: frames are compared one by one, it only affects playback
 
 
 @dataclass(frozen=True)
@@ -31,35 +33,20 @@ class Threshold:
     min: float  # and every frame >= this
 
 
-# One table per family and device class. CPU fp32 renders of the same weights differ only by float
-# rounding between diffusers and vidport, so the bar is high; GPU bf16 renders drift more (bf16 GEMMs,
-# different kernels) and the bar is lower.
-THRESHOLDS: dict[str, dict[str, Threshold]] = {
-    "wan2.1-t2v": {
-        "cpu": Threshold(mean=0.99, min=0.98),
-        "cuda": Threshold(mean=0.95, min=0.90),
-    },
-}
-
-# What each family renders as references: (prompt, seed) and the sampling settings per preset
-# (None = the preset's defaults).
-PROMPTS: dict[str, list[tuple[str, int]]] = {
-    "wan2.1-t2v": [("a cat walks on the grass in the sun", 0), ("a car drives through a city at night", 1)],
-}
-
 # vidport attention backend -> the diffusers attention backend computing the same kernel
 DIFFUSERS_BACKENDS = {"sdpa": "native", "sdpa-math": "_native_math", "sdpa-flash": "_native_flash",
                       "sdpa-efficient": "_native_efficient", "sdpa-cudnn": "_native_cudnn", "flash-attn": "flash"}
 
 
 def threshold(family: str, device_class: str) -> Threshold:
-    table = THRESHOLDS.get(family)
-    if table is None:
-        raise UserError(f"no SSIM thresholds for family {family!r}; add them to parity.ssim.THRESHOLDS")
+    """The family's bar for a device class (its ``SSIMSpec.thresholds``: one per family and device class)."""
+    from vidport.families import get_family
+
+    table = get_family(family).ssim.thresholds
     key = device_class if device_class in table else device_class.split("-", 1)[0]
     if key not in table:
         raise UserError(f"no SSIM threshold for {family} on {device_class!r}; known: {', '.join(table)}")
-    return table[key]
+    return Threshold(*table[key])
 
 
 def device_class(device: str) -> str:
@@ -156,7 +143,7 @@ def write_video(frames: np.ndarray, path: Path) -> Path:
     import imageio.v2 as imageio
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with imageio.get_writer(path, format="FFMPEG", mode="I", fps=FPS, codec="libx264rgb", pixelformat="rgb24",
+    with imageio.get_writer(path, format="FFMPEG", mode="I", fps=REFERENCE_FPS, codec="libx264rgb", pixelformat="rgb24",
                             macro_block_size=1, output_params=["-qp", "0"], ffmpeg_log_level="error") as w:
         for frame in frames:
             w.append_data(frame)
@@ -277,11 +264,10 @@ class RenderSettings:
 
 def default_settings(repo: Path, prompt: str, seed: int, **overrides) -> RenderSettings:
     """The preset's sampling defaults (official facts via the runtime), with overrides."""
-    from vidport.runtime.loading import read_diffusers_config
-    from vidport.runtime.models.wan.config import WanDiTConfig
-    from vidport.runtime.models.wan.pipeline import sampling_defaults
+    from vidport.families import family_for_pipeline
 
-    d = sampling_defaults(WanDiTConfig.from_diffusers(read_diffusers_config(Path(repo) / "transformer")))
+    fam = family_for_pipeline(json.loads((Path(repo) / "model_index.json").read_text()).get("_class_name"))
+    d = fam.load(fam.pipeline).repo_sampling_defaults(Path(repo))
     kw = {k: d[k] for k in ("negative_prompt", "num_frames", "height", "width", "num_inference_steps",
                             "guidance_scale")}
     kw.update({k: v for k, v in overrides.items() if v is not None})
@@ -295,11 +281,12 @@ def _torch_dtype(dtype: str):
 
 
 def render_reference(repo: Path, s: RenderSettings, *, device: str, dtype: str, backend: str) -> np.ndarray:
-    """diffusers WanPipeline -> uint8 [F, H, W, 3], rounded as the runtime rounds."""
+    """The diffusers pipeline the repo's model_index.json names (e.g. ``WanPipeline``) -> uint8 [F, H, W, 3],
+    rounded as the runtime rounds."""
     import torch
-    from diffusers import WanPipeline
+    from diffusers import DiffusionPipeline
 
-    pipe = WanPipeline.from_pretrained(repo, dtype=_torch_dtype(dtype))
+    pipe = DiffusionPipeline.from_pretrained(repo, dtype=_torch_dtype(dtype))
     pipe.vae.to(torch.float32)  # decode in fp32, as the runtime does
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
@@ -328,15 +315,20 @@ def metadata(repo: Path, s: RenderSettings, *, family: str, device: str, dtype: 
 
     return {
         **asdict(s), "size": [s.height, s.width], "frames": s.num_frames, "steps": s.num_inference_steps,
-        "guidance": s.guidance_scale, "fps": FPS, "family": family, "dtype": dtype, "attention_backend": backend,
+        "guidance": s.guidance_scale, "fps": REFERENCE_FPS, "family": family, "dtype": dtype,
+        "attention_backend": backend,
         "weights": weights_identity(repo, weights_label),
-        "reference_implementation": {"name": "diffusers.WanPipeline", "version": diffusers.__version__,
+        "reference_implementation": {"name": f"diffusers.{_pipeline_class(repo)}", "version": diffusers.__version__,
                                      "attention_backend": DIFFUSERS_BACKENDS[backend]},
         "torch_version": torch.__version__, "device": device, "device_class": device_class(device),
         "device_name": device_name(device),
         "encoding": "H.264 libx264rgb qp=0 (lossless RGB); frames also in the .npz",
         "ssim": {"function": "skimage.metrics.structural_similarity", "channel_axis": -1, "data_range": DATA_RANGE},
     }
+
+
+def _pipeline_class(repo: Path) -> str:
+    return json.loads((Path(repo) / "model_index.json").read_text())["_class_name"]
 
 
 def settings_from_metadata(meta: dict) -> RenderSettings:
@@ -355,9 +347,11 @@ def defaults_for(device: str, dtype: str | None, backend: str | None) -> tuple[s
 def generate_references(family: str, repo: Path, *, device: str = "cpu", dtype: str | None = None,
                         backend: str | None = None, prompts: list[tuple[str, int]] | None = None,
                         root: Path = REFS, log=print, weights_label: str | None = None, **overrides) -> list[Path]:
-    """Render references with diffusers' WanPipeline and write them under ``root``."""
+    """Render references with the diffusers pipeline the repo names and write them under ``root``."""
     dtype, backend = defaults_for(device, dtype, backend)
-    prompts = prompts or PROMPTS.get(family)
+    from vidport.families import get_family
+
+    prompts = prompts or list(get_family(family).ssim.prompts)
     if not prompts:
         raise UserError(f"no reference prompts for family {family!r}; pass --prompt")
     dev_class = device_class(device)

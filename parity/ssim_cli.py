@@ -8,8 +8,9 @@ import tempfile
 from pathlib import Path
 
 import click
-from vidport.porting.errors import UserError
 from vidport.porting.options import BackendType, deprecated_alias, device_option, dtype_option, json_option, prefer
+
+from vidport.errors import UserError
 
 
 def _options(f):
@@ -25,28 +26,27 @@ def _options(f):
     return f
 
 
-def _repo(weights: Path | None, tmp: str) -> Path:
-    from vidport.parity.repos import converted_tiny_repo
+def _repo(family: str, weights: Path | None, tmp: str) -> Path:
+    from vidport.parity.repos import check_repo, converted_tiny_repo
 
     if weights is not None:
-        if not (weights / "model_index.json").is_file():
-            raise UserError(f"{weights}: not a Diffusers-format repo folder (no model_index.json)")
+        check_repo(weights)
         return weights
-    repo, how = converted_tiny_repo(Path(tmp) / "wan2.1-t2v-tiny")
+    repo, how = converted_tiny_repo(Path(tmp) / _check_family(family).tiny_release, family)
     click.echo(f"tiny repo: {how}", err=True)
     return repo
 
 
-def _label(weights: Path | None) -> str:
+def _label(family: str, weights: Path | None) -> str:
     if weights is None:
-        return "port convert official_weights/wan2.1-t2v-tiny (the embedded tiny release)"
+        return f"port convert official_weights/{_check_family(family).tiny_release} (the embedded tiny release)"
     return str(weights)
 
 
-def _check_family(family: str) -> None:
-    from vidport.runtime.families import get_family
+def _check_family(family: str):
+    from vidport.families import get_family
 
-    get_family(family)
+    return get_family(family)
 
 
 def _check_device(device: str) -> str:
@@ -78,7 +78,8 @@ def ssim_refs():
 @json_option("the written references")
 def generate(family, weights, device, dtype, backend, refs, prompts, seeds, num_frames, frames_deprecated, height,
              width, steps, as_json):
-    """Render FAMILY's reference videos with the reference implementation (diffusers WanPipeline)."""
+    """Render FAMILY's reference videos with the reference implementation (the diffusers pipeline the
+    repo's model_index.json names, e.g. WanPipeline for wan2.1-t2v)."""
     from vidport.parity.ssim import REFS, generate_references
 
     frames = prefer(num_frames, frames_deprecated, new="--num-frames", old="--frames")
@@ -89,10 +90,11 @@ def generate(family, weights, device, dtype, backend, refs, prompts, seeds, num_
         raise UserError("give one --seed per --prompt (or none)")
     pairs = [(p, seeds[i] if seeds else 0) for i, p in enumerate(prompts)] or None
     with tempfile.TemporaryDirectory(prefix="vidport-ssim-") as tmp:
-        written = generate_references(family, _repo(weights, tmp), device=device, dtype=dtype, backend=backend,
-                                      prompts=pairs, root=refs or REFS, log=(lambda m: None) if as_json else click.echo,
-                                      weights_label=_label(weights), num_frames=frames, height=height, width=width,
-                                      num_inference_steps=steps)
+        written = generate_references(family, _repo(family, weights, tmp), device=device, dtype=dtype,
+                                      backend=backend, prompts=pairs, root=refs or REFS,
+                                      log=(lambda m: None) if as_json else click.echo,
+                                      weights_label=_label(family, weights), num_frames=frames, height=height,
+                                      width=width, num_inference_steps=steps)
     if as_json:
         click.echo(json.dumps({"written": [str(p) for p in written]}, indent=2))
 
@@ -111,7 +113,7 @@ def check(family, weights, device, dtype, backend, refs, failures, as_json):
     _check_family(family)
     device = _check_device(device)
     with tempfile.TemporaryDirectory(prefix="vidport-ssim-") as tmp:
-        results = check_references(family, _repo(weights, tmp), device=device, dtype=dtype, backend=backend,
+        results = check_references(family, _repo(family, weights, tmp), device=device, dtype=dtype, backend=backend,
                                    root=refs or REFS, failure_dir=failures)
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in results], indent=2))

@@ -11,8 +11,13 @@ import importlib.util
 import pytest
 import torch
 from vidport.parity.harness import run_parity
-from vidport.parity.repos import TINY_RELEASE
-from vidport.parity.wan import SETUPS
+from vidport.parity.repos import tiny_release
+
+from vidport.families import get_family
+
+FAMILY = get_family("wan2.1-t2v")
+SETUPS = FAMILY.load(FAMILY.parity_setups)
+TINY_RELEASE = tiny_release(FAMILY)
 
 
 def run(setup, dtype="fp32", device="cpu"):

@@ -16,12 +16,12 @@ from vidport.parity.align import align_by_params
 from vidport.parity.harness import run_parity
 from vidport.parity.metrics import compare
 from vidport.parity.tolerances import TOLERANCES, tolerance
-from vidport.parity.wan import diffusers_to_native, transformer_setup
 from vidport.porting.namemap import NameMap
 from vidport.porting.sources import open_source
 from vidport.runtime.loading import StrictLoadError, load_into, read_diffusers_config
 from vidport.runtime.models.wan.config import WanDiTConfig
 from vidport.runtime.models.wan.model import WanDiT
+from vidport.runtime.models.wan.parity import diffusers_to_native, transformer_setup
 
 
 def native_from(folder, name_map: NameMap, cls=WanDiT, edit=None) -> WanDiT:
@@ -237,7 +237,7 @@ def test_corrupted_conversion_map_is_named(tmp_path):
     """q/k norm scales swapped by the conversion map: the repo loads strictly (same shapes), and parity
     against the official DiT converted by diffusers' own converter names the module."""
     from click.testing import CliRunner
-    from vidport.parity.repos import TINY_RELEASE
+    from vidport.parity.repos import tiny_release
     from vidport.porting.cli import cli
     from vidport.runtime.models.wan import family
 
@@ -249,9 +249,10 @@ def test_corrupted_conversion_map_is_named(tmp_path):
     bad_map = tmp_path / "swapped.map"
     bad_map.write_text(text.replace(rule, swapped + rule, 1))
     repo = tmp_path / "repo"
-    result = CliRunner().invoke(cli, ["convert", str(TINY_RELEASE), "--family", "wan2.1-t2v", "--out", str(repo),
+    result = CliRunner().invoke(cli, ["convert", str(tiny_release("wan2.1-t2v")),
+                                      "--family", "wan2.1-t2v", "--out", str(repo),
                                       "--map", f"transformer={bad_map}", "--no-progress"])
     assert result.exit_code == 0, result.output
-    s = transformer_setup(repo, official=TINY_RELEASE)
+    s = transformer_setup(repo, official=tiny_release("wan2.1-t2v"))
     report = run_parity(s.reference, s.run_reference, s.native, s.run_native, name_map=s.name_map)
     assert_first(report, "blocks.0.attn.norm_q", ("blocks.0.attn1.norm_q",), input_diverged=False)

@@ -1,6 +1,6 @@
 """SSIM regression against the committed reference videos (ssim_refs/).
 
-Thresholds are stated in one table per family and device class (parity.ssim.THRESHOLDS): on CPU fp32,
+Thresholds are stated in one table per family and device class (the family's SSIMSpec): on CPU fp32,
 mean SSIM >= 0.99 and every frame >= 0.98. SSIM is skimage's structural_similarity on uint8 RGB frames
 with channel_axis=-1 and data_range=255. Nothing here touches the network.
 """
@@ -13,6 +13,8 @@ import shutil
 import numpy as np
 import pytest
 from vidport.parity import ssim
+
+from vidport.families import get_family  # noqa: E402
 
 FAMILY = "wan2.1-t2v"
 CPU_BACKENDS = ("sdpa-math", "sdpa")  # committed tiny CPU references exist for both
@@ -28,13 +30,14 @@ def committed(backend: str = "sdpa-math"):
 def test_thresholds_are_the_stated_ones():
     cpu = ssim.threshold(FAMILY, "cpu")
     assert (cpu.mean, cpu.min) == (0.99, 0.98)
-    assert ssim.threshold(FAMILY, "cuda-nvidia-h100-80gb-hbm3") == ssim.THRESHOLDS[FAMILY]["cuda"]
+    cuda = ssim.threshold(FAMILY, "cuda-nvidia-h100-80gb-hbm3")
+    assert (cuda.mean, cuda.min) == (0.95, 0.90)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_committed_references_layout_and_metadata(backend):
     refs = committed(backend)
-    assert len(refs) == len(ssim.PROMPTS[FAMILY])
+    assert len(refs) == len(get_family(FAMILY).ssim.prompts)
     for mp4 in refs:
         meta = json.loads(mp4.with_suffix(".json").read_text())
         assert META_KEYS <= set(meta), META_KEYS - set(meta)

@@ -27,7 +27,6 @@ everything else here is the same for every family.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
@@ -69,7 +68,7 @@ def plan_release(release: str | Path, family_name: str, *, dtype: str = "keep", 
     target models on a thread while ``execute`` streams (``ConversionPlan.complete`` joins it).
     ``targets_from``: "auto" (the family's shipped layout of a known config, else the libraries) or
     "libraries" (always build the target models with diffusers/transformers)."""
-    from vidport.runtime.families import get_family
+    from vidport.families import get_family
 
     if targets_from not in TARGETS_FROM:
         raise ConvertError(f"--targets {targets_from!r}: choose one of {', '.join(TARGETS_FROM)}")
@@ -79,10 +78,10 @@ def plan_release(release: str | Path, family_name: str, *, dtype: str = "keep", 
     if not release.is_dir():
         raise ConvertError(f"{release}: no such release folder")
     fam = get_family(family_name)
-    unknown = sorted(set(maps or {}) - set(fam.COMPONENTS))
+    unknown = sorted(set(maps or {}) - set(fam.components))
     if unknown:
         raise ConvertError(f"--map names unknown component(s) {', '.join(unknown)}; {family_name} has "
-                           f"{', '.join(fam.COMPONENTS)}")
+                           f"{', '.join(fam.components)}")
     fmt = release_format(fam)
     contents = fmt.read(release)
     hasher = Hasher(contents.files)  # hashing starts now and overlaps everything that follows
@@ -97,16 +96,14 @@ def plan_release(release: str | Path, family_name: str, *, dtype: str = "keep", 
 
 def release_format(fam):
     """The family's release format module (see ``porting.release``)."""
-    if not getattr(fam, "RELEASE", None):
-        raise ConvertError(f"port convert does not know the release layout of {fam.NAME} yet")
-    return importlib.import_module(fam.RELEASE)
+    return fam.load(fam.release)
 
 
 def _plan(fam, fmt, release: Path, contents: ReleaseContents, hasher: Hasher, *, dtype: str, max_shard_size: int,
           maps: dict[str, Path], defer: bool, targets_from: str) -> ConversionPlan:
     name_maps = {}
     for name in fmt.COMPONENTS:
-        map_path = Path(maps.get(name, fam.OFFICIAL_TO_DIFFUSERS[name]))
+        map_path = Path(maps.get(name, fam.official_to_diffusers[name]))
         name_maps[name] = (_load_map(map_path, name), _display_path(map_path))
 
     def plan_all(targets: dict | None) -> list[ComponentPlan]:
@@ -118,7 +115,7 @@ def _plan(fam, fmt, release: Path, contents: ReleaseContents, hasher: Hasher, *,
     def config_dtype(components: list[ComponentPlan]) -> Callable[[], str]:
         return lambda: _majority_dtype(components[fmt.COMPONENTS.index(fmt.CONFIG_DTYPE_COMPONENT)])
 
-    base = dict(family=fam.NAME, preset=contents.preset, release=release, dtype=dtype,
+    base = dict(family=fam.name, preset=contents.preset, release=release, dtype=dtype,
                 max_shard_size=max_shard_size, copies=contents.copies, source_files=contents.files, hasher=hasher)
     if defer and dtype == "keep":  # no cast: dtypes are known without the keep-in-fp32 lists
         components = plan_all(None)
@@ -152,8 +149,8 @@ def targets_cached(fam, fmt, contents: ReleaseContents, config_dtype: Callable[[
     if shipped is not None:
         return shipped.targets, lambda: {"model_index.json": fmt.model_index(tok_class, shipped.versions["diffusers"]),
                                          **shipped.files(config_dtype())}, shipped.origin
-    key = {"family": fam.NAME, "configs": cfgs, "tokenizer_class": tok_class}
-    cache = TargetCache(key, [Path(fmt.__file__), Path(fam.__file__), Path(__file__)])
+    key = {"family": fam.name, "configs": cfgs, "tokenizer_class": tok_class}
+    cache = TargetCache(key, [Path(fmt.__file__), Path(__file__)])
     built: list = []
 
     def build():

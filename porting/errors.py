@@ -1,13 +1,5 @@
-"""Errors a user can hit. The CLI prints their message as one line and exits with code 2."""
+"""Moved to ``vidport.errors`` (the shared base); kept while imports move."""
 
+from vidport.errors import ConvertError, SourceError, UserError
 
-class UserError(Exception):
-    """Expected failure caused by input: the message names the file/key/value and the fix."""
-
-
-class SourceError(UserError):
-    """A state-dict source that cannot be opened or read."""
-
-
-class ConvertError(UserError):
-    """A conversion that cannot start or finish; the target is untouched."""
+__all__ = ["ConvertError", "SourceError", "UserError"]

@@ -54,7 +54,7 @@ class Layout:
 
 
 def layouts_path(fam) -> Path:
-    return Path(fam.__file__).parent / "layouts.json"
+    return fam.layouts
 
 
 def load(fam) -> dict | None:
@@ -87,9 +87,16 @@ def lookup(fam, cfgs: dict[str, dict], data: dict | None = None) -> Layout | Non
         files = {c: dict(e["files"]) for c, e in entries.items()}
     except (KeyError, TypeError, AttributeError, ValueError):  # a damaged file: build from the libraries
         return None
-    rel = "/".join(fam.__name__.removeprefix("vidport.").split(".")[:-1]) + "/layouts.json"
+    rel = _repo_relative(fam.layouts)
     origin = f"{rel} (written with diffusers {versions['diffusers']}, transformers {versions['transformers']})"
     return Layout(targets, files, versions, origin, fmt.CONFIG_DTYPE_COMPONENT)
+
+
+def _repo_relative(path: Path) -> str:
+    """The path as the repository spells it (runtime/models/...), in a clone and in an installed wheel."""
+    import vidport.runtime
+
+    return Path(path).relative_to(Path(vidport.runtime.__file__).parent.parent).as_posix()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -269,7 +276,7 @@ def dumps(data: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from vidport.runtime.families import get_family
+    from vidport.families import get_family
 
     ap = argparse.ArgumentParser(prog="python -m vidport.porting.layouts", description=__doc__.splitlines()[0])
     ap.add_argument("--family", default="wan2.1-t2v")

@@ -14,19 +14,23 @@ from vidport.porting.streaming import open_streaming
 from vidport.runtime.models.wan import family
 from vidport.runtime.models.wan import release as wan_release
 
+from vidport.families import get_family
+
+FAM = get_family("wan2.1-t2v")
+
 RELEASE = Path(__file__).resolve().parents[1] / "official_weights" / "wan2.1-t2v-tiny"
 
 
 @pytest.fixture(scope="module")
 def shipped() -> dict:
-    data = layouts.load(family)
-    assert data, f"{layouts.layouts_path(family)} is missing or not JSON"
+    data = layouts.load(FAM)
+    assert data, f"{layouts.layouts_path(FAM)} is missing or not JSON"
     return data
 
 
 @pytest.fixture(scope="module")
 def rebuilt() -> dict:
-    return layouts.build(family)  # through the installed diffusers/transformers
+    return layouts.build(FAM)  # through the installed diffusers/transformers
 
 
 def test_shipped_layouts_match_the_libraries(shipped: dict, rebuilt: dict):
@@ -37,7 +41,7 @@ def test_shipped_layouts_match_the_libraries(shipped: dict, rebuilt: dict):
     assert not real, f"{real[:5]}: rewrite with python -m vidport.porting.layouts --write"
     if shipped["generated_with"] == {d: installed_version(d) for d in ("diffusers", "transformers")}:
         assert not harmless
-        assert layouts.dumps(rebuilt) == layouts.layouts_path(family).read_text()
+        assert layouts.dumps(rebuilt) == layouts.layouts_path(FAM).read_text()
 
 
 def test_config_drift_tells_a_new_default_from_a_real_change():
@@ -73,8 +77,8 @@ def test_config_drift_tells_a_new_default_from_a_real_change():
 def test_real_presets_match_the_published_repos(preset: str, listings: dict):
     """The real presets' shipped shapes are exactly the key listings of Wan-AI/Wan2.1-T2V-*-Diffusers
     (transformer) and of the umT5-xxl encoder in transformers' layout."""
-    cfgs = layouts.known_configs(family)[preset]
-    layout = layouts.lookup(family, cfgs)
+    cfgs = layouts.known_configs(FAM)[preset]
+    layout = layouts.lookup(FAM, cfgs)
     assert layout is not None
     for comp, name in listings.items():
         published = KeysFileSource(family.REFERENCE_KEYS / name).shapes()
@@ -88,14 +92,14 @@ def test_real_presets_match_the_published_repos(preset: str, listings: dict):
 def test_the_embedded_release_and_real_configs_are_shipped():
     sources = {c: open_streaming(family.official_component_file(RELEASE, c)) for c in family.COMPONENTS}
     cfgs = wan_release._target_configs(family.read_official_config(RELEASE), "tiny", sources)
-    assert layouts.lookup(family, cfgs) is not None
+    assert layouts.lookup(FAM, cfgs) is not None
     for preset in ("1.3b", "14b"):
-        assert layouts.lookup(family, layouts.known_configs(family)[preset]) is not None
+        assert layouts.lookup(FAM, layouts.known_configs(FAM)[preset]) is not None
 
 
 def test_other_configs_are_not_shipped(shipped: dict):
-    cfgs = layouts.known_configs(family)["1.3b"]
+    cfgs = layouts.known_configs(FAM)["1.3b"]
     wider = {**cfgs, "transformer": {**cfgs["transformer"], "num_layers": 31}}
-    assert layouts.lookup(family, wider, shipped) is None
-    assert layouts.lookup(family, cfgs, {**shipped, "vae": [{"config": cfgs["vae"]}]}) is None  # damaged entry
-    assert layouts.lookup(family, cfgs, {}) is None
+    assert layouts.lookup(FAM, wider, shipped) is None
+    assert layouts.lookup(FAM, cfgs, {**shipped, "vae": [{"config": cfgs["vae"]}]}) is None  # damaged entry
+    assert layouts.lookup(FAM, cfgs, {}) is None

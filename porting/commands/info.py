@@ -13,21 +13,23 @@ def collect(device: str) -> dict:
     import torch
     from vidport.porting.provenance import installed_version
     from vidport.runtime.attention import BACKENDS, available_backends
-    from vidport.runtime.families import FAMILIES, get_family
+
+    from vidport.families import families
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     runnable = set(available_backends(torch.device(device)))
-    families = []
-    for name in FAMILIES:
-        fam = get_family(name)
-        families.append({"name": name, "presets": list(fam.PRESETS), "components": list(fam.COMPONENTS),
-                         "native": [f"native:{name}-{p}" for p in fam.PRESETS]})
+    rows = []
+    for fam in families():
+        rows.append({"name": fam.name, "presets": list(fam.presets), "components": list(fam.components),
+                     "pipeline": fam.pipeline_class, "native": [f"native:{fam.name}-{p}" for p in fam.presets],
+                     "geometry": {"frames": f"{fam.geometry.frame_stride}k+1",
+                                  "size_multiple": fam.geometry.spatial_multiple}})
     return {
         "vidport": installed_version("vidport"),
         "libraries": {d: installed_version(d) for d in ("torch", "diffusers", "transformers", "safetensors")},
         "device": device,
-        "families": families,
+        "families": rows,
         "attention_backends": [{"name": b, "runs_here": b in runnable} for b in BACKENDS],
     }
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vidport.porting.errors import UserError
 from vidport.runtime.models.wan.config import PRESETS as DIT_PRESETS
 from vidport.runtime.models.wan.config import WanDiTConfig
+
+from vidport.errors import UserError
+from vidport.families import FamilySpec, Geometry, SSIMSpec
 
 NAME = "wan2.1-t2v"
 PRESETS = tuple(DIT_PRESETS)
@@ -140,3 +142,32 @@ def read_official_config(path: Path) -> WanDiTConfig:
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{cfg_path}: cannot read the official DiT config ({e})") from None
     return WanDiTConfig.from_official(cfg)
+
+
+# --- the family contract (vidport.families): what generic code may ask of Wan2.1 T2V ----------------
+SPEC = FamilySpec(
+    name=NAME,
+    presets=PRESETS,
+    components=COMPONENTS,
+    folder=HERE,
+    release=RELEASE,
+    is_official_release=is_official_release,
+    official_component_file=official_component_file,
+    official_to_diffusers=OFFICIAL_TO_DIFFUSERS,
+    diffusers_to_native=DIFFUSERS_TO_NATIVE,
+    build_component="vidport.runtime.models.wan.family:build_component",
+    tiny_release="wan2.1-t2v-tiny",
+    pipeline_class="WanPipeline",
+    pipeline="vidport.runtime.models.wan.pipeline",
+    # the VAE compresses time 4x and space 8x, the DiT patchifies 2x2: 4k+1 frames, sizes multiple of 16;
+    # the official sampler pads the umT5 context to 512 tokens (wan/configs text_len)
+    geometry=Geometry(frame_stride=4, spatial_multiple=16, text_len=512),
+    parallel_plan="vidport.runtime.models.wan.parallel:parallelize_wan",
+    parity_setups="vidport.runtime.models.wan.parity:SETUPS",
+    ssim=SSIMSpec(
+        prompts=(("a cat walks on the grass in the sun", 0), ("a car drives through a city at night", 1)),
+        # CPU fp32 renders of the same weights differ only by float rounding between diffusers and vidport,
+        # so the bar is high; GPU bf16 renders drift more (bf16 GEMMs, other kernels) and the bar is lower
+        thresholds={"cpu": (0.99, 0.98), "cuda": (0.95, 0.90)},
+    ),
+)
