@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 from vidport.porting.errors import UserError
@@ -41,7 +43,8 @@ def validate_request(prompt, negative_prompt, *, num_frames, height, width, num_
 
 
 def validate_output_path(path: str | os.PathLike) -> Path:
-    """The mp4 must go to an existing, writable folder; checked before any work is done."""
+    """The mp4 must go to an existing, writable folder (a file is made and removed there); checked before
+    any work is done."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if path.suffix.lower() != ".mp4":
@@ -52,6 +55,15 @@ def validate_output_path(path: str | os.PathLike) -> Path:
         raise UserError(f"output folder {folder} does not exist; create it or choose another --output")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UserError(f"output folder {folder} is not writable; choose another --output")
+    # os.access trusts permission bits (root passes everywhere, /proc too): only making a file proves it
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".vidport-probe", dir=folder)
+    except OSError as e:
+        reason = e.strerror[0].lower() + e.strerror[1:] if e.strerror else type(e).__name__
+        raise UserError(f"output folder {folder} is not writable ({reason}); choose another --output") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
     return path
 
 

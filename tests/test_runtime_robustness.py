@@ -1,0 +1,207 @@
+"""User-reported runtime failures, each one clear line: a full disk while the mp4 is written, an output
+folder nothing can be written to (/proc), a closed single-GPU generator, a multi-GPU script without the
+main guard, a mistyped local folder, the hub while offline; and no library progress bars from loading."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from vidport.porting.errors import UserError
+
+TINY = dict(num_frames=1, height=16, width=16, num_inference_steps=1, guidance_scale=1.0, seed=0)
+LOAD = dict(attention_backend="sdpa-math", dtype="fp32", device="cpu")
+ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def run_port(*args: str, env: dict | None = None, cwd: Path | None = None) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "vidport.porting.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=60)
+    return proc, time.perf_counter() - start
+
+
+def fail_if_loaded(*args, **kwargs):
+    pytest.fail("a model was loaded although the command should have failed before loading")
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. disk full while writing the mp4
+# ---------------------------------------------------------------------------------------------
+class FakeWriter:
+    """Stands in for imageio's ffmpeg writer: ``append`` / ``close`` do what a failing ffmpeg would."""
+
+    def __init__(self, path, append=None, close=None):
+        self.path, self._append, self._close = path, append, close
+
+    def append_data(self, frame):
+        if self._append:
+            self._append(self.path, frame)
+
+    def close(self):
+        if self._close:
+            self._close(self.path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def raise_(error):
+    def fail(*args):
+        raise error
+    return fail
+
+
+def real_writer_then(damage):
+    """imageio's real writer, whose output ``damage(path)`` spoils after it closed without an error (as
+    ffmpeg does when the disk fills while it writes the trailer: exit 1, imageio does not look)."""
+    import imageio.v2 as imageio
+
+    real = imageio.get_writer
+
+    def get_writer(path, **kwargs):
+        writer = real(path, **kwargs)
+        close = writer.close
+
+        def close_then_damage():
+            close()
+            damage(path)
+
+        writer.close = close_then_damage
+        return writer
+
+    return get_writer
+
+
+def truncate(path):
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) // 2])  # the moov atom (the index) is at the end: unreadable
+
+
+@pytest.fixture
+def frames():
+    return np.random.default_rng(0).integers(0, 256, (5, 32, 48, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("writer, cause", [
+    (lambda path, **kw: FakeWriter(path, append=raise_(ENOSPC)), "no space left on device"),
+    (lambda path, **kw: FakeWriter(path, close=raise_(ENOSPC)), "no space left on device"),
+    (lambda path, **kw: FakeWriter(path), "ffmpeg wrote an empty file"),
+    (real_writer_then(truncate), "the encoded video is unreadable (Error opening input files: Invalid data found"),
+], ids=["append-enospc", "trailer-enospc", "empty-file", "truncated-file"])
+def test_failed_mp4_write_is_one_line_and_leaves_no_file(tmp_path, monkeypatch, frames, writer, cause):
+    import imageio.v2 as imageio
+    from vidport.runtime.video import write_mp4
+
+    monkeypatch.setattr(imageio, "get_writer", writer)
+    out = tmp_path / "cat.mp4"
+    with pytest.raises(UserError) as info:
+        write_mp4(frames, out)
+    assert str(info.value).startswith(f"cannot write {out}: {cause}"), str(info.value)
+    assert "\n" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_frame_is_a_failed_write(tmp_path, monkeypatch, frames):
+    import imageio.v2 as imageio
+    from vidport.runtime.video import write_mp4
+
+    real = imageio.get_writer
+
+    def drops_the_last_frame(path, **kwargs):
+        writer = real(path, **kwargs)
+        append, seen = writer.append_data, []
+
+        def append_all_but_the_fifth(frame):
+            seen.append(frame)
+            if len(seen) != 5:
+                append(frame)
+
+        writer.append_data = append_all_but_the_fifth
+        return writer
+
+    monkeypatch.setattr(imageio, "get_writer", drops_the_last_frame)
+    with pytest.raises(UserError, match=r"^cannot write .*cat\.mp4: the encoded video has 4 of 5 frames$"):
+        write_mp4(frames, tmp_path / "cat.mp4")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ffmpeg_dying_on_a_full_disk_names_the_disk(tmp_path, monkeypatch, frames):
+    """ffmpeg reports ENOSPC on its own stderr; imageio then sees a broken pipe (or nothing at all): with
+    the disk full, that is the cause to name."""
+    import imageio.v2 as imageio
+    from vidport.runtime import video
+
+    broken_pipe = OSError("[Errno 32] Broken pipe\n\nFFMPEG COMMAND:\nffmpeg -y ...\n\nFFMPEG STDERR OUTPUT:\n")
+    truncating_writer = real_writer_then(truncate)
+    monkeypatch.setattr(video, "_free_bytes", lambda folder: 0)
+    monkeypatch.setattr(imageio, "get_writer", lambda path, **kw: FakeWriter(path, append=raise_(broken_pipe)))
+    with pytest.raises(UserError, match=r"^cannot write .*: no space left on device \(\[Errno 32\] Broken pipe\)$"):
+        video.write_mp4(frames, tmp_path / "a.mp4")
+    monkeypatch.setattr(imageio, "get_writer", truncating_writer)
+    with pytest.raises(UserError, match=r"^cannot write .*: no space left on device \(the encoded video is unread"):
+        video.write_mp4(frames, tmp_path / "b.mp4")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_generate_on_a_full_disk_exits_2_without_wrote(converted_tiny_release, tmp_path, monkeypatch, capsys):
+    import imageio.v2 as imageio
+    from vidport.porting.cli import main
+
+    monkeypatch.setattr(imageio, "get_writer", lambda path, **kw: FakeWriter(path, close=raise_(ENOSPC)))
+    out = tmp_path / "cat.mp4"
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", str(converted_tiny_release), "--prompt", "a cat", "-o", str(out), "--device", "cpu",
+              "--num-frames", "1", "--height", "16", "--width", "16", "--steps", "1", "--no-progress"])
+    captured = capsys.readouterr()
+    assert exit_.value.code == 2
+    assert captured.err.strip().splitlines() == [f"error: cannot write {out}: no space left on device"]
+    assert "wrote" not in captured.out
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. an output folder no file can be made in
+# ---------------------------------------------------------------------------------------------
+needs_proc = pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs Linux /proc")
+
+
+@needs_proc
+def test_output_under_proc_fails_before_loading(monkeypatch, capsys):
+    from vidport.porting.cli import main
+    from vidport.runtime.generator import VideoGenerator
+
+    monkeypatch.setattr(VideoGenerator, "from_pretrained", fail_if_loaded)
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "converted_weights/wan2.1-t2v-tiny", "--prompt", "a cat", "-o", "/proc/vidport.mp4"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2
+    assert err == ["error: output folder /proc is not writable (no such file or directory); choose another --output"]
+
+
+@needs_proc
+def test_writer_cannot_create_its_temporary_file(frames):
+    from vidport.runtime.video import write_mp4
+
+    with pytest.raises(UserError) as info:
+        write_mp4(frames, "/proc/vidport.mp4")
+    assert str(info.value) == ("cannot write /proc/vidport.mp4: cannot create a file in /proc "
+                               "(no such file or directory)")
+
+
+def test_output_check_leaves_nothing_behind(tmp_path):
+    from vidport.runtime.pipeline.validate import validate_output_path
+
+    assert validate_output_path(tmp_path / "x.mp4") == tmp_path / "x.mp4"
+    assert list(tmp_path.iterdir()) == []
+
+
