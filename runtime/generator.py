@@ -12,6 +12,7 @@ family's list of stages (``runtime/models/<family>/pipeline.py``) and returns ui
 
 from __future__ import annotations
 
+import gc
 import importlib
 import importlib.util
 import json
@@ -68,6 +69,27 @@ class VideoGenerator:
         self.defaults = pipeline_module.sampling_defaults(components.dit_config)
         self.last_report: GenerationReport | None = None
         self.last_state: PipelineState | None = None  # the last run's stage outputs (latents, noise, ...)
+        self.closed = False
+
+    def close(self) -> None:
+        """Drop the models and the last run's tensors (on CUDA, hand the cached memory back). Idempotent;
+        ``generate_video`` afterwards is an error. ``with VideoGenerator.from_pretrained(...) as gen:``
+        closes on leaving the block, as the multi-GPU generator does."""
+        if self.closed:
+            return
+        device = self.components.device
+        self.components = None
+        self.last_state = None
+        self.closed = True
+        if device.type == "cuda":
+            gc.collect()  # modules in reference cycles would keep their memory until the next collection
+            torch.cuda.empty_cache()
+
+    def __enter__(self) -> VideoGenerator:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # --- loading ------------------------------------------------------------------------------
     @classmethod
@@ -142,6 +164,9 @@ class VideoGenerator:
         as diffusers' ``WanPipeline(generator=torch.Generator("cpu").manual_seed(seed))``.
         ``on_step(i, num_steps)`` is called after each denoising step.
         """
+        if self.closed:
+            raise UserError(f"this VideoGenerator ({self.source}) is closed; "
+                            "load the model again with VideoGenerator.from_pretrained")
         d = self.defaults
         request = validate_request(
             prompt, d["negative_prompt"] if negative_prompt is None else negative_prompt,

@@ -8,7 +8,9 @@ import errno
 import os
 import subprocess
 import sys
+import textwrap
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -205,3 +207,72 @@ def test_output_check_leaves_nothing_behind(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+# ---------------------------------------------------------------------------------------------
+# 3. the single-GPU generator closes, like the multi-GPU one
+# ---------------------------------------------------------------------------------------------
+def test_single_gpu_generator_is_a_context_manager(converted_tiny_release):
+    from vidport.runtime import VideoGenerator
+
+    with VideoGenerator.from_pretrained(converted_tiny_release, **LOAD) as gen:
+        frames = gen.generate_video("a cat", **TINY)
+        assert frames.shape == (1, 16, 16, 3)
+        transformer = weakref.ref(gen.components.transformer)
+    assert gen.closed and gen.components is None and gen.last_state is None
+    assert transformer() is None, "close() must drop the model (something still refers to the DiT)"
+    assert gen.last_report is not None  # what the last run did stays readable
+    gen.close()  # idempotent
+    with pytest.raises(UserError, match=r"^this VideoGenerator \(.*\) is closed; load the model again"):
+        gen.generate_video("a cat", **TINY)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. a multi-GPU script without the main guard
+# ---------------------------------------------------------------------------------------------
+def test_unguarded_multi_gpu_script_names_the_main_guard(converted_tiny_release, tmp_path):
+    script = tmp_path / "unguarded.py"
+    script.write_text(textwrap.dedent(f"""
+        from vidport.runtime import VideoGenerator
+
+        gen = VideoGenerator.from_pretrained({str(converted_tiny_release)!r}, num_gpus=2, device="cpu")
+        print("loaded")
+        gen.close()
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 1 and "loaded" not in proc.stdout
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.split(": ", 1)[0].endswith("UserError"), proc.stderr
+    assert 'wrap the code that creates VideoGenerator(num_gpus>1) in `if __name__ == "__main__":`' in last
+    assert "re-imports your script" in last and "without reporting an error" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. no library progress bars from loading
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def library_bars_on():
+    """Progress bars and warnings on, as in a fresh interpreter (a CLI test may have turned them off)."""
+    import diffusers.utils.logging as dlog
+    import huggingface_hub.utils as hub_utils
+    import transformers.utils.logging as tlog
+
+    saved = [(lib, lib.is_progress_bar_enabled(), lib.get_verbosity()) for lib in (tlog, dlog)]
+    hub_off = hub_utils.are_progress_bars_disabled()
+    for lib, _, _ in saved:
+        lib.enable_progress_bar()
+        lib.set_verbosity_warning()
+    yield
+    for lib, bar, verbosity in saved:
+        (lib.enable_progress_bar if bar else lib.disable_progress_bar)()
+        lib.set_verbosity(verbosity)
+    (hub_utils.disable_progress_bars if hub_off else hub_utils.enable_progress_bars)()
+
+
+def test_from_pretrained_writes_nothing_to_stderr(converted_tiny_release, library_bars_on, capfd):
+    import transformers.utils.logging as tlog
+    from vidport.runtime import VideoGenerator
+
+    capfd.readouterr()
+    VideoGenerator.from_pretrained(converted_tiny_release, **LOAD)
+    assert capfd.readouterr().err == ""
+    # the caller's settings come back
+    assert tlog.is_progress_bar_enabled() and tlog.get_verbosity() == tlog.WARNING

@@ -17,6 +17,7 @@ back, after it has finished: outputs are written by the caller, never half-way b
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing.process
 import multiprocessing.util
 import os
 import pickle
@@ -38,6 +39,8 @@ import torch.multiprocessing as mp
 from vidport.porting.errors import UserError
 
 DEFAULT_TIMEOUT = timedelta(minutes=10)
+# a spawned rank that found itself re-running the caller's unguarded script exits with this code
+UNGUARDED_MAIN_EXIT = 86
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,10 @@ class WorkerPool:
             self._local, owns_group = _join_torchrun(num_procs, device_type, timeout)
             self._finalizer = weakref.finalize(self, _leave_torchrun, owns_group)
             return
+        if _reimporting_main():
+            # this is a rank re-running the caller's script, which lacks the main guard: starting ranks
+            # here would recurse; the caller sees the exit code and names the fix
+            _exit(UNGUARDED_MAIN_EXIT)
         if isinstance(num_procs, bool) or not isinstance(num_procs, int) or num_procs < 1:
             raise UserError(f"the number of processes must be an integer >= 1, got {num_procs!r}")
         if device_type == "cuda" and num_procs > torch.cuda.device_count():
@@ -182,6 +189,11 @@ class WorkerPool:
     def _raise_silent_death(self, reported: set[int] = frozenset()) -> None:
         r, code = next((r, p.exitcode) for r, p in enumerate(self._procs)
                        if p.exitcode is not None and r not in reported)
+        if code == UNGUARDED_MAIN_EXIT:
+            script = getattr(sys.modules["__main__"], "__file__", None) or "your script"
+            raise UserError(f"{script} started worker processes when imported: wrap the code that creates "
+                            'VideoGenerator(num_gpus>1) in `if __name__ == "__main__":` (multi-GPU workers are '
+                            "started with spawn, which re-imports your script)")
         how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
         raise WorkerError(f"rank {r} of {self.num_procs} {how} without reporting an error "
                           "(out of memory? see its output above)")
@@ -225,6 +237,12 @@ def _stop_ranks(procs, inboxes, store_dir: str, force: bool) -> None:
     inboxes.clear()
     if store_dir:
         shutil.rmtree(store_dir, ignore_errors=True)
+
+
+def _reimporting_main() -> bool:
+    """True in a spawned process while it re-imports the caller's main module (the test multiprocessing
+    itself makes, too late and as a traceback, in ``spawn._check_not_importing_main``)."""
+    return getattr(multiprocessing.process.current_process(), "_inheriting", False)
 
 
 def _leave_torchrun(owns_group: bool) -> None:

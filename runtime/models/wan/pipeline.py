@@ -9,8 +9,10 @@ encoded with its attention mask, and every position after the real tokens is set
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,16 +70,41 @@ def load_components(folder: Path, *, dtype: torch.dtype, device: torch.device, s
 
     folder = Path(folder)
     transformer = load_wan_transformer(folder / "transformer", dtype=dtype, device=device)
-    tokenizer = _load(lambda: AutoTokenizer.from_pretrained(folder / "tokenizer"), folder / "tokenizer")
-    text_encoder = _strict(UMT5EncoderModel, folder / "text_encoder", dtype=dtype).to(device)
     from diffusers import AutoencoderKLWan
 
-    # the VAE decodes in fp32 (diffusers' and the official recommendation: bf16 decoding bands colours)
-    vae = _strict(AutoencoderKLWan, folder / "vae")
+    with quiet_library_loading():
+        tokenizer = _load(lambda: AutoTokenizer.from_pretrained(folder / "tokenizer"), folder / "tokenizer")
+        text_encoder = _strict(UMT5EncoderModel, folder / "text_encoder", dtype=dtype).to(device)
+        # the VAE decodes in fp32 (diffusers' and the official recommendation: bf16 decoding bands colours)
+        vae = _strict(AutoencoderKLWan, folder / "vae")
     vae = (vae if vae.dtype == torch.float32 else vae.float()).to(device)
     return WanComponents(tokenizer=tokenizer, text_encoder=text_encoder.eval(), transformer=transformer, vae=vae.eval(),
                          scheduler=load_scheduler(folder / "scheduler", scheduler, flow_shift),
                          dit_config=transformer.cfg, dtype=dtype, device=device)
+
+
+@contextlib.contextmanager
+def quiet_library_loading() -> Iterator[None]:
+    """No 'Loading weights' bars or info logs from transformers/diffusers while they load our components
+    (an API caller would see them on stderr; our loads are strict, so their notes add nothing). The
+    caller's bar and verbosity settings are restored afterwards."""
+    import diffusers.utils.logging as diffusers_logging
+    import huggingface_hub.utils as hub_utils
+    import transformers.utils.logging as transformers_logging
+
+    libraries = (transformers_logging, diffusers_logging)
+    saved = [(lib.is_progress_bar_enabled(), lib.get_verbosity()) for lib in libraries]
+    hub_bars_off = hub_utils.are_progress_bars_disabled()  # transformers' switch flips the hub's too
+    for lib in libraries:
+        lib.disable_progress_bar()
+        lib.set_verbosity_error()
+    try:
+        yield
+    finally:
+        for lib, (bar, verbosity) in zip(libraries, saved):
+            (lib.enable_progress_bar if bar else lib.disable_progress_bar)()
+            lib.set_verbosity(verbosity)
+        (hub_utils.disable_progress_bars if hub_bars_off else hub_utils.enable_progress_bars)()
 
 
 def load_scheduler(folder: Path, kind: str | None = None, flow_shift: float | None = None):
@@ -204,3 +231,4 @@ def t2v_stages(c: WanComponents, *, cfg, on_step=None) -> list[Stage]:
         Denoise(c.transformer, c.scheduler, cfg, c.dtype, on_step),
         DecodeVideo(c.vae),
     ]
+
