@@ -512,12 +512,19 @@ def open_hub(spec: str) -> StateDictSource:
         raise SourceError(f"hf:{spec}: expected hf:ORG/NAME[/SUBFOLDER]")
     repo_id, subfolder = "/".join(parts[:2]), "/".join(parts[2:]) or None
     try:
+        files = hub_repo_files(repo_id, what=f"hf:{spec}")
+    except HubUnreachable as e:
+        fix = ("set HF_HUB_OFFLINE=0 when online, or pre-download it" if e.offline else "pre-download it")
+        raise SourceError(f"hf:{spec}: {e.reason}; {fix} with `hf download {repo_id}` and pass its local "
+                          "folder instead") from None
+    filename = _hub_filename(files, repo_id, subfolder)
+    try:
         from huggingface_hub import get_safetensors_metadata
 
-        meta = get_safetensors_metadata(repo_id, filename=_hub_filename(repo_id, subfolder))
+        meta = get_safetensors_metadata(repo_id, filename=filename)
     except Exception as e:  # noqa: BLE001 - offline and HTTP errors come in many types
-        raise SourceError(f"hf:{spec}: cannot reach the Hugging Face Hub ({type(e).__name__}); download the "
-                          "repo on a connected machine and pass its local folder instead") from None
+        raise SourceError(f"hf:{spec}: cannot read the safetensors headers of {filename} from the Hugging Face "
+                          f"Hub ({type(e).__name__}); download the repo and pass its local folder instead") from None
     src = StateDictSource()
     src.description = f"hf:{spec}"
     for file_meta in meta.files_metadata.values():
@@ -526,16 +533,57 @@ def open_hub(spec: str) -> StateDictSource:
     return src
 
 
-def _hub_filename(repo_id: str, subfolder: str | None) -> str:
-    from huggingface_hub import list_repo_files
-
-    files = list_repo_files(repo_id)
+def _hub_filename(files: list[str], repo_id: str, subfolder: str | None) -> str:
     prefix = f"{subfolder}/" if subfolder else ""
     for stem in WEIGHT_FILES:
         for suffix in (".safetensors.index.json", ".safetensors"):
             if f"{prefix}{stem}{suffix}" in files:
                 return f"{prefix}{stem}{suffix}"
     raise SourceError(f"hf:{repo_id}/{subfolder or ''}: no safetensors weights in that repo folder")
+
+
+# huggingface_hub's own requests have no timeout and its listing calls retry for ~25 s (a warning per try):
+# the first request about a repo gets this many seconds and one try, so no network fails in a second
+HUB_TIMEOUT = 3.0
+
+
+class HubUnreachable(SourceError):
+    """The hub cannot be asked about a repo: HF_HUB_OFFLINE is set (``offline``), or no connection."""
+
+    def __init__(self, what: str, reason: str, *, offline: bool):
+        super().__init__(f"{what}: {reason}")
+        self.reason, self.offline = reason, offline
+
+
+def hub_repo_files(repo_id: str, *, what: str | None = None) -> list[str]:
+    """The file names of hub repo ``repo_id``, from one request that fails fast: ``HubUnreachable`` when
+    HF_HUB_OFFLINE is set (at once) or the hub does not answer within ``HUB_TIMEOUT`` (no retries); a
+    one-line ``SourceError`` for a missing, private or gated repo. ``what`` starts the messages."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub import errors as hub
+
+    what = what or repo_id
+    if constants.HF_HUB_OFFLINE:
+        raise HubUnreachable(what, "HF_HUB_OFFLINE is set", offline=True)
+    try:
+        info = HfApi().model_info(repo_id, timeout=HUB_TIMEOUT)
+    except hub.OfflineModeIsEnabled:
+        raise HubUnreachable(what, "HF_HUB_OFFLINE is set", offline=True) from None
+    except hub.GatedRepoError:
+        raise SourceError(f"{what}: a gated repo; accept its license on the Hugging Face hub, then "
+                          "`hf auth login`") from None
+    except hub.RepositoryNotFoundError:
+        raise SourceError(f"{what}: no such repo on the Hugging Face hub, or it is private "
+                          "(`hf auth login` for a private one)") from None
+    except hub.HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if status is None or status == 429 or status >= 500:  # the hub is down or busy, not the request wrong
+            raise HubUnreachable(what, f"the Hugging Face hub answered HTTP {status or '?'}", offline=False) from None
+        raise SourceError(f"{what}: the Hugging Face hub answered HTTP {status}") from None
+    except Exception as e:  # noqa: BLE001 - connection errors are requests', httpx' or httpx2's, by hub version
+        detail = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise HubUnreachable(what, f"cannot reach the Hugging Face hub ({detail})", offline=False) from None
+    return [sibling.rfilename for sibling in info.siblings or ()]
 
 
 # ----------------------------------------------------------------------------------------------

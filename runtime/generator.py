@@ -12,6 +12,7 @@ family's list of stages (``runtime/models/<family>/pipeline.py``) and returns ui
 
 from __future__ import annotations
 
+import difflib
 import gc
 import importlib
 import importlib.util
@@ -252,18 +253,57 @@ def resolve_repo(path_or_hub_id: str | os.PathLike) -> Path:
             raise UserError(f"{path}: no model_index.json; expected a Diffusers-format repo folder{hint}")
         return path
     spec = str(path_or_hub_id)
-    if not HUB_ID.match(spec) or spec.startswith((".", "/", "~")):
-        raise UserError(f"{spec}: no such folder (and not a hub id of the form owner/name)")
+    if _names_local_folder(spec):
+        raise UserError(_missing_folder(spec, "; pass a Diffusers-format repo folder (e.g. written by `port convert`)"))
+    if not HUB_ID.match(spec):
+        raise UserError(_missing_folder(spec, " (and not a hub id of the form owner/name)"))
     return download(spec)
+
+
+def _names_local_folder(spec: str) -> bool:
+    """A spec that can only mean a local path: explicitly (./, ../, /, ~) or because its first folder exists
+    here (a typo in converted_weights/<name> is a missing folder, not a hub download)."""
+    if spec.startswith((".", "/", "~")):
+        return True
+    first = Path(spec).parts[:1]
+    return bool(first) and Path(first[0]).is_dir()
+
+
+def _missing_folder(spec: str, otherwise: str) -> str:
+    """'no such folder', with the nearest name beside the first missing part of the path (else ``otherwise``)."""
+    parts = Path(spec).expanduser().parts
+    i = next(i for i in range(1, len(parts) + 1) if not Path(*parts[:i]).exists())
+    parent = Path(*parts[:i - 1]) if i > 1 else Path(".")
+    try:
+        siblings = [p.name for p in parent.iterdir() if p.is_dir()]
+    except OSError:
+        siblings = []
+    close = difflib.get_close_matches(parts[i - 1], siblings, n=1)
+    if close:
+        return f"{spec}: no such folder; did you mean {Path(*parts[:i - 1], close[0], *parts[i:])}?"
+    return f"{spec}: no such folder{otherwise}"
+
+
+HUB_FILES = ["model_index.json", "*/*.json", "*/*.safetensors", "tokenizer/*", "*/*.model"]
 
 
 def download(repo_id: str) -> Path:
     from huggingface_hub import errors as hub
     from huggingface_hub import snapshot_download
+    from vidport.porting.sources import HubUnreachable, hub_repo_files
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=["model_index.json", "*/*.json", "*/*.safetensors",
-                                                               "tokenizer/*", "*/*.model"]))
+        hub_repo_files(repo_id)  # one quick request: offline fails in a second, not after minutes of retries
+    except HubUnreachable as e:
+        cached = _cached_snapshot(repo_id)
+        if cached is None:
+            fetch = (f"set HF_HUB_OFFLINE=0 when online (or pre-download it with `hf download {repo_id}`)"
+                     if e.offline else f"pre-download it with `hf download {repo_id}` on a connected machine")
+            raise UserError(f"cannot download {repo_id}: {e.reason}, and it is not in the local cache; {fetch}, "
+                            "or pass a local Diffusers-format folder (e.g. written by `port convert`)") from None
+        return cached
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
     except (hub.LocalEntryNotFoundError, hub.OfflineModeIsEnabled):
         reason = "offline or hub unreachable, and not in the local cache"
     except hub.GatedRepoError:
@@ -276,6 +316,16 @@ def download(repo_id: str) -> Path:
         reason = f"{type(e).__name__}: {e}".splitlines()[0]
     raise UserError(f"cannot download {repo_id} from the Hugging Face hub ({reason}); pass a local "
                     "Diffusers-format folder, or run `port convert` on an official release")
+
+
+def _cached_snapshot(repo_id: str) -> Path | None:
+    """The repo from the local Hugging Face cache (downloaded before, e.g. with `hf download`), or None."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached, or cached incompletely: either way not usable
+        return None
 
 
 def pipeline_module(folder: Path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -243,6 +244,79 @@ def test_unguarded_multi_gpu_script_names_the_main_guard(converted_tiny_release,
     assert last.split(": ", 1)[0].endswith("UserError"), proc.stderr
     assert 'wrap the code that creates VideoGenerator(num_gpus>1) in `if __name__ == "__main__":`' in last
     assert "re-imports your script" in last and "without reporting an error" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. a mistyped local folder; the hub while offline
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("spec, message", [
+    ("converted_weights/wan2.1-t2v-tinyy",
+     "converted_weights/wan2.1-t2v-tinyy: no such folder; did you mean converted_weights/wan2.1-t2v-tiny?"),
+    ("converted_weights/wan2.1-t2v-tinyy/transformer", "converted_weights/wan2.1-t2v-tinyy/transformer: no such "
+     "folder; did you mean converted_weights/wan2.1-t2v-tiny/transformer?"),
+    ("converted_weights/zzz", "converted_weights/zzz: no such folder; pass a Diffusers-format repo folder"),
+    ("./owner/name", "./owner/name: no such folder; pass a Diffusers-format repo folder"),
+])
+def test_mistyped_local_folder_is_not_a_hub_download(tmp_path, monkeypatch, capsys, spec, message):
+    from vidport.porting.cli import main
+    from vidport.runtime import generator
+
+    (tmp_path / "converted_weights" / "wan2.1-t2v-tiny" / "transformer").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(generator, "download", lambda repo_id: pytest.fail(f"{repo_id} went to the hub"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", spec, "--prompt", "a cat", "-o", str(tmp_path / "x.mp4")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and err[0].startswith(f"error: {message}"), err
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens there once it is closed: connection refused
+
+
+@pytest.mark.parametrize("offline", [True, False], ids=["HF_HUB_OFFLINE", "no-network"])
+@pytest.mark.parametrize("command", [
+    ("diff-keys", "hf:owner/name", "native:wan2.1-t2v-tiny"),
+    ("generate", "owner/name", "--prompt", "a cat"),
+], ids=["diff-keys", "generate"])
+def test_hub_while_offline_is_one_quick_line(tmp_path, offline, command):
+    # no network, whatever this machine has: the hub's address refuses connections
+    env = {"HF_HUB_OFFLINE": "1"} if offline else {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}"}
+    env["HF_HOME"] = str(tmp_path / "hf")  # an empty cache
+    reason = "HF_HUB_OFFLINE is set" if offline else "cannot reach the Hugging Face hub"
+    args = (*command, "-o", str(tmp_path / "x.mp4")) if command[0] == "generate" else command
+    proc, seconds = run_port(*args, env=env, cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and reason in lines[0], proc.stderr
+    assert "hf download owner/name" in lines[0]
+    if offline:
+        assert "HF_HUB_OFFLINE=0" in lines[0]
+    assert seconds < 5, f"{seconds:.1f} s"
+
+
+def test_a_hub_that_does_not_answer_fails_within_the_timeout(monkeypatch, capfd):
+    """A connection that opens but never answers (a captive portal, a dead proxy) gets HUB_TIMEOUT seconds
+    and one try, not huggingface_hub's unbounded wait or its retries."""
+    import huggingface_hub.constants
+    from vidport.porting.sources import HUB_TIMEOUT, HubUnreachable, hub_repo_files
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)  # the kernel completes connections; nobody ever reads or answers
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        # huggingface_hub >= 2 first fetches an agent registry for its user-agent (its own 3 s timeout): off,
+        # so this measures the request vidport bounds
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_TELEMETRY", True)
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        capfd.readouterr()
+        start = time.perf_counter()
+        with pytest.raises(HubUnreachable, match="cannot reach the Hugging Face hub"):
+            hub_repo_files("owner/name")
+        assert time.perf_counter() - start < HUB_TIMEOUT + 1.5
+    assert capfd.readouterr().err == ""
 
 
 # ---------------------------------------------------------------------------------------------
