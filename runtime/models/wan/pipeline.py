@@ -232,3 +232,9 @@ def t2v_stages(c: WanComponents, *, cfg, on_step=None) -> list[Stage]:
         DecodeVideo(c.vae),
     ]
 
+
+def repo_sampling_defaults(folder: Path) -> dict:
+    """The sampling defaults of a Diffusers-format repo's preset (read from its transformer config)."""
+    from vidport.runtime.loading import read_diffusers_config
+
+    return sampling_defaults(WanDiTConfig.from_diffusers(read_diffusers_config(Path(folder) / "transformer")))
