@@ -3,18 +3,25 @@
 Every backend takes ``q, k, v`` as ``[batch, seq, heads, head_dim]`` plus an optional boolean
 ``key_mask`` of shape ``[batch, seq_k]`` (True = attend) and returns ``[batch, seq_q, heads, head_dim]``.
 Backends are chosen by name through an explicit argument (``resolve_backend(name, device)``);
-the environment variable ``VIDPORT_ATTENTION_BACKEND`` may override the choice (useful to force
-``sdpa-math`` in a parity run without touching code). ``auto`` picks from ``AUTO_RULES``: data, measured
-with ``benchmarks/bench_attention.py``.
+the environment variable ``VIDPORT_ATTENTION_BACKEND`` sets the default when no name is given (useful to
+force ``sdpa-math`` in a parity run without touching code). ``auto`` picks from ``AUTO_RULES``: data,
+measured with ``benchmarks/bench_attention.py``.
+
+A backend is available when it suits the device and a probe passes: its module imports and a tiny call
+runs on the device in the dtype. The probe runs once per (backend, device type, dtype), when a backend
+is resolved, never per call. ``auto`` skips what is unavailable and says once, in one line, what it took
+instead and why; a named backend that is unavailable is one line naming what is missing.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
+import importlib
 import inspect
+import logging
 import os
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +30,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from vidport.porting.errors import UserError
 
 AttentionFn = Callable[..., torch.Tensor]
-ENV_OVERRIDE = "VIDPORT_ATTENTION_BACKEND"
+ENV_OVERRIDE = "VIDPORT_ATTENTION_BACKEND"  # the default backend when none is named
+log = logging.getLogger(__name__)
 
 
 class AttentionBackendError(UserError, ValueError):
@@ -108,13 +116,49 @@ def fa4_tile_kwargs(text: str) -> dict:
             "num_threads": 128 * (m // 64 + 1)}
 
 
-def _fa4_kwargs(q: torch.Tensor, k: torch.Tensor) -> dict:
-    text = os.environ.get(FA4_TILE_ENV)
-    if text is None:
-        hopper = torch.cuda.get_device_capability(q.device)[0] == 9
+_FA4_SM90_LONG_KWARGS = fa4_tile_kwargs(FA4_SM90_LONG_TILE)
+
+
+@dataclass(frozen=True)
+class FA4Tiles:
+    """flash-attn-4's forward tile on one device, decided when the backend is resolved there."""
+
+    override: dict | None  # VIDPORT_FA4_TILE's arguments; None: by shape below
+    hopper: bool
+
+    def kwargs(self, q: torch.Tensor, k: torch.Tensor) -> dict:
+        if self.override is not None:
+            return self.override
         long_keys = k.shape[1] >= FA4_LONG_KEYS and q.shape[-1] == 128
-        text = FA4_SM90_LONG_TILE if hopper and long_keys else "default"
-    return fa4_tile_kwargs(text)
+        return _FA4_SM90_LONG_KWARGS if self.hopper and long_keys else {}
+
+
+# device index -> its tile; written when flash-attn-4 is resolved, so the op reads no environment per call
+_FA4_TILES: dict[int | None, FA4Tiles] = {}
+
+
+def _device_index(device: torch.device) -> int | None:
+    if device.type == "cuda" and device.index is None:
+        return torch.cuda.current_device()
+    return device.index
+
+
+def resolve_fa4_tiles(device: torch.device | str) -> FA4Tiles:
+    """Read ``VIDPORT_FA4_TILE`` and the GPU's generation once, for flash-attn-4 on ``device`` (a malformed
+    value is one line naming the variable)."""
+    device = torch.device(device)
+    text = os.environ.get(FA4_TILE_ENV)
+    tiles = FA4Tiles(None if text is None else fa4_tile_kwargs(text),
+                     torch.cuda.get_device_capability(device)[0] == 9)
+    _FA4_TILES[_device_index(device)] = tiles
+    return tiles
+
+
+def _fa4_kwargs(q: torch.Tensor, k: torch.Tensor) -> dict:
+    tiles = _FA4_TILES.get(_device_index(q.device))
+    if tiles is None:  # called without resolving (a benchmark timing the function itself): decide now, once
+        tiles = resolve_fa4_tiles(q.device)
+    return tiles.kwargs(q, k)
 
 
 @functools.cache
@@ -155,6 +199,12 @@ def flash_attn_4(q, k, v, key_mask=None):
     return _flash_attn_4_op(q, k, v)
 
 
+def _fa4_install() -> str:
+    # the CuTe DSL wheels follow the CUDA major version
+    return "pip install 'flash-attn-4[cu13]'" if (torch.version.cuda or "").startswith("13") \
+        else "pip install flash-attn-4"
+
+
 @dataclass(frozen=True)
 class Backend:
     """A backend function and what it needs to run."""
@@ -162,7 +212,10 @@ class Backend:
     fn: AttentionFn
     devices: tuple[str, ...]  # torch device types
     min_capability: tuple[int, int] = (0, 0)  # CUDA compute capability, when on CUDA
-    package: str | None = None  # an optional package it imports
+    module: str | None = None  # the optional package module it imports
+    install: str = ""  # the command that installs that package
+    missing: str = "a module it imports is missing"  # what it lacks when the package imports only in part
+    configure: Callable[[torch.device], object] | None = None  # settings read once, when it is resolved
 
 
 BACKENDS: dict[str, Backend] = {
@@ -171,27 +224,36 @@ BACKENDS: dict[str, Backend] = {
     "sdpa-cudnn": Backend(sdpa_cudnn, ("cuda",), (8, 0)),
     "sdpa-efficient": Backend(sdpa_efficient, ("cuda",), (5, 0)),
     "sdpa-math": Backend(sdpa_math, ("cpu", "cuda")),
-    "flash-attn": Backend(flash_attn, ("cuda",), (8, 0), package="flash_attn.flash_attn_interface"),
-    "flash-attn-4": Backend(flash_attn_4, ("cuda",), (9, 0), package="flash_attn.cute"),
+    "flash-attn": Backend(flash_attn, ("cuda",), (8, 0), module="flash_attn.flash_attn_interface",
+                          install="pip install flash-attn --no-build-isolation",
+                          missing="its CUDA extension is missing"),
+    "flash-attn-4": Backend(flash_attn_4, ("cuda",), (9, 0), module="flash_attn.cute", install=_fa4_install(),
+                            missing="its CuTe DSL libraries are missing", configure=resolve_fa4_tiles),
 }
 
 
 @dataclass(frozen=True)
 class AutoRule:
-    """``auto`` picks ``backend`` on a CUDA device of this major compute capability, for these dtypes and
-    attention kinds ("self": video tokens to video tokens; "cross": video tokens to the 512 text tokens)."""
+    """``auto`` picks ``backend`` on a device of this type (on CUDA: of this major compute capability), for
+    these dtypes and attention kinds ("self": video tokens to video tokens; "cross": video tokens to the 512
+    text tokens)."""
 
-    capability_major: int
+    capability_major: int | None  # None: any (a CPU rule)
     dtypes: tuple[torch.dtype, ...]
     backend: str
     measured: str  # where the choice comes from
     kinds: tuple[str, ...] = ("self", "cross")
+    device_type: str = "cuda"
+
+    def matches(self, device_type: str, capability_major: int | None, dtype: torch.dtype | None, kind: str) -> bool:
+        return (self.device_type == device_type and kind in self.kinds and (dtype is None or dtype in self.dtypes)
+                and self.capability_major in (None, capability_major))
 
 
 KINDS = ("self", "cross")
 _HALF = (torch.bfloat16, torch.float16)
 
-# First matching rule whose backend can run here wins; no match means "sdpa" (PyTorch's own choice).
+# First matching rule whose backend is available wins; no match means "sdpa" (PyTorch's own choice).
 AUTO_RULES: tuple[AutoRule, ...] = (
     AutoRule(9, _HALF, "flash-attn-4",
              "H100, Wan 1.3B self-attention (1x32760 tokens, 12 heads, head_dim 128, bf16): FlashAttention-4 "
@@ -202,78 +264,161 @@ AUTO_RULES: tuple[AutoRule, ...] = (
              "H100, same shape: cuDNN 572 TFLOP/s when FlashAttention-4 is not installed; cross-attention "
              "(32760 x 512 text tokens): cuDNN 0.28 ms, FlashAttention-4 0.34, SDPA flash 0.41"),
 )
+FALLBACK = "sdpa"
 
 
 # ----------------------------------------------------------------------------------------------
-# Choosing one
+# Availability: suits the device, imports, and a tiny call runs
 # ----------------------------------------------------------------------------------------------
 def _device(device: torch.device | str | None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def _can_run(spec: Backend, device: torch.device) -> bool:
+def _probe_dtype(device: torch.device, dtype: torch.dtype | None) -> torch.dtype:
+    # what the generator runs when no dtype is given
+    return dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+NOT_INSTALLED = "is not installed"
+
+
+def _broken(name: str, spec: Backend, e: BaseException, doing: str) -> str:
+    if isinstance(e, ModuleNotFoundError) and e.name and spec.module and \
+            (spec.module == e.name or spec.module.startswith(e.name + ".")):
+        return f"{name} {NOT_INSTALLED} ({spec.install})"
+    if isinstance(e, ModuleNotFoundError):  # the package is there, something it imports is not
+        return f"{name} is installed but {spec.missing} ({_first_line(e)}): {spec.install}"
+    return f"{name} fails {doing} ({type(e).__name__}: {_first_line(e)})"
+
+
+@functools.cache
+def _probe(name: str, spec: Backend, device_type: str, dtype: torch.dtype) -> str | None:
+    """Why ``spec`` does not run on the current device of ``device_type`` in ``dtype``, or None: its module
+    imports and a tiny call returns a finite result of the right shape. Once per process and key."""
+    if spec.module is not None:
+        try:
+            importlib.import_module(spec.module)
+        except Exception as e:  # noqa: BLE001 - a broken package raises anything on import
+            return _broken(name, spec, e, "to import")
+    q, k, v = torch.randn(3, 1, 128, 2, 64, generator=torch.Generator().manual_seed(0)).to(device_type, dtype)
+    try:
+        with warnings.catch_warnings():
+            # SDPA explains at length why a kernel it was told to use cannot run; the reason below says it in a line
+            warnings.simplefilter("ignore")
+            out = spec.fn(q, k, v)
+        ok = out.shape == q.shape and bool(torch.isfinite(out).all())
+    except Exception as e:  # noqa: BLE001 - a kernel that cannot run raises anything
+        return _broken(name, spec, e, f"on {device_type} in {str(dtype).removeprefix('torch.')}")
+    return None if ok else f"{name} returns a wrong result on {device_type} (non-finite or misshaped)"
+
+
+def why_unavailable(name: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None, *,
+                    backends: Mapping[str, Backend] = BACKENDS) -> str | None:
+    """Why backend ``name`` cannot run on ``device`` in ``dtype`` (one line, with the fix), or None if it can."""
+    spec, device = backends[name], _device(device)
     if device.type not in spec.devices:
-        return False
+        return "needs CUDA" if spec.devices == ("cuda",) else f"runs on {' or '.join(spec.devices)} only"
     if device.type == "cuda":
-        if not torch.cuda.is_available() or torch.cuda.get_device_capability(device) < spec.min_capability:
-            return False
-    return spec.package is None or _installed(spec.package)
+        if not torch.cuda.is_available():
+            return "needs CUDA"
+        have = torch.cuda.get_device_capability(device)
+        if have < spec.min_capability:
+            return (f"needs a GPU of compute capability {'.'.join(map(str, spec.min_capability))} or newer "
+                    f"(this one: {'.'.join(map(str, have))})")
+    reason = _probe(name, spec, device.type, _probe_dtype(device, dtype))
+    if reason is None and spec.configure is not None:
+        spec.configure(device)
+    return reason
 
 
-def _installed(module: str) -> bool:
-    try:  # a dotted name imports its parent package, which may be missing
-        return importlib.util.find_spec(module) is not None
-    except ImportError:
-        return False
+def available_backends(device: torch.device | str | None = None, dtype: torch.dtype | None = None, *,
+                       backends: Mapping[str, Backend] = BACKENDS) -> list[str]:
+    """Backends that run on ``device`` (default: CUDA if present, else CPU) in ``dtype``."""
+    return [name for name in backends if why_unavailable(name, device, dtype, backends=backends) is None]
 
 
-def available_backends(device: torch.device | str | None = None) -> list[str]:
-    """Backends this machine can run on ``device`` (default: CUDA if present, else CPU)."""
-    device = _device(device)
-    return [name for name, spec in BACKENDS.items() if _can_run(spec, device)]
-
-
-def auto_backend(device: torch.device | str | None = None, dtype: torch.dtype | None = None,
-                 kind: str = "self") -> str:
-    """The fastest backend that is correct for the DiT's ``kind`` of attention on ``device`` (``AUTO_RULES``)."""
+# ----------------------------------------------------------------------------------------------
+# Choosing one
+# ----------------------------------------------------------------------------------------------
+def auto_candidates(device: torch.device | str | None = None, dtype: torch.dtype | None = None, kind: str = "self",
+                    *, rules: Sequence[AutoRule] = AUTO_RULES) -> list[str]:
+    """The backends ``auto`` tries, best first, by the rules alone (not whether they run here)."""
     if kind not in KINDS:
         raise ValueError(f"attention kind {kind!r} is not one of {KINDS}")
     device = _device(device)
-    if device.type == "cuda" and torch.cuda.is_available():
-        major, _ = torch.cuda.get_device_capability(device)
-        for rule in AUTO_RULES:
-            if rule.capability_major == major and kind in rule.kinds and (dtype is None or dtype in rule.dtypes) \
-                    and _can_run(BACKENDS[rule.backend], device):
-                return rule.backend
-    return "sdpa"
+    major = None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return []
+        major = torch.cuda.get_device_capability(device)[0]
+    return [rule.backend for rule in rules if rule.matches(device.type, major, dtype, kind)]
+
+
+_SAID: set[str] = set()  # auto's fallback lines already logged by this process
+
+
+def _say_once(level: int, line: str) -> None:
+    if line not in _SAID:
+        _SAID.add(line)
+        log.log(level, line)
+
+
+def auto_backend(device: torch.device | str | None = None, dtype: torch.dtype | None = None, kind: str = "self",
+                 *, backends: Mapping[str, Backend] = BACKENDS, rules: Sequence[AutoRule] = AUTO_RULES) -> str:
+    """The fastest backend that is correct for the DiT's ``kind`` of attention on ``device`` (``AUTO_RULES``)
+    and that is available; what it skips is logged once, in one line, with the backend taken instead."""
+    skipped, chosen = [], FALLBACK
+    for name in auto_candidates(device, dtype, kind, rules=rules):
+        reason = why_unavailable(name, device, dtype, backends=backends)
+        if reason is None:
+            chosen = name
+            break
+        skipped.append(reason)
+    if skipped:
+        # a package left out is a choice; one installed but broken is worth a warning
+        broken = any(NOT_INSTALLED not in r for r in skipped)
+        _say_once(logging.WARNING if broken else logging.INFO,
+                  f"vidport attention: {'; '.join(skipped)}; using {chosen}")
+    return chosen
 
 
 def resolve_backends(name: str | None, device: torch.device | str | None = None,
-                     dtype: torch.dtype | None = None) -> tuple[str, str]:
+                     dtype: torch.dtype | None = None, *, backends: Mapping[str, Backend] = BACKENDS,
+                     rules: Sequence[AutoRule] = AUTO_RULES) -> tuple[str, str]:
     """(self-attention backend, cross-attention backend): a named backend serves both, ``auto`` picks
     the fastest for each shape."""
-    return tuple(resolve_backend(name, device, dtype, kind) for kind in KINDS)
+    return tuple(resolve_backend(name, device, dtype, kind, backends=backends, rules=rules) for kind in KINDS)
 
 
 def resolve_backend(name: str | None, device: torch.device | str | None = None,
-                    dtype: torch.dtype | None = None, kind: str = "self") -> str:
-    """Turn a requested backend (None or 'auto': the best for the device and ``kind`` of attention)
-    into a runnable backend name.
+                    dtype: torch.dtype | None = None, kind: str = "self", *,
+                    backends: Mapping[str, Backend] = BACKENDS, rules: Sequence[AutoRule] = AUTO_RULES) -> str:
+    """Turn a requested backend (None: ``VIDPORT_ATTENTION_BACKEND`` if set, else 'auto'; 'auto': the best
+    available for the device, dtype and ``kind`` of attention) into a backend name that runs here.
 
-    ``VIDPORT_ATTENTION_BACKEND``, when set, overrides the request. Raises ``AttentionBackendError``
-    (one line, listing what can run here) for an unknown backend or one this machine cannot run.
+    Raises ``AttentionBackendError`` (one line: what is missing and how to install it, and what can run
+    here) for an unknown backend or one that cannot run on ``device`` in ``dtype``.
     """
-    name = os.environ.get(ENV_OVERRIDE) or name or "auto"
+    from_env = name is None and bool(os.environ.get(ENV_OVERRIDE))
+    name = name or os.environ.get(ENV_OVERRIDE) or "auto"
     if name == "auto":
-        return auto_backend(device, dtype, kind)
-    runnable = available_backends(device)
-    where = f"{ENV_OVERRIDE}={name}" if os.environ.get(ENV_OVERRIDE) else repr(name)
-    if name not in BACKENDS:
-        raise AttentionBackendError(
-            f"unknown attention backend {where}; runnable here: auto, {', '.join(runnable)}")
-    if name not in runnable:
-        raise AttentionBackendError(
-            f"attention backend {where} cannot run on {_device(device)}; runnable here: auto, {', '.join(runnable)}")
+        return auto_backend(device, dtype, kind, backends=backends, rules=rules)
+    where = f"{ENV_OVERRIDE}={name}" if from_env else repr(name)
+    if name not in backends:
+        runnable = available_backends(device, dtype, backends=backends)
+        raise AttentionBackendError(f"unknown attention backend {where}; runnable here: auto, {', '.join(runnable)}")
+    reason = why_unavailable(name, device, dtype, backends=backends)
+    if reason is not None:
+        runnable = available_backends(device, dtype, backends=backends)
+        # "cannot run on cpu" already says what "needs CUDA" would
+        detail = "" if reason == "needs CUDA" else f": {reason}"
+        raise AttentionBackendError(f"attention backend {where} cannot run on {_device(device)}{detail}; "
+                                    f"runnable here: auto, {', '.join(runnable)}")
     return name
 
 

@@ -1,6 +1,6 @@
 """Attention backends: every backend this machine can run equals the SDPA math kernel; asking for one
-that cannot run is one clear line listing what can; the environment variable overrides; ``auto``
-follows its table."""
+that cannot run is one clear line listing what can; the environment variable sets the default an argument
+overrides; ``auto`` follows its table (tests/test_attention_probe.py: what it does when a backend is broken)."""
 
 from __future__ import annotations
 
@@ -78,47 +78,44 @@ def test_unknown_backend_lists_the_runnable_ones():
         resolve_backend("xformers", "cpu")
 
 
-def test_environment_variable_overrides(monkeypatch):
+def test_environment_variable_sets_the_default(monkeypatch):
     assert resolve_backend("sdpa", "cpu") == "sdpa"
     monkeypatch.setenv(ENV_OVERRIDE, "sdpa-math")
-    assert resolve_backend("sdpa", "cpu") == "sdpa-math"
+    assert resolve_backend("sdpa", "cpu") == "sdpa"  # an explicit argument beats the environment
     assert resolve_backend(None, "cpu") == "sdpa-math"
     monkeypatch.setenv(ENV_OVERRIDE, "flash-attn")
+    assert resolve_backend("sdpa", "cpu") == "sdpa"
     with pytest.raises(UserError, match=f"^attention backend {ENV_OVERRIDE}=flash-attn cannot run on cpu;"):
-        resolve_backend("sdpa", "cpu")
+        resolve_backend(None, "cpu")
 
 
 def test_auto_follows_the_table(monkeypatch):
+    """The rules alone (which backends ``auto`` tries, best first); whether each runs is probed at resolve time
+    (tests/test_attention_probe.py)."""
     assert resolve_backend("auto", "cpu") == "sdpa"
     assert resolve_backend(None, "cpu") == "sdpa"
+    assert attention.auto_candidates("cpu", torch.float32) == []
     # pretend to be a GPU of a given compute capability; the table decides
     capability = {"value": (9, 0)}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability["value"])
-    real = attention._installed  # as on a machine without FlashAttention-4 (the next test has it)
-    monkeypatch.setattr(attention, "_installed", lambda m: m != "flash_attn.cute" and real(m))
-    assert resolve_backend("auto", "cuda", torch.bfloat16) == "sdpa-cudnn"  # Hopper, measured fastest
-    assert resolve_backend("auto", "cuda", torch.float32) == "sdpa"  # cuDNN attention has no fp32 kernel
+    # Hopper, measured fastest: FlashAttention-4, else cuDNN
+    assert attention.auto_candidates("cuda", torch.bfloat16) == ["flash-attn-4", "sdpa-cudnn"]
+    assert attention.auto_candidates("cuda", torch.float32) == []  # cuDNN attention has no fp32 kernel
     capability["value"] = (8, 0)
-    assert resolve_backend("auto", "cuda", torch.bfloat16) == "sdpa"
-    assert "sdpa-cudnn" in available_backends("cuda") and "sdpa-efficient" in available_backends("cuda")
+    assert attention.auto_candidates("cuda", torch.bfloat16) == []
     for rule in attention.AUTO_RULES:  # every rule names a real backend and says where it comes from
         assert rule.backend in attention.BACKENDS and rule.measured
 
 
 def test_auto_picks_per_attention_kind(monkeypatch):
-    """Hopper with FlashAttention-4 installed: FA4 for the self-attention, cuDNN for the short cross-attention
-    (BENCHMARKS.md); without FA4 both take cuDNN. A named backend serves both kinds."""
+    """Hopper: FA4 first for the self-attention, cuDNN for the short cross-attention (BENCHMARKS.md). A named
+    backend serves both kinds."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
-    installed = {"flash_attn.cute": False}
-    real = attention._installed
-    monkeypatch.setattr(attention, "_installed", lambda m: installed.get(m, real(m)))
-    assert attention.resolve_backends("auto", "cuda", torch.bfloat16) == ("sdpa-cudnn", "sdpa-cudnn")
-    installed["flash_attn.cute"] = True
-    assert attention.resolve_backends("auto", "cuda", torch.bfloat16) == ("flash-attn-4", "sdpa-cudnn")
-    assert attention.resolve_backends(None, "cuda", torch.float32) == ("sdpa", "sdpa")
-    assert attention.resolve_backends("sdpa-math", "cuda") == ("sdpa-math", "sdpa-math")
+    assert attention.auto_candidates("cuda", torch.bfloat16, kind="self") == ["flash-attn-4", "sdpa-cudnn"]
+    assert attention.auto_candidates("cuda", torch.bfloat16, kind="cross") == ["sdpa-cudnn"]
+    assert attention.resolve_backends("sdpa-math", "cpu") == ("sdpa-math", "sdpa-math")
     with pytest.raises(ValueError, match="attention kind 'joint'"):
         attention.auto_backend("cuda", torch.bfloat16, kind="joint")
 
@@ -126,7 +123,8 @@ def test_auto_picks_per_attention_kind(monkeypatch):
 def test_flash_attn_4_tile(monkeypatch):
     """The self-attention on Hopper runs flash-attn-4's forward with vidport's tuned sm90 tile (BENCHMARKS.md:
     192x128 was 2% faster in the model than the library's 128x128); other shapes and GPUs keep the library's
-    choice; VIDPORT_FA4_TILE overrides, and a malformed value is one line naming the variable."""
+    choice; VIDPORT_FA4_TILE overrides, read once when the backend is resolved (not per call), and a malformed
+    value is one line naming the variable."""
     import types
 
     calls = []
@@ -150,30 +148,37 @@ def test_flash_attn_4_tile(monkeypatch):
     monkeypatch.setitem(sys.modules, "flash_attn.cute", cute)
     monkeypatch.setitem(sys.modules, "flash_attn.cute.interface", interface)
     attention._fa4_forward_with_tiles.cache_clear()
+    monkeypatch.setattr(attention, "_FA4_TILES", {})
     capability = {"value": (9, 0)}
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability["value"])
     monkeypatch.delenv(attention.FA4_TILE_ENV, raising=False)
     q = torch.randn(1, 8, 2, 128)
     long_kv, short_kv = torch.randn(1, 4096, 2, 128), torch.randn(1, 512, 2, 128)
+    resolve = attention.resolve_fa4_tiles  # what resolving flash-attn-4 on a device does
 
-    out = attention.flash_attn_4(q, long_kv, long_kv)
+    out = attention.flash_attn_4(q, long_kv, long_kv)  # never resolved: decided on first use
     torch.testing.assert_close(out, attention.sdpa_math(q, long_kv, long_kv))
     assert calls[-1] == {"tile_mn": (192, 128), "mma_pv_is_rs": True, "intra_wg_overlap": False,
                          "num_threads": 512}
     attention.flash_attn_4(q, short_kv, short_kv)  # the cross-attention: the library's table
     assert calls[-1] == {}
     capability["value"] = (10, 0)  # Blackwell: the library's table
+    resolve(q.device)
     attention.flash_attn_4(q, long_kv, long_kv)
     assert calls[-1] == {}
     monkeypatch.setenv(attention.FA4_TILE_ENV, "128x176:rs:ol")
     attention.flash_attn_4(q, short_kv, short_kv)
+    assert calls[-1] == {}  # read when the backend is resolved, not per call
+    resolve(q.device)
+    attention.flash_attn_4(q, short_kv, short_kv)
     assert calls[-1]["tile_mn"] == (128, 176) and calls[-1]["num_threads"] == 384
     monkeypatch.setenv(attention.FA4_TILE_ENV, "128x170:rs")
     with pytest.raises(UserError, match=r"^flash-attn-4 tile '128x170:rs' is not of the form .*VIDPORT_FA4_TILE"):
-        attention.flash_attn_4(q, short_kv, short_kv)
+        resolve(q.device)
     # a flash-attn-4 whose internal forward lacks the tile arguments: the public function, the library's tile
     monkeypatch.delenv(attention.FA4_TILE_ENV)
     capability["value"] = (9, 0)
+    resolve(q.device)
     interface._flash_attn_fwd = lambda q, k, v, softmax_scale=None: pytest.fail("called without tile arguments")
     attention._fa4_forward_with_tiles.cache_clear()
     torch.testing.assert_close(attention.flash_attn_4(q, long_kv, long_kv), attention.sdpa_math(q, long_kv, long_kv))
