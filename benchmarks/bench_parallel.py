@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vidport.runtime.models.wan.config import preset  # noqa: E402
 from vidport.runtime.models.wan.model import WanDiT  # noqa: E402
 from vidport.runtime.parallel import launch, parallelize  # noqa: E402
+from vidport.runtime.parallel.generator import resolve_backends_on_ranks  # noqa: E402
 from vidport.runtime.pipeline.guidance import SerialCFG  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -58,8 +59,9 @@ def _rank(worker, args):
         t = torch.tensor([700.0], device=device)
         cond, uncond = (torch.randn(1, cfg.text_len, cfg.text_dim, generator=g, device=device).to(dtype)
                         for _ in range(2))
-    model.set_attention_backend(args.attention_backend)
-    report = {"rank": worker.rank, "world": worker.world_size, "tokens": f * h * w}
+    backends = resolve_backends_on_ranks(args.attention_backend, device, dtype)  # "auto" as the runtime does
+    model.set_attention_backend(*backends)
+    report = {"rank": worker.rank, "world": worker.world_size, "tokens": f * h * w, "attention_backends": backends}
 
     def step(m, strategy):
         with torch.no_grad():
@@ -88,7 +90,7 @@ def main(argv=None) -> dict:
     p.add_argument("--preset", default="1.3b")
     p.add_argument("--grid", default="21,30,52", help="latent tokens f,h,w (81 frames 480x832: 21,30,52)")
     p.add_argument("--dtype", choices=DTYPES, default="bf16")
-    p.add_argument("--attention-backend", default="sdpa")
+    p.add_argument("--attention-backend", default="sdpa", help="a runtime.attention backend, or auto")
     p.add_argument("--device", default=None)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)

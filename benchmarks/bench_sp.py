@@ -29,17 +29,17 @@ os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
 
 def _rank_forward(worker, preset_name: str, latent: tuple[int, int, int], repeats: int):
     import torch.distributed as dist
-    from vidport.runtime.attention import resolve_backends
     from vidport.runtime.models.wan.config import preset
     from vidport.runtime.models.wan.model import WanDiT
     from vidport.runtime.parallel import parallelize_wan
+    from vidport.runtime.parallel.generator import resolve_backends_on_ranks
 
     cfg = preset(preset_name)
     dev = worker.device
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     torch.manual_seed(0)
     model = WanDiT(cfg).to_dtype(dtype).to(dev).eval().requires_grad_(False)  # same seeded weights on every rank
-    model.set_attention_backend(*resolve_backends("auto", dev, dtype))
+    model.set_attention_backend(*resolve_backends_on_ranks("auto", dev, dtype))  # rank 0's choice, on every rank
     sp = parallelize_wan(model)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(1, cfg.in_dim, *latent, generator=g).to(dev, dtype)

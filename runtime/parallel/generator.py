@@ -12,22 +12,56 @@ import os
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import numpy as np
 from vidport.porting.errors import UserError
 from vidport.runtime.parallel.launch import DEFAULT_TIMEOUT, Worker, WorkerPool
 from vidport.runtime.parallel.wan import check_heads
 
+if TYPE_CHECKING:
+    import torch
+
 # what VideoGenerator.from_pretrained passes on to each rank's own (single-device) from_pretrained
 LOAD_OPTIONS = ("attention_backend", "dtype", "cfg", "scheduler", "flow_shift", "compile")
 
 
+def resolve_backends_on_ranks(name: str | None, device: torch.device, dtype: torch.dtype) -> tuple[str, str]:
+    """``runtime.attention.resolve_backends`` for every rank of the default process group, answered by rank 0:
+    ``auto`` (or ``VIDPORT_ATTENTION_BACKEND``) is resolved and its probes and fallback line happen once, and
+    every rank runs the same kernels. Each rank then checks that it can run them; a refusal is raised on every
+    rank, so none is left waiting in a collective."""
+    import torch.distributed as dist
+    from vidport.runtime.attention import resolve_backend, resolve_backends
+
+    message: list = [None]
+    if dist.get_rank() == 0:
+        try:
+            message[0] = {"backends": resolve_backends(name, device, dtype)}
+        except Exception as e:
+            dist.broadcast_object_list([{"error": str(e), "user_error": isinstance(e, UserError)}], src=0)
+            raise
+    dist.broadcast_object_list(message, src=0)
+    answer = message[0]
+    if "error" in answer:  # rank 0's refusal
+        raise (UserError if answer["user_error"] else RuntimeError)(answer["error"])
+    backends = tuple(answer["backends"])
+    for backend in dict.fromkeys(backends):  # probed here too: this rank's GPU and libraries
+        resolve_backend(backend, device, dtype)
+    return backends
+
+
 def _load(worker: Worker, source, load_kwargs: dict, cfg_parallel: bool) -> dict:
     import torch.distributed as dist
-    from vidport.runtime.generator import VideoGenerator
+    from vidport.runtime.generator import VideoGenerator, resolve_dtype
     from vidport.runtime.parallel import parallelize
 
-    gen = VideoGenerator.from_pretrained(source, num_gpus=1, device=worker.device, **load_kwargs)
+    # before any rank loads anything: one choice of attention kernels for all ranks (rank 0's)
+    dtype = resolve_dtype(load_kwargs.get("dtype"), worker.device)
+    backends = resolve_backends_on_ranks(load_kwargs.get("attention_backend"), worker.device, dtype)
+    gen = VideoGenerator.from_pretrained(source, num_gpus=1, device=worker.device,
+                                         **{**load_kwargs, "attention_backend": backends[0]})
+    gen.components.transformer.set_attention_backend(*backends)
     dit = gen.components.transformer
     # fail before any collective, with the sizes that work
     check_heads(dit.cfg.num_heads, worker.world_size // 2 if cfg_parallel else worker.world_size)
