@@ -2,7 +2,7 @@
 
     python benchmarks/bench_load.py            # Wan 1.3B transformer, bf16 safetensors written once to a temp dir
 
-vidport: ``runtime.loading.load_wan_transformer`` (mmap'd safetensors, tensor by tensor, through the name map,
+vidport: ``runtime.loading.load_transformer`` (mmap'd safetensors, tensor by tensor, through the name map,
 straight to the device, no random init). diffusers: ``WanTransformer3DModel.from_pretrained(torch_dtype=bf16)
 .to("cuda")``. Each is timed twice: the first run after the other's (page cache warm for both). Before the
 table, the two loaded models run one small forward on the same input (8x16x16 latent, 512 text tokens) and
@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--tolerance", type=float, default=2e-2, help="max rel L2, vidport vs diffusers output (bf16)")
     args = ap.parse_args()
     from diffusers import WanTransformer3DModel
-    from vidport.runtime.loading import load_wan_transformer
+    from vidport.runtime.loading import load_transformer
 
     cfg = preset(args.preset)
     dev = torch.device(args.device)
@@ -47,7 +47,7 @@ def main() -> None:
                 torch.cuda.synchronize(dev)
 
         def ours():
-            return load_wan_transformer(folder, dtype=torch.bfloat16, device=dev)
+            return load_transformer(folder, "wan2.1-t2v", dtype=torch.bfloat16, device=dev)
 
         def theirs():
             return WanTransformer3DModel.from_pretrained(folder, torch_dtype=torch.bfloat16).to(dev)
@@ -67,9 +67,9 @@ def main() -> None:
                              f"{args.tolerance}); no timing")
         del y_ref, y_ours
 
-        times = {"vidport load_wan_transformer": [], "diffusers from_pretrained + .to": []}
+        times = {"vidport load_transformer": [], "diffusers from_pretrained + .to": []}
         for _ in range(2):
-            for name, fn in (("diffusers from_pretrained + .to", theirs), ("vidport load_wan_transformer", ours)):
+            for name, fn in (("diffusers from_pretrained + .to", theirs), ("vidport load_transformer", ours)):
                 sync()
                 start = time.perf_counter()
                 model = fn()

@@ -73,18 +73,19 @@ def native_from_diffusers(ref, cfg, device="cuda", dtype=torch.bfloat16):
     """The native WanDiT with the diffusers model's weights, loaded through the committed map."""
     from vidport.porting.namemap import NameMap
     from vidport.porting.sources import ModuleSource
-    from vidport.runtime.loading import load_into
+    from vidport.runtime.loading import fp32_targets, load_into
     from vidport.runtime.models.wan import family
-    from vidport.runtime.models.wan.model import KEEP_IN_FP32, WanDiT
+    from vidport.runtime.models.wan.model import WanDiT
 
     with torch.device("meta"):
         model = WanDiT(cfg)
+    source, name_map = ModuleSource(ref, "diffusers"), NameMap.load(family.DIFFUSERS_TO_NATIVE)
+    fp32 = fp32_targets(name_map, source.keys(), tuple(type(ref)._keep_in_fp32_modules or ()))
 
     def pick(name, tensor):
-        return torch.float32 if any(f in name for f in KEEP_IN_FP32) else dtype
+        return torch.float32 if name in fp32 else dtype
 
-    load_into(model, ModuleSource(ref, "diffusers"), NameMap.load(family.DIFFUSERS_TO_NATIVE), device=device,
-              dtype_fn=pick)
+    load_into(model, source, name_map, device=device, dtype_fn=pick)
     return model.eval().requires_grad_(False)
 
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from vidport.porting.errors import UserError
 from vidport.porting.namemap import NameMap
 from vidport.porting.sources import StateDictSource, open_source
+
+from vidport.errors import UserError
 
 
 class StrictLoadError(UserError):
@@ -90,27 +91,45 @@ def read_diffusers_config(folder: Path) -> dict:
         raise UserError(f"{cfg_path}: cannot read ({e})") from None
 
 
-def load_wan_transformer(folder: str | Path, *, dtype: torch.dtype = torch.float32,
-                         device: torch.device | str = "cpu", text_len: int = 512):
-    """A Diffusers-format ``transformer/`` folder -> native WanDiT, strictly, tensors streamed to ``device``."""
-    from vidport.runtime.models.wan import family
-    from vidport.runtime.models.wan.config import WanDiTConfig
-    from vidport.runtime.models.wan.model import KEEP_IN_FP32, WanDiT
+def keep_in_fp32_modules(config: dict) -> tuple[str, ...]:
+    """The ``_keep_in_fp32_modules`` the Diffusers class of a component config declares (the one rule
+    ``port convert`` applies too, ``porting.plan.keeps_fp32``)."""
+    import diffusers
 
+    cls = getattr(diffusers, str(config.get("_class_name")), None)
+    return tuple(getattr(cls, "_keep_in_fp32_modules", None) or ())
+
+
+def fp32_targets(name_map: NameMap, source_keys, keep: tuple[str, ...]) -> set[str]:
+    """Native names whose tensors stay fp32: those made only from Diffusers tensors of keep-in-fp32 modules
+    (``porting.plan.keeps_fp32``, diffusers' rule: a module name is one dotted part of the key)."""
+    from vidport.porting.plan import keeps_fp32
+
+    return {op.target for op in name_map.plan(list(source_keys)).ops if all(keeps_fp32(s, keep) for s in op.sources)}
+
+
+def load_transformer(folder: str | Path, family, *, dtype: torch.dtype = torch.float32,
+                     device: torch.device | str = "cpu") -> nn.Module:
+    """A Diffusers-format ``transformer/`` folder -> the family's native DiT, strictly, tensors streamed to
+    ``device`` through the family's Diffusers->native map. Under a low-precision ``dtype`` the tensors of the
+    modules the Diffusers class keeps in fp32 stay fp32, judged on their Diffusers names."""
+    from vidport.families import get_family
+
+    fam = get_family(family) if isinstance(family, str) else family
     folder = Path(folder)
     cfg = read_diffusers_config(folder)
     try:
-        config = WanDiTConfig.from_diffusers(cfg, text_len=text_len)
-    except (KeyError, ValueError) as e:
-        raise UserError(f"{folder / 'config.json'}: not a Wan T2V transformer config ({e})") from None
-    with torch.device("meta"):
-        model = WanDiT(config)
+        with torch.device("meta"):
+            model = fam.load(fam.native_transformer)(cfg)
+    except (KeyError, ValueError, TypeError) as e:
+        raise UserError(f"{folder / 'config.json'}: not a {fam.name} transformer config ({e})") from None
     source = open_source(str(folder))
     source.stage_on(device)  # on a GPU: the file's bytes in large pinned chunks, then views (fast)
-    name_map = NameMap.load(family.DIFFUSERS_TO_NATIVE)
+    name_map = NameMap.load(fam.diffusers_to_native)
+    fp32 = fp32_targets(name_map, source.keys(), keep_in_fp32_modules(cfg))
 
     def pick(name, tensor):
-        return torch.float32 if any(f in name for f in KEEP_IN_FP32) else dtype
+        return torch.float32 if name in fp32 else dtype
 
     load_into(model, source, name_map, device=device, dtype_fn=pick)
     return model.eval().requires_grad_(False)

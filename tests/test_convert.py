@@ -152,9 +152,9 @@ def test_values_follow_the_official_release(converted: Path):
 
 
 def test_native_runtime_loads_strictly(converted: Path):
-    from vidport.runtime.loading import load_wan_transformer
+    from vidport.runtime.loading import load_transformer
 
-    model = load_wan_transformer(converted / "transformer")
+    model = load_transformer(converted / "transformer", "wan2.1-t2v")
     assert sum(p.numel() for p in model.parameters()) > 0
     assert not any(p.is_meta for p in model.parameters())
 

@@ -154,12 +154,13 @@ def test_heads_not_divisible_by_ranks(pool3):
 
 # --- CFG parallelism --------------------------------------------------------------------------
 def test_cfg_parallel_equals_serial_cfg(pool2):
+    from vidport.runtime.pipeline import Conditioning
     from vidport.runtime.pipeline.guidance import SerialCFG
 
     model = make_dit(TINY)
-    x, t, cond = make_cases(TINY)["uneven"]
-    x, t, cond = x[:1], t[:1], cond[:1]
-    uncond = torch.randn_like(cond)
+    x, t, context = make_cases(TINY)["uneven"]
+    x, t, context = x[:1], t[:1], context[:1]
+    cond, uncond = Conditioning({"context": context}), Conditioning({"context": torch.randn_like(context)})
     with torch.no_grad():
         want = SerialCFG()(model, x, t, cond, uncond, 5.0)
         unguided = SerialCFG()(model, x, t, cond, None, 5.0)

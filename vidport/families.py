@@ -72,6 +72,7 @@ class FamilySpec:
     official_to_diffusers: Mapping[str, Path]  # committed name maps, per component
     diffusers_to_native: Path  # committed Diffusers -> native map of the transformer
     build_component: str  # "module:function" (component, preset, device) -> native nn.Module
+    native_transformer: str  # "module:function" (Diffusers transformer config dict) -> native DiT
     tiny_release: str  # folder name of the embedded tiny official release under official_weights/
     # --- runtime ------------------------------------------------------------------------------
     pipeline_class: str  # the Diffusers pipeline class (model_index.json "_class_name") the family serves

@@ -48,8 +48,8 @@ class ParallelCFG:
 
     def __call__(self, model, x, timestep, cond, uncond, guidance_scale):
         if uncond is None:  # guidance off: both halves run the conditional branch
-            return model(x, timestep, cond).float()
-        pred = model(x, timestep, cond if self.split.branch == 0 else uncond).float().contiguous()
+            return model(x, timestep, **cond.kwargs).float()
+        pred = model(x, timestep, **(cond if self.split.branch == 0 else uncond).kwargs).float().contiguous()
         # pair-group rank 0 is the conditional rank (groups keep the global rank order)
         preds = [torch.empty_like(pred) for _ in range(2)]
         dist.all_gather(preds, pred, group=self.split.pair_group)

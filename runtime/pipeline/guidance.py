@@ -1,12 +1,13 @@
 """Classifier-free guidance strategies: how the conditional and unconditional predictions are made.
 
 A strategy is called as ``strategy(model, x, timestep, cond, uncond, guidance_scale)`` and returns the
-guided noise prediction in fp32. ``model`` is any module with ``forward(x, timestep, context) -> noise``
-(the native ``WanDiT`` or a sequence-parallel wrapper with the same signature). ``uncond`` is None when
-guidance is off (scale 1): then exactly one forward runs.
+guided noise prediction in fp32. ``cond``/``uncond`` are ``Conditioning`` objects (the family's keyword
+arguments of the denoiser: a context, a text mask, pooled embeddings...); ``model`` is any module with
+``forward(x, timestep, **cond.kwargs) -> noise`` (a family's native DiT or a sequence-parallel wrapper
+with the same signature). ``uncond`` is None when guidance is off (scale 1): then exactly one forward runs.
 
-The guidance itself is computed in fp32 like the official Wan sampler (its model returns fp32); with an
-fp32 model this is the same arithmetic as diffusers' ``WanPipeline``. Strategies are chosen by name
+The guidance itself is computed in fp32 like the official samplers (their models return fp32); with an
+fp32 model this is the same arithmetic as diffusers' pipelines. Strategies are chosen by name
 (``get_cfg_strategy``) or passed as objects, so ``runtime.parallel`` can add one (e.g. CFG-parallel,
 where two ranks each run one branch and exchange the predictions) without touching this file.
 """
@@ -17,16 +18,18 @@ from collections.abc import Callable
 from typing import Protocol
 
 import torch
-from vidport.porting.errors import UserError
+from vidport.runtime.pipeline.state import Conditioning
 
-Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+from vidport.errors import UserError
+
+Denoiser = Callable[..., torch.Tensor]  # model(x, timestep, **cond.kwargs) -> noise prediction
 
 
 class CFGStrategy(Protocol):
     name: str
 
-    def __call__(self, model: Denoiser, x: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor,
-                 uncond: torch.Tensor | None, guidance_scale: float) -> torch.Tensor: ...
+    def __call__(self, model: Denoiser, x: torch.Tensor, timestep: torch.Tensor, cond: Conditioning,
+                 uncond: Conditioning | None, guidance_scale: float) -> torch.Tensor: ...
 
 
 def combine(cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
@@ -41,10 +44,10 @@ class SerialCFG:
     name = "serial"
 
     def __call__(self, model, x, timestep, cond, uncond, guidance_scale):
-        pred = model(x, timestep, cond)
+        pred = model(x, timestep, **cond.kwargs)
         if uncond is None:
             return pred.float()
-        return combine(pred, model(x, timestep, uncond), guidance_scale)
+        return combine(pred, model(x, timestep, **uncond.kwargs), guidance_scale)
 
 
 class BatchedCFG:
@@ -54,9 +57,9 @@ class BatchedCFG:
 
     def __call__(self, model, x, timestep, cond, uncond, guidance_scale):
         if uncond is None:
-            return model(x, timestep, cond).float()
+            return model(x, timestep, **cond.kwargs).float()
         pred_cond, pred_uncond = model(torch.cat([x, x]), torch.cat([timestep, timestep]),
-                                       torch.cat([cond, uncond])).chunk(2)
+                                       **cond.cat(uncond).kwargs).chunk(2)
         return combine(pred_cond, pred_uncond, guidance_scale)
 
 

@@ -72,8 +72,8 @@ class PrepareLatents:
 class Denoise:
     """The sampling loop: guided prediction, then one scheduler step, per timestep.
 
-    ``model`` is any module with ``forward(x, timestep, context) -> noise prediction`` (the native
-    DiT, or a sequence-parallel wrapper with the same signature); ``cfg`` makes the guided prediction
+    ``model`` is any module with ``forward(x, timestep, **cond.kwargs) -> noise prediction`` (a family's
+    native DiT, or a sequence-parallel wrapper with the same signature); ``cfg`` makes the guided prediction
     (``runtime.pipeline.guidance``). Latents stay fp32 between steps; the model sees them in its dtype.
     No host sync happens inside the loop (step times come from CUDA events).
     ``on_step(i, num_steps)`` is called after each step (progress bars).
@@ -90,8 +90,8 @@ class Denoise:
     @torch.no_grad()
     def __call__(self, state: PipelineState) -> PipelineState:
         request, latents = state.request, state.latents
-        cond = state.prompt_embeds.to(self.model_dtype)
-        uncond = None if state.negative_embeds is None else state.negative_embeds.to(self.model_dtype)
+        cond = state.cond.to(self.model_dtype)
+        uncond = None if state.uncond is None else state.uncond.to(self.model_dtype)
         clock = StepClock(state.device)
         clock.start()
         num_steps = len(state.timesteps)

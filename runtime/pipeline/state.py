@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -29,18 +30,38 @@ class GenerationRequest:
         return self.guidance_scale != 1.0
 
 
+@dataclass(frozen=True)
+class Conditioning:
+    """What the denoiser is conditioned on, for one guidance branch: the keyword arguments of
+    ``model(x, timestep, **cond.kwargs)``. A family's encode stage builds it (Wan: ``context``; a family
+    with a text mask adds the mask, one with pooled embeddings adds those); shared stages and CFG
+    strategies only cast, concatenate and pass it on, so they need no flag for any family."""
+
+    kwargs: Mapping[str, torch.Tensor]
+
+    def to(self, dtype: torch.dtype) -> Conditioning:
+        """Floating tensors cast to the model's dtype; masks and ids unchanged."""
+        return Conditioning({k: v.to(dtype) if v.is_floating_point() else v for k, v in self.kwargs.items()})
+
+    def cat(self, other: Conditioning) -> Conditioning:
+        """Both branches as one batch (batched CFG): every field concatenated along the batch dim."""
+        import torch
+
+        return Conditioning({k: torch.cat([v, other.kwargs[k]]) for k, v in self.kwargs.items()})
+
+
 @dataclass
 class PipelineState:
     """Everything the stages produce, filled in order; a stage reads earlier fields and sets its own.
 
-    encode prompt -> ``prompt_embeds``/``negative_embeds``; prepare timesteps -> ``timesteps``;
+    encode prompt -> ``cond``/``uncond``; prepare timesteps -> ``timesteps``;
     prepare latents -> ``latents`` (and ``initial_noise``); denoise -> ``latents``; decode -> ``frames``.
     """
 
     request: GenerationRequest
     device: torch.device
-    prompt_embeds: torch.Tensor | None = None  # [1, text_len, text_dim], zero-padded after the prompt
-    negative_embeds: torch.Tensor | None = None  # same shape; None when guidance is off
+    cond: Conditioning | None = None  # the prompt's conditioning (batch 1)
+    uncond: Conditioning | None = None  # the negative prompt's; None when guidance is off
     timesteps: torch.Tensor | None = None  # [steps] on device, as the scheduler sets them
     initial_noise: torch.Tensor | None = None  # [1, C, f, h, w] fp32, the seed's noise (kept for checks)
     latents: torch.Tensor | None = None  # [1, C, f, h, w] fp32

@@ -109,6 +109,14 @@ def build_component(component: str, preset: str, device: str = "cpu"):
     raise UserError(f"{NAME} has no component {component!r}; components: {', '.join(COMPONENTS)}")
 
 
+def native_transformer(config: dict):
+    """The native WanDiT for a Diffusers ``WanTransformer3DModel`` config (built where the caller says:
+    the loader builds it on the meta device)."""
+    from vidport.runtime.models.wan.model import WanDiT
+
+    return WanDiT(WanDiTConfig.from_diffusers(config, text_len=512))
+
+
 # --- recognizing an official release ----------------------------------------------------------------
 def is_official_release(path: Path) -> bool:
     path = Path(path)
@@ -156,6 +164,7 @@ SPEC = FamilySpec(
     official_to_diffusers=OFFICIAL_TO_DIFFUSERS,
     diffusers_to_native=DIFFUSERS_TO_NATIVE,
     build_component="vidport.runtime.models.wan.family:build_component",
+    native_transformer="vidport.runtime.models.wan.family:native_transformer",
     tiny_release="wan2.1-t2v-tiny",
     pipeline_class="WanPipeline",
     pipeline="vidport.runtime.models.wan.pipeline",

@@ -92,7 +92,7 @@ def transformer_setup(repo: Path, *, dtype=torch.float32, device="cpu", native: 
     diffusers' own ``convert_wan_transformer_to_diffusers`` (so the comparison covers `port convert` too),
     not the repo's tensors."""
     from diffusers import WanTransformer3DModel
-    from vidport.runtime.loading import load_wan_transformer
+    from vidport.runtime.loading import load_transformer
 
     folder = check_repo(repo, "transformer")
     ref = WanTransformer3DModel.from_pretrained(folder, dtype=dtype)  # dtype layout as diffusers keeps it
@@ -104,7 +104,7 @@ def transformer_setup(repo: Path, *, dtype=torch.float32, device="cpu", native: 
                             strict=True)
         source = f"convert_wan_transformer_to_diffusers({Path(official).name})"
     ref = ref.to(device).eval()
-    nat = native if native is not None else load_wan_transformer(folder, dtype=dtype, device=device)
+    nat = native if native is not None else load_transformer(folder, family.SPEC, dtype=dtype, device=device)
     cfg = nat.cfg
     x, t, ctx = transformer_inputs(cfg.text_dim, device, dtype, batch=2)
     # diffusers' pipeline hands the model a context zero-padded to text_len; the native model pads itself

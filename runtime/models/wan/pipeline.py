@@ -20,7 +20,7 @@ import torch
 from vidport.porting.errors import UserError
 from vidport.runtime.models.wan import family
 from vidport.runtime.models.wan.config import WanDiTConfig
-from vidport.runtime.pipeline import Denoise, PipelineState, PrepareLatents, PrepareTimesteps, Stage
+from vidport.runtime.pipeline import Conditioning, Denoise, PipelineState, PrepareLatents, PrepareTimesteps, Stage
 
 SCHEDULERS = ("unipc", "euler")
 
@@ -66,10 +66,10 @@ def load_components(folder: Path, *, dtype: torch.dtype, device: torch.device, s
                     flow_shift: float | None = None) -> WanComponents:
     """A Diffusers-format Wan T2V repo folder -> components on ``device``. Every load is strict."""
     from transformers import AutoTokenizer, UMT5EncoderModel
-    from vidport.runtime.loading import load_wan_transformer
+    from vidport.runtime.loading import load_transformer
 
     folder = Path(folder)
-    transformer = load_wan_transformer(folder / "transformer", dtype=dtype, device=device)
+    transformer = load_transformer(folder / "transformer", family.SPEC, dtype=dtype, device=device)
     from diffusers import AutoencoderKLWan
 
     with quiet_library_loading():
@@ -186,8 +186,9 @@ class EncodePrompt:
 
     def __call__(self, state: PipelineState) -> PipelineState:
         request = state.request
-        state.prompt_embeds = self.embed(request.prompt, state.device)
-        state.negative_embeds = self.embed(request.negative_prompt, state.device) if request.do_cfg else None
+        state.cond = Conditioning({"context": self.embed(request.prompt, state.device)})
+        state.uncond = Conditioning({"context": self.embed(request.negative_prompt, state.device)}) \
+            if request.do_cfg else None
         return state
 
 
