@@ -25,6 +25,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vidport.runtime.models.wan.config import preset  # noqa: E402
 from vidport.runtime.models.wan.model import WanDiT  # noqa: E402
+from vidport.runtime.models.wan.parallel import parallelize_wan  # noqa: E402
 from vidport.runtime.parallel import launch, parallelize  # noqa: E402
 from vidport.runtime.parallel.generator import resolve_backends_on_ranks  # noqa: E402
 from vidport.runtime.pipeline.guidance import SerialCFG  # noqa: E402
@@ -70,7 +71,7 @@ def _rank(worker, args):
     if worker.rank == 0:  # the 1-GPU reference, alone
         want, report["one_gpu_step_ms"] = timed(lambda: step(model, SerialCFG()), device, args.warmup, args.repeats)
     dist.barrier()
-    dit, strategy = parallelize(model, cfg_parallel=args.cfg_parallel)
+    dit, strategy = parallelize(model, parallelize_wan, cfg_parallel=args.cfg_parallel)
     got, report["parallel_step_ms"] = timed(lambda: step(dit, strategy or SerialCFG()), device, args.warmup,
                                             args.repeats)
     if worker.rank == 0:

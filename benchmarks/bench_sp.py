@@ -31,7 +31,7 @@ def _rank_forward(worker, preset_name: str, latent: tuple[int, int, int], repeat
     import torch.distributed as dist
     from vidport.runtime.models.wan.config import preset
     from vidport.runtime.models.wan.model import WanDiT
-    from vidport.runtime.parallel import parallelize_wan
+    from vidport.runtime.models.wan.parallel import parallelize_wan
     from vidport.runtime.parallel.generator import resolve_backends_on_ranks
 
     cfg = preset(preset_name)

@@ -23,8 +23,10 @@ def parity(family: str, *, component: str = "transformer", weights: str | Path |
     import torch
     from vidport.parity.harness import run_parity
     from vidport.parity.repos import check_repo, converted_tiny_repo, tiny_release
-    from vidport.parity.tolerances import DTYPES
+    from vidport.parity.tolerances import TOLERANCES
 
+    from vidport.devices import default_device
+    from vidport.dtypes import torch_dtype
     from vidport.families import get_family
 
     fam = get_family(family)
@@ -32,11 +34,11 @@ def parity(family: str, *, component: str = "transformer", weights: str | Path |
     if component not in setups:
         raise UserError(f"{family} has no parity setup for {component!r}; choose one of {', '.join(setups)}")
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = default_device().type
     if dtype == "auto":
         dtype = "bf16" if device.startswith("cuda") else "fp32"
-    if dtype not in DTYPES:
-        raise UserError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if dtype not in TOLERANCES:
+        raise UserError(f"unknown dtype {dtype!r}; choose one of {', '.join(TOLERANCES)}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {device}: no CUDA device is available here; use --device cpu")
     weights = Path(weights) if weights is not None else None
@@ -56,7 +58,7 @@ def parity(family: str, *, component: str = "transformer", weights: str | Path |
                 raise UserError("--component vae with --weights needs --official RELEASE (the official VAE file "
                                 "is the reference's source)")
         if component != "vae":
-            kwargs["dtype"] = DTYPES[dtype]
+            kwargs["dtype"] = torch_dtype(dtype)
         if component == "pipeline" and steps:
             kwargs["steps"] = steps
         setup = setups[component](repo, **kwargs)

@@ -41,7 +41,7 @@ def tiny_repo(tmp_path_factory) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # see one_cpu_thread in the root conftest.py
     try:
-        path, _ = converted_tiny_repo(tmp_path_factory.mktemp("repo") / "wan2.1-t2v-tiny")
+        path, _ = converted_tiny_repo(tmp_path_factory.mktemp("repo") / "wan2.1-t2v-tiny", "wan2.1-t2v")
     finally:
         torch.set_num_threads(threads)
     return path

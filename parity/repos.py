@@ -24,7 +24,7 @@ def check_repo(repo: Path) -> None:
     check_diffusers_repo(repo)
 
 
-def converted_tiny_repo(out: Path, family: str = "wan2.1-t2v") -> tuple[Path, str]:
+def converted_tiny_repo(out: Path, family: str) -> tuple[Path, str]:
     """The family's tiny release converted by `port convert` into ``out``: (path, how it was made)."""
     from click.testing import CliRunner
     from vidport.porting.cli import cli

@@ -274,19 +274,15 @@ def default_settings(repo: Path, prompt: str, seed: int, **overrides) -> RenderS
     return RenderSettings(prompt=prompt, seed=seed, **kw)
 
 
-def _torch_dtype(dtype: str):
-    import torch
-
-    return {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
-
-
 def render_reference(repo: Path, s: RenderSettings, *, device: str, dtype: str, backend: str) -> np.ndarray:
     """The diffusers pipeline the repo's model_index.json names (e.g. ``WanPipeline``) -> uint8 [F, H, W, 3],
     rounded as the runtime rounds."""
     import torch
     from diffusers import DiffusionPipeline
 
-    pipe = DiffusionPipeline.from_pretrained(repo, dtype=_torch_dtype(dtype))
+    from vidport.dtypes import torch_dtype
+
+    pipe = DiffusionPipeline.from_pretrained(repo, dtype=torch_dtype(dtype))
     pipe.vae.to(torch.float32)  # decode in fp32, as the runtime does
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)

@@ -53,8 +53,10 @@ def _check_device(device: str) -> str:
     """The device to render on (``auto`` resolved), or a one-line error when it is absent."""
     import torch
 
+    from vidport.devices import default_device
+
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return default_device().type
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {device}: no CUDA device is available here; use --device cpu")
     return device

@@ -13,6 +13,7 @@ import torch
 from vidport.parity.harness import run_parity
 from vidport.parity.repos import tiny_release
 
+from vidport.dtypes import torch_dtype
 from vidport.families import get_family
 
 FAMILY = get_family("wan2.1-t2v")
@@ -88,7 +89,7 @@ def test_real_size(real_repo, request, device, component, dtype):
     else:
         if component == "transformer" and official:
             kwargs["official"] = official
-        kwargs["dtype"] = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+        kwargs["dtype"] = torch_dtype(dtype)
     if component == "pipeline":
         kwargs.update(steps=2, frames=5, height=128, width=128)
     run(SETUPS[component](real_repo, **kwargs), dtype=dtype, device=device)

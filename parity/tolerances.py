@@ -31,18 +31,16 @@ TOLERANCES: dict[str, Tolerance] = {
     "fp16": Tolerance(atol=2e-3, rtol=1e-2, rel_l2=5e-3, cosine=0.9999),
 }
 
-DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 def dtype_key(dtype: torch.dtype | str) -> str:
     """torch dtype or name -> key of TOLERANCES."""
     if isinstance(dtype, str):
         if dtype in TOLERANCES:
             return dtype
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(TOLERANCES)}")
-    for key, d in DTYPES.items():
-        if d == dtype:
-            return key
+    from vidport.dtypes import short_name
+
+    if short_name(dtype) in TOLERANCES:
+        return short_name(dtype)
     raise ValueError(f"no tolerance for dtype {dtype}; choose one of {', '.join(TOLERANCES)}")
 
 

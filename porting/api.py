@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vidport.porting.errors import UserError
+from vidport.errors import UserError
 
 
 def diff_keys(source: str, target: str, *, component: str | None = None):

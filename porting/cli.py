@@ -8,7 +8,8 @@ import importlib.util
 import sys
 
 import click
-from vidport.porting.errors import UserError
+
+from vidport.errors import UserError
 
 # command name -> "module:function" (a click.Command). Add a line to add a command.
 COMMANDS: dict[str, tuple[str, str]] = {

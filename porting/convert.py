@@ -36,7 +36,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from vidport.porting.errors import ConvertError
 from vidport.porting.namemap import NameMap
 from vidport.porting.plan import (
     DTYPES,
@@ -52,6 +51,8 @@ from vidport.porting.publish import TMP_TAG, Flusher, disk_full, publish, remove
 from vidport.porting.release import ReleaseContents
 from vidport.porting.target_cache import TargetCache
 from vidport.porting.writer import TensorSink, copy_file, write_component, write_text
+
+from vidport.errors import ConvertError
 
 __all__ = ["DTYPES", "TARGETS_FROM", "ComponentReport", "ConvertError", "execute", "parse_size", "plan_release",
            "summary_table"]

@@ -276,18 +276,22 @@ def dumps(data: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from vidport.families import get_family
+    from vidport.families import families, get_family
 
     ap = argparse.ArgumentParser(prog="python -m vidport.porting.layouts", description=__doc__.splitlines()[0])
-    ap.add_argument("--family", default="wan2.1-t2v")
+    ap.add_argument("--family", default=None, help="one registered family [default: every one]")
     mode = ap.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--write", action="store_true", help="rewrite the family's layouts.json")
-    mode.add_argument("--check", action="store_true", help="exit 1 if layouts.json differs from a rebuild")
+    mode.add_argument("--write", action="store_true", help="rewrite the families' layouts.json")
+    mode.add_argument("--check", action="store_true", help="exit 1 if a layouts.json differs from a rebuild")
     args = ap.parse_args(argv)
-    fam = get_family(args.family)
+    chosen = [get_family(args.family)] if args.family else families()
+    return max(_write_or_check(fam, args.write) for fam in chosen)
+
+
+def _write_or_check(fam, write: bool) -> int:
     text = dumps(build(fam))
     path = layouts_path(fam)
-    if args.write:
+    if write:
         path.write_text(text)
         print(f"wrote {path}")
         return 0
@@ -302,12 +306,11 @@ def main(argv: list[str] | None = None) -> int:
         for line in real:
             print(f"differs: {line}", file=sys.stderr)
         print(f"{path} is out of date with the installed diffusers/transformers; rewrite it with "
-              f"`python -m vidport.porting.layouts --write --family {args.family}`", file=sys.stderr)
+              f"`python -m vidport.porting.layouts --write --family {fam.name}`", file=sys.stderr)
         return 1
     print(f"{path} loads the same with the installed libraries (only their version fields or defaulted "
           f"fields differ)")
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vidport.porting.errors import UserError
+from vidport.errors import UserError
 
 if TYPE_CHECKING:
     import torch

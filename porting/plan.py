@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vidport.porting.dtypes import FLOATING, ITEMSIZE
-from vidport.porting.errors import ConvertError, UserError
 from vidport.porting.namemap import NameMap, Op, Plan
 from vidport.porting.sources import StateDictSource
+
+from vidport.dtypes import FLOATING, ITEMSIZE
+from vidport.errors import ConvertError, UserError
 
 if TYPE_CHECKING:
     from vidport.porting.provenance import Hasher

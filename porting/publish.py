@@ -12,8 +12,9 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from vidport.porting.errors import ConvertError
 from vidport.porting.streaming import _libc
+
+from vidport.errors import ConvertError
 
 TMP_TAG = ".vidport-tmp-"
 OLD_TAG = ".vidport-old-"

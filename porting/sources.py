@@ -12,7 +12,6 @@ A source is opened from a spec string (see ``open_source``):
 
 from __future__ import annotations
 
-import functools
 import importlib
 import json
 import os
@@ -22,36 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vidport.porting.dtypes import ITEMSIZE
-from vidport.porting.errors import SourceError
+from vidport.dtypes import ITEMSIZE, dtype_name, torch_dtypes  # noqa: F401 - re-exported
+from vidport.errors import SourceError
 
 if TYPE_CHECKING:
     import torch
-
-# This module imports torch only where tensors are made: planning a conversion (names, shapes, dtypes,
-# byte ranges) runs without it.
-@functools.cache
-def torch_dtypes() -> dict[str, torch.dtype]:
-    """safetensors dtype name -> torch dtype (imports torch on first use)."""
-    import torch
-
-    return {
-        "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-        "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-        "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-    }
-
-
-@functools.cache
-def _dtype_names() -> dict[torch.dtype, str]:
-    return {v: k for k, v in torch_dtypes().items()}
-
-
-def dtype_name(dtype: torch.dtype | str) -> str:
-    if isinstance(dtype, str):
-        return dtype
-    return _dtype_names().get(dtype, str(dtype).replace("torch.", ""))
-
 
 @dataclass(frozen=True)
 class TensorInfo:
@@ -490,7 +464,7 @@ def open_directory(path: Path, component: str | None = None) -> StateDictSource:
         if not sub.is_dir():
             raise SourceError(f"{path}: no component folder {component!r}")
         return open_directory(sub)
-    from vidport.runtime.families import find_official_component
+    from vidport.families import find_official_component
 
     official = find_official_component(path, component)
     if official is not None:
@@ -611,7 +585,7 @@ def open_source(spec: str, component: str | None = None) -> StateDictSource:
     if spec.startswith("hf:"):
         return open_hub(spec[3:])
     if spec.startswith("native:"):
-        from vidport.runtime.families import native_meta_module
+        from vidport.families import native_meta_module
 
         body = spec[len("native:"):]
         name, _, comp = body.partition("/")

@@ -13,9 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vidport.porting.errors import ConvertError
-from vidport.porting.sources import StateDictSource, TensorInfo, pread_full, read_safetensors_header, torch_dtypes
+from vidport.porting.sources import StateDictSource, TensorInfo, pread_full, read_safetensors_header
 from vidport.porting.torchzip import read_table
+
+from vidport.dtypes import torch_dtypes
+from vidport.errors import ConvertError
 
 if TYPE_CHECKING:
     import torch

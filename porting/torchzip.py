@@ -23,7 +23,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from vidport.porting.dtypes import ITEMSIZE
+from vidport.dtypes import ITEMSIZE
 
 # torch.<X>Storage, as torch.save pickles a typed storage -> safetensors dtype name
 STORAGE_DTYPES = {

@@ -11,10 +11,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vidport.porting.errors import ConvertError
 from vidport.porting.plan import ComponentPlan, TargetTensor
-from vidport.porting.sources import dtype_name, torch_dtypes
 from vidport.porting.streaming import ReusedBuffer, cast_pieces
+
+from vidport.dtypes import dtype_name, torch_dtypes
+from vidport.errors import ConvertError
 
 if TYPE_CHECKING:
     import torch

@@ -26,8 +26,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from vidport.porting.errors import UserError
+
+from vidport.devices import default_device
+from vidport.errors import UserError
 
 AttentionFn = Callable[..., torch.Tensor]
 ENV_OVERRIDE = "VIDPORT_ATTENTION_BACKEND"  # the default backend when none is named
@@ -271,7 +274,7 @@ FALLBACK = "sdpa"
 # Availability: suits the device, imports, and a tiny call runs
 # ----------------------------------------------------------------------------------------------
 def _device(device: torch.device | str | None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return default_device(device)
 
 
 def _probe_dtype(device: torch.device, dtype: torch.dtype | None) -> torch.dtype:
@@ -429,3 +432,16 @@ def get_backend(name: str) -> AttentionFn:
     except KeyError:
         raise AttentionBackendError(
             f"unknown attention backend {name!r}; choose one of: {', '.join(BACKENDS)}") from None
+
+
+class AttentionOp(nn.Module):
+    """The attention kernel call inside a model: a submodule, so that ``runtime.parallel`` can replace it
+    with a distributed one (``DistributedAttention``) without editing the model file; ``backend`` names a
+    function in this module's table."""
+
+    def __init__(self, backend: str = "sdpa"):
+        super().__init__()
+        self.backend = backend
+
+    def forward(self, q, k, v, key_mask=None):
+        return get_backend(self.backend)(q, k, v, key_mask)

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import click
-from vidport.porting.errors import UserError
 from vidport.porting.options import (
     backend_option,
     deprecated_alias,
@@ -19,6 +18,8 @@ from vidport.porting.options import (
     progress_option,
     show_progress,
 )
+
+from vidport.errors import UserError
 
 DEFAULT_OUTPUT_DIR = Path("out")
 
@@ -65,11 +66,14 @@ def generate(model, prompt, negative_prompt, output, output_deprecated, num_fram
     device = None if device == "auto" else device
     attention_backend = None if attention_backend == "auto" else attention_backend
 
-    # explicit values are checked before minutes of loading (unset ones take the model's defaults later)
+    # explicit values are checked before minutes of loading (unset ones take the model's defaults later),
+    # against the family's geometry when the local repo names its pipeline
+    geometry = _local_geometry(model)
+    fits = geometry.spatial_multiple if geometry else 1
     validate_request(prompt, negative_prompt, num_frames=1 if num_frames is None else num_frames,
-                     height=16 if height is None else height, width=16 if width is None else width,
+                     height=fits if height is None else height, width=fits if width is None else width,
                      num_inference_steps=1 if steps is None else steps,
-                     guidance_scale=1.0 if guidance is None else guidance, seed=seed)
+                     guidance_scale=1.0 if guidance is None else guidance, seed=seed, geometry=geometry)
 
     if output is None:
         name = re.sub(r"[^\w.-]+", "-", Path(model.rstrip("/")).name) or "video"
@@ -109,6 +113,17 @@ def generate(model, prompt, negative_prompt, output, output_deprecated, num_fram
                f"{s['num_inference_steps']} steps, guidance {s['guidance_scale']:g}, seed {s['seed']}, "
                f"{s['dtype']} on {s['device']})")
     click.echo(format_timings(report["timings_s"], report["denoise_step_s"]))
+
+
+def _local_geometry(model: str):
+    """The request geometry of the family serving a local repo's pipeline (no torch needed), else None."""
+    from vidport.families import family_for_pipeline
+
+    try:
+        name = json.loads((Path(model) / "model_index.json").read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return None  # a hub id, or not a repo: checked after loading
+    return family_for_pipeline(name, where=f"{model}/model_index.json").geometry
 
 
 def format_timings(timings: dict[str, float], steps: list[float]) -> str:

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from vidport.porting.errors import UserError
+
+from vidport.errors import UserError
 
 
 class CUDAGraphed(nn.Module):

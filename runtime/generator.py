@@ -27,13 +27,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from vidport.porting.errors import UserError
 from vidport.runtime.pipeline import CFGStrategy, PipelineState, get_cfg_strategy, run_stages, validate_request
 from vidport.runtime.pipeline.validate import validate_output_path
 
-# model_index.json "_class_name" -> the family pipeline module that loads and runs it
-PIPELINES = {"WanPipeline": "vidport.runtime.models.wan.pipeline"}
-DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
+from vidport.devices import default_device
+from vidport.errors import UserError
+from vidport.families import FamilySpec, family_for_pipeline
+
+RUNTIME_DTYPES = ("fp32", "bf16")  # compute dtypes the runtime supports (vidport.dtypes spells them)
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -60,10 +61,11 @@ class VideoGenerator:
     with ``forward(x, timestep, context)`` (e.g. a sequence-parallel wrapper of the native DiT).
     """
 
-    def __init__(self, components, pipeline_module, *, cfg: str | CFGStrategy = "serial",
+    def __init__(self, components, pipeline_module, *, family: FamilySpec, cfg: str | CFGStrategy = "serial",
                  source: str = "", load_seconds: float = 0.0):
         self.components = components
         self.pipeline = pipeline_module
+        self.family = family
         self.cfg = get_cfg_strategy(cfg)
         self.source = source
         self.load_seconds = load_seconds
@@ -134,13 +136,14 @@ class VideoGenerator:
         if cuda_graph and device.type != "cuda":
             raise UserError(f"cuda_graph needs a CUDA device, not {device}; drop cuda_graph (--cuda-graph) there")
         folder = resolve_repo(path_or_hub_id)
-        module = pipeline_module(folder)
+        family = family_of_repo(folder)
+        module = family.load(family.pipeline)
         backends = _resolve_backends(attention_backend, device, torch_dtype)
         components = module.load_components(folder, dtype=torch_dtype, device=device, scheduler=scheduler,
                                             flow_shift=flow_shift)
         components.transformer.set_attention_backend(*backends)
         if compile:
-            for block in components.transformer.blocks:
+            for block in getattr(components.transformer, "blocks", [components.transformer]):
                 block.compile(dynamic=False)  # in place: parameter names and hooks stay as they are
         if cuda_graph:
             from vidport.runtime.cuda_graph import CUDAGraphed
@@ -148,7 +151,7 @@ class VideoGenerator:
             components.transformer = CUDAGraphed(components.transformer)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return cls(components, module, cfg=cfg, source=str(path_or_hub_id),
+        return cls(components, module, family=family, cfg=cfg, source=str(path_or_hub_id),
                    load_seconds=time.perf_counter() - start)
 
     # --- generation ---------------------------------------------------------------------------
@@ -176,7 +179,7 @@ class VideoGenerator:
             width=d["width"] if width is None else width,
             num_inference_steps=d["num_inference_steps"] if num_inference_steps is None else num_inference_steps,
             guidance_scale=d["guidance_scale"] if guidance_scale is None else guidance_scale,
-            seed=random.randrange(2**31) if seed is None else seed)
+            seed=random.randrange(2**31) if seed is None else seed, geometry=self.family.geometry)
         out = None if output_path is None else validate_output_path(output_path)
 
         c = self.components
@@ -211,7 +214,7 @@ def parallel_launcher():
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return default_device()
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as e:
@@ -225,12 +228,15 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     """None -> bf16 on CUDA, fp32 elsewhere (CPU bf16 matmuls are slow and gain nothing here)."""
     if dtype is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        if dtype in DTYPES.values():
-            return dtype
-    elif dtype in DTYPES:
-        return DTYPES[dtype]
-    raise UserError(f"dtype {dtype!r} is not supported; choose bf16 or fp32")
+    from vidport.dtypes import short_name, torch_dtype
+
+    try:
+        name = short_name(dtype) if isinstance(dtype, torch.dtype) else short_name(torch_dtype(dtype))
+    except (KeyError, TypeError):
+        name = None
+    if name not in RUNTIME_DTYPES:
+        raise UserError(f"dtype {dtype!r} is not supported; choose bf16 or fp32")
+    return torch_dtype(name)
 
 
 def _resolve_backends(name: str | None, device: torch.device, dtype: torch.dtype | None = None) -> tuple[str, str]:
@@ -328,13 +334,11 @@ def _cached_snapshot(repo_id: str) -> Path | None:
         return None
 
 
-def pipeline_module(folder: Path):
-    """The family pipeline module named by the repo's ``model_index.json``."""
-    index = folder / "model_index.json"
+def family_of_repo(folder: Path) -> FamilySpec:
+    """The family serving the pipeline class the repo's ``model_index.json`` names."""
+    index = Path(folder) / "model_index.json"
     try:
         name = json.loads(index.read_text()).get("_class_name")
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{index}: cannot read ({e})") from None
-    if name not in PIPELINES:
-        raise UserError(f"{index}: pipeline {name!r} is not supported; supported: {', '.join(PIPELINES)}")
-    return importlib.import_module(PIPELINES[name])
+    return family_for_pipeline(name, where=str(index))

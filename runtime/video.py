@@ -15,7 +15,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from vidport.porting.errors import UserError
+
+from vidport.errors import UserError
 
 # less free space than this after a failed write means the disk filled up: ffmpeg says so only on its
 # own stderr, and what reaches us is a broken pipe or an unreadable file

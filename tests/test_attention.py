@@ -8,11 +8,12 @@ import sys
 
 import pytest
 import torch
-from vidport.porting.errors import UserError
 from vidport.runtime import attention
 from vidport.runtime.attention import ENV_OVERRIDE, available_backends, get_backend, resolve_backend
 from vidport.runtime.models.wan.config import preset
 from vidport.runtime.models.wan.model import WanDiT
+
+from vidport.errors import UserError
 
 CPU_BACKENDS = available_backends("cpu")
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from vidport.porting.errors import UserError
 from vidport.runtime import attention
 from vidport.runtime.attention import (
     BACKENDS,
@@ -26,6 +25,8 @@ from vidport.runtime.attention import (
     resolve_backends,
     why_unavailable,
 )
+
+from vidport.errors import UserError
 
 INSTALL = "pip install 'flash-attn-4[cu13]'"
 F32 = torch.float32

@@ -74,9 +74,13 @@ def _child(code: str) -> subprocess.CompletedProcess:
     ["--num-frames", "6"], ["--height", "30"], ["--steps", "0"], ["--device", "gpu"], ["--dtype", "fp8"],
     ["--seed", "-1"],
 ])
-def test_bad_generate_arguments_fail_before_torch(args: list[str]):
+def test_bad_generate_arguments_fail_before_torch(args: list[str], tmp_path: Path):
+    """Checked against the family's geometry (the repo's model_index.json names its pipeline)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline"}))
     r = _child("import sys\nfrom vidport.porting.cli import main\n"
-               f"try:\n    main(['generate', 'no-such-model', '--prompt', 'a cat', *{args!r}])\n"
+               f"try:\n    main(['generate', {str(repo)!r}, '--prompt', 'a cat', *{args!r}])\n"
                "except SystemExit as e:\n    print('exit', e.code, 'torch' in sys.modules)")
     assert r.stdout.split() == ["exit", "2", "False"], (r.stdout, r.stderr)
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -119,7 +123,7 @@ def test_parity_on_a_damaged_repo_is_bad_input(tmp_path: Path, capsys):
     traceback with exit 1 (the code of a real divergence)."""
     from vidport.parity.repos import converted_tiny_repo
 
-    repo, _ = converted_tiny_repo(tmp_path / "tiny")
+    repo, _ = converted_tiny_repo(tmp_path / "tiny", "wan2.1-t2v")
     weights = repo / "transformer" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(SystemExit) as e:

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from vidport.porting.errors import UserError
+
+from vidport.errors import UserError
 
 TOKENIZER = Path(__file__).resolve().parents[1] / "official_weights/wan2.1-t2v-tiny/google/umt5-xxl"
 PROMPT = "a cat walks on the grass in the sun"

@@ -13,10 +13,12 @@ import psutil
 import pytest
 import torch
 import torch.distributed as dist
-from vidport.porting.errors import UserError
 from vidport.runtime.models.wan.config import preset
 from vidport.runtime.models.wan.model import WanDiT
-from vidport.runtime.parallel import WorkerError, WorkerPool, check_heads, launch, parallelize, parallelize_wan
+from vidport.runtime.models.wan.parallel import parallelize_wan
+from vidport.runtime.parallel import WorkerError, WorkerPool, check_heads, launch, parallelize
+
+from vidport.errors import UserError
 
 TINY = preset("tiny")  # 4 heads: 1, 2 or 4 ranks
 TINY6 = TINY.replace(dim=96, num_heads=6)  # 6 heads (head_dim 16): 3 ranks
@@ -64,7 +66,7 @@ def _sequence_parallel(worker, cfg, state_dict, cases, backend):
 def _cfg_parallel(worker, cfg, state_dict, x, t, cond, uncond, scale):
     model = WanDiT(cfg).eval()
     model.load_state_dict(state_dict)
-    dit, strategy = parallelize(model, cfg_parallel=True)
+    dit, strategy = parallelize(model, parallelize_wan, cfg_parallel=True)
     with torch.no_grad():
         return strategy(dit, x, t, cond, uncond, scale)
 

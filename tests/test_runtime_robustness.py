@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from vidport.porting.errors import UserError
+
+from vidport.errors import UserError
 
 TINY = dict(num_frames=1, height=16, width=16, num_inference_steps=1, guidance_scale=1.0, seed=0)
 LOAD = dict(attention_backend="sdpa-math", dtype="fp32", device="cpu")

@@ -16,10 +16,11 @@ import torch
 from safetensors.torch import load_file
 from vidport.porting.namemap import NameMap
 from vidport.porting.plan import plan_component
-from vidport.porting.sources import dtype_name
 from vidport.porting.streaming import open_streaming
 from vidport.porting.torchzip import read_table
 from vidport.porting.writer import TensorSink, write_component
+
+from vidport.dtypes import dtype_name
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -38,14 +38,18 @@ class Geometry:
     text_len: int  # text tokens the DiT sees (padded / truncated)
 
     def check(self, num_frames: int, height: int, width: int) -> list[str]:
-        """What is wrong with this geometry, one phrase per problem (empty when it fits)."""
+        """What is wrong with this geometry, one message per problem with the nearest valid values
+        (empty when it fits)."""
         problems = []
-        if num_frames < 1 or (num_frames - 1) % self.frame_stride:
-            problems.append(f"num_frames={num_frames} is not of the form {self.frame_stride}k+1 "
-                            f"(e.g. {self.frame_stride + 1} or {2 * self.frame_stride + 1})")
+        stride, multiple = self.frame_stride, self.spatial_multiple
+        if num_frames < 1 or (num_frames - 1) % stride:
+            k = max(0, round((num_frames - 1) / stride))
+            problems.append(f"num_frames={num_frames} is not of the form {stride}k+1 "
+                            f"(e.g. {stride * k + 1} or {stride * (k + 1) + 1})")
         for name, value in (("height", height), ("width", width)):
-            if value < self.spatial_multiple or value % self.spatial_multiple:
-                problems.append(f"{name}={value} is not a positive multiple of {self.spatial_multiple}")
+            if value < multiple or value % multiple:
+                problems.append(f"{name}={value} is not a positive multiple of {multiple} "
+                                f"(e.g. {max(multiple, value // multiple * multiple)})")
         return problems
 
 

@@ -14,10 +14,10 @@ def collect(device: str) -> dict:
     from vidport.porting.provenance import installed_version
     from vidport.runtime.attention import BACKENDS, available_backends
 
+    from vidport.devices import default_device
     from vidport.families import families
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device(device).type if device == "auto" else device
     runnable = set(available_backends(torch.device(device)))
     rows = []
     for fam in families():

@@ -1,22 +1,28 @@
 """Parallelism applied from outside the models: Ulysses sequence parallelism, CFG parallelism, and the
 launcher that starts the ranks.
 
-``parallelize(model, cfg_parallel=...)`` is what a rank's generation code calls after loading the
-model: it returns the module to call as ``forward(x, timestep, context)`` and, with CFG parallelism,
-the CFG strategy to use (``None``: keep the serial or batched one).
+``parallelize(model, plan, cfg_parallel=...)`` is what a rank's generation code calls after loading the
+model, with the family's parallel plan (``FamilySpec.parallel_plan``: which attention is full-sequence
+and gets Ulysses, how the tokens are sharded): it returns the module to call as
+``forward(x, timestep, **cond.kwargs)`` and, with CFG parallelism, the CFG strategy to use (``None``: keep
+the serial or batched one).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch.distributed as dist
 from torch import nn
 from vidport.runtime.parallel.cfg import CFGSplit, ParallelCFG, split_for_cfg
 from vidport.runtime.parallel.launch import Worker, WorkerError, WorkerPool, launch, under_torchrun
-from vidport.runtime.parallel.ulysses import DistributedAttention, heads_to_seq, seq_to_heads
-from vidport.runtime.parallel.wan import SequenceParallelWanDiT, check_heads, parallelize_wan
+from vidport.runtime.parallel.ulysses import DistributedAttention, check_heads, heads_to_seq, seq_to_heads, shard_bounds
+
+# plan(model, group) -> the sequence-parallel module (a family's FamilySpec.parallel_plan)
+ParallelPlan = Callable[[nn.Module, "dist.ProcessGroup | None"], nn.Module]
 
 
-def parallelize(model, *, cfg_parallel: bool = False,
+def parallelize(model, plan: ParallelPlan, *, cfg_parallel: bool = False,
                 group: dist.ProcessGroup | None = None) -> tuple[nn.Module, ParallelCFG | None]:
     """Spread ``model`` over the ranks of ``group`` (default: all of them).
 
@@ -25,14 +31,14 @@ def parallelize(model, *, cfg_parallel: bool = False,
     plain model). Returns ``(module to call, CFG strategy or None)``.
     """
     if not cfg_parallel:
-        return (parallelize_wan(model, group) if dist.get_world_size(group) > 1 else model), None
+        return (plan(model, group) if dist.get_world_size(group) > 1 else model), None
     split = split_for_cfg(group)
     sp = dist.get_world_size(split.branch_group) > 1
-    return (parallelize_wan(model, split.branch_group) if sp else model), ParallelCFG(split)
+    return (plan(model, split.branch_group) if sp else model), ParallelCFG(split)
 
 
 __all__ = [
-    "CFGSplit", "DistributedAttention", "ParallelCFG", "SequenceParallelWanDiT", "Worker", "WorkerError", "WorkerPool",
-    "check_heads", "heads_to_seq", "launch", "parallelize", "parallelize_wan", "seq_to_heads",
-    "split_for_cfg", "under_torchrun",
+    "CFGSplit", "DistributedAttention", "ParallelCFG", "ParallelPlan", "Worker", "WorkerError", "WorkerPool",
+    "check_heads", "heads_to_seq", "launch", "parallelize", "seq_to_heads", "shard_bounds", "split_for_cfg",
+    "under_torchrun",
 ]

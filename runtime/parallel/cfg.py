@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from vidport.porting.errors import UserError
 from vidport.runtime.pipeline.guidance import combine
+
+from vidport.errors import UserError
 
 
 @dataclass(frozen=True)

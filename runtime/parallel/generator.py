@@ -15,9 +15,11 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import numpy as np
-from vidport.porting.errors import UserError
 from vidport.runtime.parallel.launch import DEFAULT_TIMEOUT, Worker, WorkerPool
-from vidport.runtime.parallel.wan import check_heads
+from vidport.runtime.parallel.ulysses import check_heads
+
+from vidport.devices import default_device
+from vidport.errors import UserError
 
 if TYPE_CHECKING:
     import torch
@@ -62,10 +64,9 @@ def _load(worker: Worker, source, load_kwargs: dict, cfg_parallel: bool) -> dict
     gen = VideoGenerator.from_pretrained(source, num_gpus=1, device=worker.device,
                                          **{**load_kwargs, "attention_backend": backends[0]})
     gen.components.transformer.set_attention_backend(*backends)
-    dit = gen.components.transformer
-    # fail before any collective, with the sizes that work
-    check_heads(dit.cfg.num_heads, worker.world_size // 2 if cfg_parallel else worker.world_size)
-    gen.components.transformer, cfg = parallelize(dit, cfg_parallel=cfg_parallel)
+    # the family's plan checks its head count first: it fails before any collective, naming the sizes that work
+    plan = gen.family.load(gen.family.parallel_plan)
+    gen.components.transformer, cfg = parallelize(gen.components.transformer, plan, cfg_parallel=cfg_parallel)
     if cfg is not None:
         gen.cfg = cfg
     dist.barrier()
@@ -140,10 +141,9 @@ def from_pretrained(path_or_hub_id, *, num_gpus: int, device=None, cfg_parallel:
     present; one GPU per rank) or "cpu" (gloo; tests). ``cfg_parallel``: the conditional and
     unconditional branches on two halves of the ranks (needs an even ``num_gpus``). ``timeout``: seconds
     any collective may wait before the ranks give up."""
-    import torch
     from vidport.runtime.generator import resolve_repo
 
-    device_type = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    device_type = default_device(device).type
     if cfg_parallel and num_gpus % 2:
         raise UserError(f"cfg_parallel needs an even number of GPUs, got num_gpus={num_gpus}")
     start = time.perf_counter()

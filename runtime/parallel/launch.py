@@ -36,7 +36,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from vidport.porting.errors import UserError
+
+from vidport.devices import default_device
+from vidport.errors import UserError
 
 DEFAULT_TIMEOUT = timedelta(minutes=10)
 # a spawned rank that found itself re-running the caller's unguarded script exits with this code
@@ -99,7 +101,7 @@ class WorkerPool:
     """
 
     def __init__(self, num_procs: int, *, device: str | None = None, timeout: timedelta = DEFAULT_TIMEOUT):
-        device_type = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device_type = device or default_device().type
         self.num_procs = num_procs
         self._procs: list = []
         self._local: Worker | None = None  # under torchrun: this process's rank

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from vidport.runtime.models.wan.model import AttentionOp
+from vidport.runtime.attention import AttentionOp
+
+from vidport.errors import UserError
 
 
 def _all_to_all(x: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
@@ -47,14 +49,28 @@ def heads_to_seq(x: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tens
     return x.movedim(0, -3).reshape(*lead, s // p, p * h, d)
 
 
+def check_heads(num_heads: int, world_size: int) -> None:
+    """Ulysses splits the heads between ranks: fail in one line naming the sizes that work."""
+    if num_heads % world_size:
+        valid = [n for n in range(1, num_heads + 1) if num_heads % n == 0]
+        raise UserError(f"sequence parallelism over {world_size} ranks needs the head count to divide evenly, "
+                        f"but the model has {num_heads} heads; valid sizes: {', '.join(map(str, valid))}")
+
+
+def shard_bounds(seq_len: int, world_size: int) -> tuple[int, int]:
+    """(tokens per rank, padded length) for an even split with padding at the end."""
+    per_rank = -(-seq_len // world_size)
+    return per_rank, per_rank * world_size
+
+
 class DistributedAttention(AttentionOp):
     """Self-attention over a sequence sharded across ``group``; a drop-in for ``AttentionOp``.
 
     ``q, k, v`` are this rank's shard ``[B, S/P, H, D]``; the local attention runs the backend named by
-    ``backend`` (kept in sync by ``WanDiT.set_attention_backend``). ``key_mask`` is over the *full*,
-    padded sequence ``[B, S]`` and must be True on a prefix (padding at the end, as
-    ``runtime.parallel.wan`` pads): padded keys are dropped rather than masked, so every backend
-    works, masks or not.
+    ``backend`` (kept in sync by the model's ``set_attention_backend``). ``key_mask`` is over the *full*,
+    padded sequence ``[B, S]`` and must be True on a prefix (padding at the end, as a family's parallel
+    plan pads, ``shard_bounds``): padded keys are dropped rather than masked, so every backend works,
+    masks or not.
     """
 
     def __init__(self, backend: str, group: dist.ProcessGroup | None):

@@ -7,28 +7,28 @@ import os
 import tempfile
 from pathlib import Path
 
-from vidport.porting.errors import UserError
 from vidport.runtime.pipeline.state import GenerationRequest
+
+from vidport.errors import UserError
+from vidport.families import Geometry
 
 
 def validate_request(prompt, negative_prompt, *, num_frames, height, width, num_inference_steps,
-                     guidance_scale, seed, temporal_stride: int = 4, spatial_multiple: int = 16
-                     ) -> GenerationRequest:
-    """Check every argument; return the typed request. Messages name the value and what is allowed."""
+                     guidance_scale, seed, geometry: Geometry | None = None) -> GenerationRequest:
+    """Check every argument; return the typed request. Messages name the value and what is allowed.
+    ``geometry``: the family's frame stride and spatial multiple (``FamilySpec.geometry``); None checks
+    only what every family needs (positive integers)."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise UserError("the prompt is empty; pass a text describing the video (--prompt)")
     if negative_prompt is not None and not isinstance(negative_prompt, str):
         raise UserError(f"negative prompt must be text, got {type(negative_prompt).__name__}")
-    _int(num_frames, "num_frames")
-    if num_frames < 1 or (num_frames - 1) % temporal_stride:
-        k = max(0, round((num_frames - 1) / temporal_stride))
-        raise UserError(f"num_frames={num_frames} is not of the form {temporal_stride}k+1 "
-                        f"(e.g. {temporal_stride * k + 1} or {temporal_stride * (k + 1) + 1})")
-    for name, value in (("height", height), ("width", width)):
+    sizes = (("num_frames", num_frames), ("height", height), ("width", width))
+    for name, value in sizes:
         _int(value, name)
-        if value < spatial_multiple or value % spatial_multiple:
-            raise UserError(f"{name}={value} is not a positive multiple of {spatial_multiple} "
-                            f"(e.g. {max(spatial_multiple, value // spatial_multiple * spatial_multiple)})")
+    problems = geometry.check(num_frames, height, width) if geometry is not None else \
+        [f"{name}={value} must be >= 1" for name, value in sizes if value < 1]
+    if problems:
+        raise UserError(problems[0])
     _int(num_inference_steps, "num_inference_steps")
     if num_inference_steps < 1:
         raise UserError(f"num_inference_steps={num_inference_steps} must be >= 1")

@@ -18,7 +18,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 from torch import nn
-from vidport.runtime.attention import get_backend
+from vidport.runtime.attention import AttentionOp
 from vidport.runtime.kernels import fused
 from vidport.runtime.kernels.fused import apply_rope
 from vidport.runtime.models.wan.config import WanDiTConfig
@@ -84,18 +84,6 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return fused.rms_norm(x, self.weight, self.eps)
-
-
-class AttentionOp(nn.Module):
-    """The attention kernel call. A submodule so that ``runtime.parallel`` can replace it with a
-    distributed one without editing this file; ``backend`` names a function in runtime.attention."""
-
-    def __init__(self, backend: str = "sdpa"):
-        super().__init__()
-        self.backend = backend
-
-    def forward(self, q, k, v, key_mask=None):
-        return get_backend(self.backend)(q, k, v, key_mask)
 
 
 # ----------------------------------------------------------------------------------------------

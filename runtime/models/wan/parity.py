@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from vidport.parity.harness import IDENTITY_MAP
-from vidport.porting.errors import UserError
 from vidport.porting.namemap import NameMap, Rule
 from vidport.runtime.models.wan import family
+
+from vidport.errors import UserError
 
 PROMPT = "a cat walks on the grass in the sun"
 NEGATIVE = "static, blurry details, worst quality"

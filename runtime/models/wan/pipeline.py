@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from vidport.porting.errors import UserError
 from vidport.runtime.models.wan import family
 from vidport.runtime.models.wan.config import WanDiTConfig
 from vidport.runtime.pipeline import Conditioning, Denoise, PipelineState, PrepareLatents, PrepareTimesteps, Stage
+
+from vidport.errors import UserError
 
 SCHEDULERS = ("unipc", "euler")
 

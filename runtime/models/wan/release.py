@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vidport.porting.errors import ConvertError
 from vidport.porting.release import ReleaseContents, meta_state_shapes, tokenizer_class
 from vidport.runtime.models.wan import family as fam
+
+from vidport.errors import ConvertError
 
 COMPONENTS = fam.COMPONENTS
 WEIGHT_STEMS = {"transformer": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
@@ -91,7 +92,8 @@ def build_targets(cfgs: dict[str, dict]):
     import torch
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
-    from vidport.porting.sources import torch_dtypes
+
+    from vidport.dtypes import torch_dtypes
 
     with torch.device("meta"):
         transformer = WanTransformer3DModel.from_config(cfgs["transformer"])

@@ -1,4 +1,5 @@
-"""Sequence-parallel Wan DiT: applied from outside, the model file holds no collectives.
+"""Wan's parallel plan (``FamilySpec.parallel_plan``): the sequence-parallel Wan DiT, applied from
+outside, so the model file holds no collectives.
 
 ``parallelize_wan(model, group)`` swaps every self-attention ``AttentionOp`` for a
 ``DistributedAttention`` (cross-attention to the text stays local: the text is replicated) and wraps
@@ -15,23 +16,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from vidport.porting.errors import UserError
 from vidport.runtime.models.wan.model import WanDiT, rope_tables
-from vidport.runtime.parallel.ulysses import DistributedAttention
-
-
-def check_heads(num_heads: int, world_size: int) -> None:
-    """Ulysses splits the heads between ranks: fail in one line naming the sizes that work."""
-    if num_heads % world_size:
-        valid = [n for n in range(1, num_heads + 1) if num_heads % n == 0]
-        raise UserError(f"sequence parallelism over {world_size} ranks needs the head count to divide evenly, "
-                        f"but the model has {num_heads} heads; valid sizes: {', '.join(map(str, valid))}")
-
-
-def shard_bounds(seq_len: int, world_size: int) -> tuple[int, int]:
-    """(tokens per rank, padded length) for an even split with padding at the end."""
-    per_rank = -(-seq_len // world_size)
-    return per_rank, per_rank * world_size
+from vidport.runtime.parallel.ulysses import DistributedAttention, check_heads, shard_bounds
 
 
 class SequenceParallelWanDiT(nn.Module):
