@@ -152,11 +152,13 @@ def main() -> None:
     # flash-attn-4's sm90 tile: vidport's tuned one (runtime.attention.FA4_SM90_LONG_TILE) vs the library's own
     if auto[0] == "flash-attn-4" and attention.FA4_TILE_ENV not in os.environ:
         os.environ[attention.FA4_TILE_ENV] = "default"
+        attention.resolve_fa4_tiles("cuda")  # the tile is read when the backend is resolved, not per call
         with torch.no_grad():
             p = compare(run_native().float(), y_ref_keep)
         print(f"flash-attn-4 library tile: rel_l2 vs diffusers bf16 {p['rel_l2']:.3e}", flush=True)
         measure(f"vidport eager, flash-attn-4's own tile, not {attention.FA4_SM90_LONG_TILE} (auto)", run_native)
         del os.environ[attention.FA4_TILE_ENV]
+        attention.resolve_fa4_tiles("cuda")
 
     def graphed_row(label, key):
         """The native forward replayed as one CUDA graph: checked against the module it wraps, then timed."""

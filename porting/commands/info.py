@@ -12,13 +12,14 @@ from vidport.porting.options import device_option, json_option
 def collect(device: str) -> dict:
     import torch
     from vidport.porting.provenance import installed_version
-    from vidport.runtime.attention import BACKENDS, available_backends
+    from vidport.runtime.attention import BACKENDS, why_unavailable
 
     from vidport.devices import default_device
     from vidport.families import families
 
     device = default_device(device).type if device == "auto" else device
-    runnable = set(available_backends(torch.device(device)))
+    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    reasons = {b: why_unavailable(b, torch.device(device), dtype) for b in BACKENDS}
     rows = []
     for fam in families():
         rows.append({"name": fam.name, "presets": list(fam.presets), "components": list(fam.components),
@@ -30,7 +31,9 @@ def collect(device: str) -> dict:
         "libraries": {d: installed_version(d) for d in ("torch", "diffusers", "transformers", "safetensors")},
         "device": device,
         "families": rows,
-        "attention_backends": [{"name": b, "runs_here": b in runnable} for b in BACKENDS],
+        "dtype": str(dtype).replace("torch.", ""),
+        "attention_backends": [{"name": b, "runs_here": reasons[b] is None, "why_not": reasons[b]}
+                               for b in BACKENDS],
     }
 
 
@@ -41,9 +44,9 @@ def format_info(info: dict) -> str:
     for f in info["families"]:
         lines.append(f"  {f['name']:<{width}}  presets: {', '.join(f['presets'])}   "
                      f"components: {', '.join(f['components'])}")
-    lines += ["", f"attention backends on {info['device']} (auto picks among those that run):"]
+    lines += ["", f"attention backends on {info['device']} in {info['dtype']} (auto picks among those that run):"]
     for b in info["attention_backends"]:
-        lines.append(f"  {b['name']:<16} {'runs here' if b['runs_here'] else '-'}")
+        lines.append(f"  {b['name']:<16} {'runs here' if b['runs_here'] else '-  ' + b['why_not']}")
     return "\n".join(lines)
 
 
