@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from vidport.runtime.loading import cast_native  # noqa: E402
 from vidport.runtime.models.wan.config import preset  # noqa: E402
 from vidport.runtime.models.wan.model import WanDiT  # noqa: E402
 from vidport.runtime.models.wan.parallel import parallelize_wan  # noqa: E402
@@ -53,7 +54,7 @@ def _rank(worker, args):
     cfg = preset(args.preset)
     torch.manual_seed(0)
     with torch.device(device):
-        model = WanDiT(cfg).to_dtype(dtype).eval().requires_grad_(False)
+        model = cast_native(WanDiT(cfg), "wan2.1-t2v", dtype, cfg.to_diffusers()).eval().requires_grad_(False)
         g = torch.Generator(device).manual_seed(1)
         f, h, w = args.grid
         x = torch.randn(1, cfg.in_dim, f, 2 * h, 2 * w, generator=g, device=device)

@@ -29,6 +29,7 @@ os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
 
 def _rank_forward(worker, preset_name: str, latent: tuple[int, int, int], repeats: int):
     import torch.distributed as dist
+    from vidport.runtime.loading import cast_native
     from vidport.runtime.models.wan.config import preset
     from vidport.runtime.models.wan.model import WanDiT
     from vidport.runtime.models.wan.parallel import parallelize_wan
@@ -38,7 +39,8 @@ def _rank_forward(worker, preset_name: str, latent: tuple[int, int, int], repeat
     dev = worker.device
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     torch.manual_seed(0)
-    model = WanDiT(cfg).to_dtype(dtype).to(dev).eval().requires_grad_(False)  # same seeded weights on every rank
+    # same seeded weights on every rank, cast as the loader casts
+    model = cast_native(WanDiT(cfg), "wan2.1-t2v", dtype, cfg.to_diffusers()).to(dev).eval().requires_grad_(False)
     model.set_attention_backend(*resolve_backends_on_ranks("auto", dev, dtype))  # rank 0's choice, on every rank
     sp = parallelize_wan(model)
     g = torch.Generator().manual_seed(1)

@@ -108,6 +108,28 @@ def fp32_targets(name_map: NameMap, source_keys, keep: tuple[str, ...]) -> set[s
     return {op.target for op in name_map.plan(list(source_keys)).ops if all(keeps_fp32(s, keep) for s in op.sources)}
 
 
+def cast_native(model: nn.Module, family, dtype: torch.dtype, diffusers_config: dict) -> nn.Module:
+    """Cast a native DiT (built in fp32, e.g. with seeded random weights in a benchmark) to ``dtype`` the
+    way ``load_transformer`` loads one: the tensors that map back (the family's Diffusers->native map,
+    reversed) onto modules the Diffusers class keeps in fp32 stay fp32."""
+    from vidport.families import get_family
+
+    fam = get_family(family) if isinstance(family, str) else family
+    back = NameMap.load(fam.diffusers_to_native).reverse().plan(list(model.state_dict()))
+    keep = keep_in_fp32_modules(diffusers_config)
+    # a native tensor stays fp32 when every Diffusers tensor it is made of does (the forward rule)
+    made_of: dict[str, list[str]] = {}
+    for op in back.ops:
+        for s in op.sources:
+            made_of.setdefault(s, []).append(op.target)
+    from vidport.porting.plan import keeps_fp32
+
+    fp32 = {n for n, targets in made_of.items() if all(keeps_fp32(t, keep) for t in targets)}
+    for name, p in model.named_parameters():
+        p.data = p.data.to(torch.float32 if name in fp32 else dtype)
+    return model
+
+
 def load_transformer(folder: str | Path, family, *, dtype: torch.dtype = torch.float32,
                      device: torch.device | str = "cpu") -> nn.Module:
     """A Diffusers-format ``transformer/`` folder -> the family's native DiT, strictly, tensors streamed to

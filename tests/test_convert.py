@@ -159,6 +159,28 @@ def test_native_runtime_loads_strictly(converted: Path):
     assert not any(p.is_meta for p in model.parameters())
 
 
+def test_one_keep_in_fp32_rule(converted: Path):
+    """Under bf16 the loader keeps in fp32 exactly the tensors made from the modules diffusers declares
+    _keep_in_fp32_modules (the rule port convert applies), and cast_native (benchmarks' seeded models)
+    keeps the same set."""
+    from diffusers import WanTransformer3DModel
+    from vidport.porting.plan import keeps_fp32
+    from vidport.runtime.loading import cast_native, load_transformer
+    from vidport.runtime.models.wan.config import preset
+    from vidport.runtime.models.wan.model import WanDiT
+
+    loaded = load_transformer(converted / "transformer", "wan2.1-t2v", dtype=torch.bfloat16)
+    fp32 = {n for n, t in loaded.state_dict().items() if t.dtype == torch.float32}
+    assert {"time_embed.fc1.weight", "head.modulation", "blocks.0.modulation", "blocks.0.cross_norm.weight"} <= fp32
+    assert not any("qkv" in n or "norm_q" in n for n in fp32)  # made from modules diffusers casts down
+    keep = WanTransformer3DModel._keep_in_fp32_modules
+    with safe_open(converted / "transformer" / "diffusion_pytorch_model.safetensors", "pt") as f:
+        assert sum(keeps_fp32(k, keep) for k in f.keys()) == len(fp32)  # each kept one -> one native tensor
+    cfg = preset("tiny")
+    cast = cast_native(WanDiT(cfg), "wan2.1-t2v", torch.bfloat16, cfg.to_diffusers())
+    assert {n for n, t in cast.state_dict().items() if t.dtype == torch.float32} == fp32
+
+
 def test_conversion_record(converted: Path):
     rec = json.loads((converted / "conversion.json").read_text())
     files = {f["path"]: f for f in rec["source"]["files"]}

@@ -53,11 +53,11 @@ NUM_TRAIN_TIMESTEPS = 1000
 SAMPLE_FPS = 16  # wan_shared_cfg.sample_fps: the frame rate the official release writes its mp4s at
 
 
-def scheduler_config(preset: str) -> dict:
+def scheduler_config(preset: str = "1.3b", **overrides) -> dict:
     """The diffusers ``UniPCMultistepScheduler`` config of the official sampler: flow matching with the
     preset's shift (the one place this is written; `port convert`, the runtime and parity read it)."""
-    return dict(prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=NUM_TRAIN_TIMESTEPS,
-                flow_shift=SAMPLING.get(preset, SAMPLING["1.3b"])["flow_shift"])
+    return {**dict(prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=NUM_TRAIN_TIMESTEPS,
+                   flow_shift=SAMPLING.get(preset, SAMPLING["1.3b"])["flow_shift"]), **overrides}
 
 
 # --- component configs --------------------------------------------------------------------------

@@ -4,7 +4,8 @@ Numerics follow the official release (Wan-Video/Wan2.1 ``wan/modules/model.py``)
 ``WanTransformer3DModel``: sinusoidal time embedding as [cos, sin] computed in float64, per-block
 modulation added to a learned table, the head modulated by the *unprojected* time embedding,
 3-axis RoPE on interleaved pairs, text context zero-padded to ``text_len``. Under bf16 the norms,
-modulation and time embedding stay in fp32 (``KEEP_IN_FP32``).
+modulation and time embedding stay in fp32 (the tensors of the modules ``WanTransformer3DModel`` declares
+``_keep_in_fp32_modules``: ``runtime.loading`` applies the rule, the model only computes).
 
 Layout differences from the checkpoints (resolved by the name maps, not here): self-attention
 q/k/v is one fused projection ``attn.qkv`` and cross-attention k/v is one fused ``cross_attn.kv``.
@@ -22,9 +23,6 @@ from vidport.runtime.attention import AttentionOp
 from vidport.runtime.kernels import fused
 from vidport.runtime.kernels.fused import apply_rope
 from vidport.runtime.models.wan.config import WanDiTConfig
-
-# Parameter-name fragments whose tensors stay fp32 when the model runs in bf16/fp16.
-KEEP_IN_FP32 = ("time_embed.", "time_proj.", "modulation", "norm")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -240,12 +238,6 @@ class WanDiT(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.patch_embedding.weight.dtype
 
-    def to_dtype(self, dtype: torch.dtype) -> WanDiT:
-        """Cast to ``dtype`` except the KEEP_IN_FP32 tensors (norms, modulation, time embedding)."""
-        for name, p in self.named_parameters():
-            keep = any(frag in name for frag in KEEP_IN_FP32)
-            p.data = p.data.to(torch.float32 if keep else dtype)
-        return self
 
     def set_attention_backend(self, backend: str, cross_backend: str | None = None) -> None:
         """The kernel of the self-attention and, when given, a different one for the cross-attention

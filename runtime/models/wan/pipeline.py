@@ -129,8 +129,8 @@ def load_scheduler(folder: Path, kind: str | None = None, flow_shift: float | No
     if kind == "unipc":
         if configured == "unipc":
             return UniPCMultistepScheduler.from_config(cfg, **({"flow_shift": shift} if shift is not None else {}))
-        return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
-                                       num_train_timesteps=num_train, flow_shift=shift or 1.0)
+        return UniPCMultistepScheduler(**family.scheduler_config(num_train_timesteps=num_train,
+                                                                 flow_shift=shift or 1.0))
     if configured == "euler":
         return FlowMatchEulerDiscreteScheduler.from_config(cfg, **({"shift": shift} if shift is not None else {}))
     return FlowMatchEulerDiscreteScheduler(num_train_timesteps=num_train, shift=shift or 1.0)
