@@ -31,6 +31,13 @@ class KeyDiff:
     def complete(self) -> bool:
         return not self.unmapped_source and not self.unfilled_target and not self.inference.unresolved
 
+    def evidence_counts(self) -> dict[str, int]:
+        """How many target tensors each kind of evidence decided."""
+        counts: dict[str, int] = {}
+        for c in self.inference.correspondences:
+            counts[c.evidence] = counts.get(c.evidence, 0) + len(c.targets)
+        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
     def to_json(self) -> dict:
         mapped = self.inference.mapped()
         return {
@@ -50,6 +57,8 @@ class KeyDiff:
             "unresolved": [u.to_json() for u in self.inference.unresolved],
             "mapped": mapped,
             "decided_by_key_order": sum(c.by_order for c in self.inference.correspondences),
+            "evidence": {t: c.evidence for c in self.inference.correspondences for t in c.targets},
+            "evidence_counts": self.evidence_counts(),
             "unmapped_source": self.unmapped_source,
             "unfilled_target": self.unfilled_target,
             "complete": self.complete,
@@ -115,6 +124,7 @@ def format_report(d: KeyDiff, *, limit: int = 12) -> str:
               + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
               + (f"; {by_order} decided by key order" if by_order else "")
               + f" ({d.seconds:.2f} s)"]
+    lines += ["  decided by: " + ", ".join(f"{k} {n}" for k, n in d.evidence_counts().items())]
     lines += ["  " + r.to_line() for r in d.name_map.rules]
     transforms = [c for c in inf.correspondences if c.kind != "rename"]
     lines += _listing("transforms", [f"{c.kind}: {', '.join(c.sources)} -> {', '.join(c.targets)}"

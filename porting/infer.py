@@ -2,6 +2,10 @@
 
 No table for any particular model lives here. The evidence:
 
+0. **Exact names.** A source key whose name equals a target name once a common leading prefix is removed
+   (``model.diffusion_model.blocks.0.attn1.to_q.weight`` -> ``blocks.0.attn1.to_q.weight``), with an
+   equal shape, maps to it, always: precision before coverage. Prefixes count only when several keys
+   share them. Everything below decides only what the names leave open.
 1. **Shape signatures.** Keys are grouped into modules (the name minus its last segment); a module's
    signature is the multiset of its tensors' shapes. Only modules with equal signatures are renamed
    onto each other; everything else must be a declared transform.
@@ -63,9 +67,21 @@ class Correspondence:
     shape: tuple[int, ...] | None = None
     from_shape: tuple[int, ...] | None = None
     by_order: bool = False  # the decision needed key order (everything else was equal)
+    exact: bool = False  # equal names once a common prefix is removed (decisive)
+
+    @property
+    def evidence(self) -> str:
+        """What decided it: exact name, key order (all else equal), or names/shapes/context."""
+        if self.exact:
+            return "exact name"
+        if self.by_order:
+            return "key order"
+        return {"merge": "fused parts (names + shapes)", "split": "fused parts (names + shapes)",
+                "tie": "tie (only candidate)", "reshape": "reshape (unit dims)"}.get(self.kind, "names + shapes")
 
     def to_json(self) -> dict:
-        out = {"kind": self.kind, "sources": list(self.sources), "targets": list(self.targets)}
+        out = {"kind": self.kind, "sources": list(self.sources), "targets": list(self.targets),
+               "evidence": self.evidence}
         if self.parts:
             out.update(parts=list(self.parts), dim=self.dim)
         if self.shape is not None:
@@ -632,10 +648,51 @@ def _concat_dim(group: list[_Module], whole: _Module) -> int | None:
 # ----------------------------------------------------------------------------------------------
 # public API
 # ----------------------------------------------------------------------------------------------
+def exact_name_pairs(source: Mapping[str, TensorInfo], target: Mapping[str, TensorInfo]) -> dict[str, str]:
+    """Source key -> target key where the names are equal once a common leading prefix (whole dotted
+    segments, on either side) is removed and the shapes are equal. Equal full names always count; a
+    non-empty prefix counts only when it explains a quarter of the smaller key set in at least two modules
+    (a layout-wide prefix such as ``model.diffusion_model.``), never one module or two: a Diffusers VAE's
+    ``up_blocks.2.resnets.0.conv1`` is not the official top-level ``conv1``. The best-supported prefixes
+    claim keys first, each key at most once."""
+    support: dict[tuple[str, str], int] = defaultdict(int)
+    modules: dict[tuple[str, str], set[str]] = defaultdict(set)  # the modules (parents) a prefix explains
+    for keys, other, flip in ((source, target, False), (target, source, True)):
+        for key in keys:
+            parts = key.split(".")
+            for i in range(len(parts)):
+                rest = ".".join(parts[i:])
+                if rest in other:
+                    prefix = ".".join(parts[:i]) + ("." if i else "")
+                    pair = ("", prefix) if flip else (prefix, "")
+                    support[pair] += 1
+                    modules[pair].add(parent(rest))
+    pairs: dict[str, str] = {}
+    claimed: set[str] = set()
+    floor = max(2, min(len(source), len(target)) // 4)
+    for (ps, pt), n in sorted(support.items(), key=lambda kv: (-kv[1], kv[0])):
+        if (ps or pt) and (n < floor or len(modules[(ps, pt)]) < 2):
+            continue
+        for s in source:
+            if s in pairs or not s.startswith(ps):
+                continue
+            t = pt + s[len(ps):]
+            if t in target and t not in claimed and tuple(source[s].shape) == tuple(target[t].shape):
+                pairs[s] = t
+                claimed.add(t)
+    return pairs
+
+
 def infer(source: Mapping[str, TensorInfo], target: Mapping[str, TensorInfo]) -> Inference:
     """Infer the correspondences between two key sets (``name -> TensorInfo``, in key order)."""
     t0 = time.perf_counter()
-    m = _Matcher(source, target)
+    exact = exact_name_pairs(source, target)
+    taken = set(exact.values())
+    m = _Matcher({k: v for k, v in source.items() if k not in exact},
+                 {k: v for k, v in target.items() if k not in taken})
+    for s, t in exact.items():  # context for what the names leave open: where matched subtrees went
+        m.ctx.add(parent(s), parent(t))
+    m.out.extend(Correspondence("rename", (s,), (t,), exact=True) for s, t in exact.items())
     m.run()
     pos = {k: i for i, k in enumerate(target)}
     corr = sorted(m.out, key=lambda c: min(pos.get(t, 0) for t in c.targets))

@@ -17,11 +17,18 @@ from pathlib import Path
 import pytest
 import torch
 from vidport.porting.cli import main
-from vidport.porting.diffkeys import diff_keys
+from vidport.porting.diffkeys import diff_keys, format_report
 from vidport.porting.generalize import build_map
 from vidport.porting.infer import infer
 from vidport.porting.namemap import NameMap
-from vidport.porting.sources import KeysFileSource, ModuleSource, TensorDictSource, TensorInfo, open_source
+from vidport.porting.sources import (
+    KeysFileSource,
+    ModuleSource,
+    StateDictSource,
+    TensorDictSource,
+    TensorInfo,
+    open_source,
+)
 from vidport.runtime.loading import load_into
 from vidport.runtime.models.wan import family
 
@@ -471,3 +478,55 @@ def test_transformers_to_official_umt5_flags_the_tied_copy():
 def test_committed_maps_reverse(path):
     name_map = NameMap.load(path)
     assert name_map.reverse().rules  # derivable, never written twice
+
+
+# ----------------------------------------------------------------------------------------------
+# precision before coverage: equal names beat key order
+# ----------------------------------------------------------------------------------------------
+def _prefixed_layout(prefix: str, shuffle_seed: int | None):
+    """A Diffusers transformer's keys as a single-file release lists them: every key under ``prefix``,
+    in another order (many tensors share shapes, so order alone would mislead)."""
+    import random
+
+    from diffusers import LTXVideoTransformer3DModel
+
+    with torch.device("meta"):
+        model = LTXVideoTransformer3DModel(in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=8,
+                                           cross_attention_dim=16, num_layers=3, caption_channels=12)
+    target = ModuleSource(model, "diffusers")
+    keys = list(target.infos)
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(keys)
+    source = StateDictSource()
+    source._infos = {prefix + k: target.infos[k] for k in keys}
+    source.description = "single-file release"
+    return source, target
+
+
+@pytest.mark.parametrize("shuffle_seed", [None, 0, 1])
+def test_equal_names_after_a_prefix_always_map(shuffle_seed):
+    """Keys that differ only by a leading prefix map name for name, whatever the key order (an earlier
+    version mapped 452 of 715 such keys of a real family onto the wrong tensor, confidently)."""
+    source, target = _prefixed_layout("model.diffusion_model.", shuffle_seed)
+    d = diff_keys(source, target)
+    assert d.complete and not d.inference.unresolved
+    mapped = d.inference.mapped()
+    wrong = {s: t for s, t in mapped.items() if t != [s.removeprefix("model.diffusion_model.")]}
+    assert not wrong, list(wrong.items())[:3]
+    assert d.evidence_counts() == {"exact name": len(target.keys())}
+    assert d.to_json()["evidence"]["transformer_blocks.0.attn1.to_q.weight"] == "exact name"
+    assert "decided by: exact name" in format_report(d)
+
+
+def test_a_module_sized_suffix_match_is_no_prefix():
+    """A Diffusers VAE's ``decoder.up_blocks.0.resnets.0.conv1`` is not the official top-level ``conv1``:
+    a prefix that explains one module is not evidence (the Wan VAE listings stay 100%)."""
+    from vidport.porting.infer import exact_name_pairs
+
+    src = {"conv1.weight": TensorInfo("conv1.weight", (4, 4), "F32"),
+           "conv1.bias": TensorInfo("conv1.bias", (4,), "F32"),
+           **{f"enc.{i}.w": TensorInfo(f"enc.{i}.w", (i + 5,), "F32") for i in range(8)}}
+    tgt = {"up.0.resnets.0.conv1.weight": TensorInfo("", (4, 4), "F32"),
+           "up.0.resnets.0.conv1.bias": TensorInfo("", (4,), "F32"),
+           **{f"encoder.{i}.w": TensorInfo("", (i + 5,), "F32") for i in range(8)}}
+    assert exact_name_pairs(src, tgt) == {}
