@@ -125,7 +125,8 @@ def parse_map(text):
         opts = dict(o.split("=", 1) for o in f[4:])
         rules.append({"kind": f[0], "rx": re.compile(f[1]), "rep": f[3].split(",") if len(f) > 3 else [],
                       "parts": opts["parts"].split(",") if "parts" in opts else [], "dim": int(opts.get("dim", 0)),
-                      "shape": [int(x) for x in opts["shape"].split(",")] if "shape" in opts else None})
+                      "shape": [int(x) for x in opts["shape"].split(",")] if "shape" in opts else None,
+                      "sizes": [int(x) for x in opts["sizes"].split(",")] if "sizes" in opts else None})
     return rules
 
 
@@ -147,7 +148,7 @@ def plan(rules, keys):
         elif r["kind"] == "split":
             for i, part in enumerate(r["parts"]):
                 ops.append([m.expand(r["rep"][0].replace("{part}", part)), [key], "split", r["dim"], i,
-                            len(r["parts"]), None])
+                            r["sizes"] or len(r["parts"]), None])
         else:  # merge: placed where its first part appears, sources in parts order
             target = m.expand(r["rep"][0])
             if target not in merges:
@@ -168,8 +169,9 @@ def compute(op, get):
     if kind == "merge":
         return torch.cat([get(s) for s in sources], dim=dim)
     t = get(sources[0])
-    if kind == "split":
-        return t.chunk(nparts, dim=dim)[index].contiguous()
+    if kind == "split":  # nparts: a count of equal parts, or the list of unequal sizes
+        parts = t.split(nparts, dim=dim) if isinstance(nparts, list) else t.chunk(nparts, dim=dim)
+        return parts[index].contiguous()
     if kind == "reshape":
         return t.reshape(shape)
     return t
@@ -182,7 +184,7 @@ def out_shape(op, meta):
     if kind == "merge":
         out[dim] = sum(s[dim] for s in shapes)
     elif kind == "split":
-        out[dim] //= nparts
+        out[dim] = nparts[index] if isinstance(nparts, list) else out[dim] // nparts
     elif kind == "reshape":
         out = list(shape)
     return out

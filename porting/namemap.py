@@ -48,6 +48,7 @@ class Rule:
     dim: int = 0
     shape: tuple[int, ...] | None = None
     from_shape: tuple[int, ...] | None = None
+    sizes: tuple[int, ...] | None = None  # merge/split of unequal parts: each part's size along dim
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -64,6 +65,9 @@ class Rule:
             raise NameMapError(f"split rule {self.pattern!r} needs {{part}} in its replacement")
         if self.kind != "drop" and not self.replacements:
             raise NameMapError(f"{self.kind} rule {self.pattern!r} needs a replacement")
+        if self.sizes is not None and (self.kind not in ("merge", "split") or len(self.sizes) != len(self.parts)):
+            raise NameMapError(f"{self.kind} rule {self.pattern!r}: sizes= needs one size per part "
+                               f"(parts={','.join(self.parts)})")
         if self.kind == "reshape" and self.shape is None:
             raise NameMapError(f"reshape rule {self.pattern!r} needs shape=...")
 
@@ -79,6 +83,8 @@ class Rule:
             opts.append("parts=" + ",".join(self.parts))
         if self.kind in ("merge", "split"):
             opts.append(f"dim={self.dim}")
+        if self.sizes is not None:
+            opts.append("sizes=" + ",".join(map(str, self.sizes)))
         if self.shape is not None:
             opts.append("shape=" + ",".join(map(str, self.shape)))
         if self.from_shape is not None:
@@ -111,6 +117,7 @@ class Op:
     index: int = 0  # split: which part
     num_parts: int = 1
     shape: tuple[int, ...] | None = None
+    sizes: tuple[int, ...] | None = None  # split into unequal parts: every part's size along dim
 
     def compute(self, get: Callable[[str], torch.Tensor]) -> torch.Tensor:
         if self.kind == "merge":
@@ -119,7 +126,8 @@ class Op:
             return torch.cat([get(s) for s in self.sources], dim=self.dim)
         t = get(self.sources[0])
         if self.kind == "split":
-            return t.chunk(self.num_parts, dim=self.dim)[self.index].contiguous()
+            parts = t.split(list(self.sizes), dim=self.dim) if self.sizes else t.chunk(self.num_parts, dim=self.dim)
+            return parts[self.index].contiguous()
         if self.kind == "reshape":
             return t.reshape(self.shape)
         return t
@@ -129,6 +137,13 @@ class Op:
         if self.kind == "merge":
             out = list(shapes[0])
             out[self.dim] = sum(s[self.dim] for s in shapes)
+            return tuple(out)
+        if self.kind == "split" and self.sizes:
+            out = list(shapes[0])
+            if sum(self.sizes) != out[self.dim]:
+                raise NameMapError(f"cannot split {self.sources[0]} {shapes[0]} into parts of sizes "
+                                   f"{list(self.sizes)} along dim {self.dim} (they sum to {sum(self.sizes)})")
+            out[self.dim] = self.sizes[self.index]
             return tuple(out)
         if self.kind == "split":
             out = list(shapes[0])
@@ -230,7 +245,7 @@ class NameMap:
                 n = len(rule.parts)
                 for i, part in enumerate(rule.parts):
                     target = m.expand(rule.replacements[0].replace("{part}", part))
-                    plan.ops.append(Op(target, (key,), "split", dim=rule.dim, index=i, num_parts=n))
+                    plan.ops.append(Op(target, (key,), "split", dim=rule.dim, index=i, num_parts=n, sizes=rule.sizes))
             else:  # merge
                 target = m.expand(rule.replacements[0])
                 if target not in merges:
@@ -281,10 +296,10 @@ class NameMap:
             elif r.kind == "merge":
                 # pattern has (?P<part>...): the target becomes the split source, the part a placeholder
                 pat, rep = _invert(r.pattern, r.replacements[0], part_placeholder=True)
-                out.append(Rule("split", pat, (rep,), parts=r.parts, dim=r.dim))
+                out.append(Rule("split", pat, (rep,), parts=r.parts, dim=r.dim, sizes=r.sizes))
             elif r.kind == "split":
                 pat, rep = _invert(r.pattern, r.replacements[0], part_in_replacement=True, parts=r.parts)
-                out.append(Rule("merge", pat, (rep,), parts=r.parts, dim=r.dim))
+                out.append(Rule("merge", pat, (rep,), parts=r.parts, dim=r.dim, sizes=r.sizes))
         return NameMap(out, source=self.target, target=self.source)
 
     # --- text form --------------------------------------------------------------------------
@@ -347,7 +362,7 @@ def _parse_line(line: str) -> Rule:
             raise NameMapError(f"option {opt!r} is not key=value")
         k, v = opt.split("=", 1)
         opts[k] = v
-    unknown = set(opts) - {"parts", "dim", "shape", "from"}
+    unknown = set(opts) - {"parts", "dim", "shape", "from", "sizes"}
     if unknown:
         raise NameMapError(f"unknown option(s) {sorted(unknown)}")
 
@@ -356,7 +371,8 @@ def _parse_line(line: str) -> Rule:
 
     return Rule(kind, pattern, tuple(fields[3].split(",")),
                 parts=tuple(opts["parts"].split(",")) if "parts" in opts else (),
-                dim=int(opts.get("dim", 0)), shape=ints(opts.get("shape")), from_shape=ints(opts.get("from")))
+                dim=int(opts.get("dim", 0)), shape=ints(opts.get("shape")), from_shape=ints(opts.get("from")),
+                sizes=ints(opts.get("sizes")))
 
 
 # ----------------------------------------------------------------------------------------------

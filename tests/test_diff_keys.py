@@ -530,3 +530,26 @@ def test_a_module_sized_suffix_match_is_no_prefix():
            "up.0.resnets.0.conv1.bias": TensorInfo("", (4,), "F32"),
            **{f"encoder.{i}.w": TensorInfo("", (i + 5,), "F32") for i in range(8)}}
     assert exact_name_pairs(src, tgt) == {}
+
+
+def test_unequal_split_and_its_reverse():
+    """A fused projection of unequal parts (q, k, v and an MLP input, as single-stream DiT blocks fuse
+    them) splits by sizes= and the reverse merge puts it back; the text form round-trips."""
+    text = ("# vidport name map v1\n"
+            "split    ^blocks\\.(\\d+)\\.linear1\\.weight$  ->  blocks.\\1.{part}.weight  "
+            "parts=to_q,to_k,to_v,proj_mlp dim=0 sizes=4,4,4,16\n")
+    m = NameMap.loads(text)
+    assert NameMap.loads(m.dumps()).rules == m.rules
+    w = torch.arange(28 * 3, dtype=torch.float32).reshape(28, 3)
+    out = m.apply({"blocks.0.linear1.weight": w})
+    assert [tuple(out[f"blocks.0.{p}.weight"].shape) for p in ("to_q", "to_k", "to_v", "proj_mlp")] == \
+        [(4, 3), (4, 3), (4, 3), (16, 3)]
+    assert torch.equal(out["blocks.0.proj_mlp.weight"], w[12:])
+    plan = m.plan(["blocks.0.linear1.weight"])
+    assert plan.targets["blocks.0.to_v.weight"].target_shape({"blocks.0.linear1.weight": (28, 3)}) == (4, 3)
+    with pytest.raises(Exception, match="sizes"):
+        plan.targets["blocks.0.to_v.weight"].target_shape({"blocks.0.linear1.weight": (30, 3)})
+    back = m.reverse().apply(out)
+    assert torch.equal(back["blocks.0.linear1.weight"], w)
+    with pytest.raises(Exception, match="one size per part"):
+        NameMap.loads(text.replace("sizes=4,4,4,16", "sizes=4,4,20"))
