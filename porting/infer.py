@@ -68,6 +68,8 @@ class Correspondence:
     from_shape: tuple[int, ...] | None = None
     by_order: bool = False  # the decision needed key order (everything else was equal)
     exact: bool = False  # equal names once a common prefix is removed (decisive)
+    sizes: tuple[int, ...] | None = None  # merge/split of unequal parts: each part's size along dim
+    by_shapes: bool = False  # a merge/split found by shape arithmetic where the names spell nothing
 
     @property
     def evidence(self) -> str:
@@ -76,6 +78,8 @@ class Correspondence:
             return "exact name"
         if self.by_order:
             return "key order"
+        if self.by_shapes:
+            return "fused parts (shape arithmetic + context)"
         return {"merge": "fused parts (names + shapes)", "split": "fused parts (names + shapes)",
                 "tie": "tie (only candidate)", "reshape": "reshape (unit dims)"}.get(self.kind, "names + shapes")
 
@@ -84,6 +88,8 @@ class Correspondence:
                "evidence": self.evidence}
         if self.parts:
             out.update(parts=list(self.parts), dim=self.dim)
+        if self.sizes:
+            out.update(sizes=list(self.sizes))
         if self.shape is not None:
             out.update(shape=list(self.shape), from_shape=list(self.from_shape or ()))
         return out
@@ -374,6 +380,9 @@ class _Matcher:
         for S, T in self.classes().values():
             if S and T:
                 self._assign(S, T, use_context=True)
+        # 3b. fused tensors whose names spell nothing (img_attn_qkv -> to_q, to_k, to_v; linear1 -> q, k,
+        # v, mlp): sibling modules where the context puts them, whose shapes concatenate exactly
+        self._fuse_by_shapes()
         # 4. ties: a target whose only candidate source is already used
         self._ties()
         # 5. key level: modules that were cut differently; then equal-numel reshapes
@@ -398,8 +407,11 @@ class _Matcher:
         if whole.path in (self.used_t if merge else self.used_s):
             return
         word = whole.path.rpartition(".")[2]
+        # the fused name may be one token of the last segment: img_attn_qkv -> qkv, kv_linear -> kv
+        words = [word] + [w for w in word.split("_") if w != word and len(w) > 1]
         best: list[tuple[float, int, list[_Module], tuple[str, ...], int]] = []
-        for group, parts in index.groups(word, used):
+        groups = [g for w in dict.fromkeys(words) for g in index.groups(w, used)]
+        for group, parts in groups:
             dim = _concat_dim([g for g in group], whole)
             if dim is None:
                 continue
@@ -435,6 +447,59 @@ class _Matcher:
                 self.ctx.add(g.path, whole.path)
             else:
                 self.ctx.add(whole.path, g.path)
+
+    def _fuse_by_shapes(self) -> None:
+        free_s = [m for m in self.smods.values() if m.path not in self.used_s]
+        free_t = [m for m in self.tmods.values() if m.path not in self.used_t]
+        for whole in free_s:  # splits: one source module -> sibling target modules
+            self._fuse_siblings(whole, free_t, merge=False)
+        free_s = [m for m in free_s if m.path not in self.used_s]
+        for whole in free_t:  # merges: sibling source modules -> one target module
+            self._fuse_siblings(whole, free_s, merge=True)
+
+    def _fuse_siblings(self, whole: _Module, pool: list[_Module], *, merge: bool) -> None:
+        used_other = self.used_s if merge else self.used_t
+        if whole.path in (self.used_t if merge else self.used_s):
+            return
+        siblings: dict[str, list[_Module]] = defaultdict(list)
+        for m in pool:
+            if m.path in used_other or set(m.leaves) != set(whole.leaves):
+                continue
+            # only where the context places the whole: its matched ancestors went to this parent
+            where = self.ctx.score(m.path, whole.path) if merge else self.ctx.score(whole.path, m.path)
+            if where == 1.0:
+                siblings[parent(m.path)].append(m)
+        found = []
+        for group in siblings.values():
+            group = [m for m in sorted(group, key=lambda m: m.pos) if _could_concat(m, whole)]
+            if 2 <= len(group) <= 10:
+                found.extend(_concat_subsets(group, whole))
+        if len(found) != 1:
+            if len(found) > 1:  # precision before coverage: say so instead of picking one
+                side = "target" if merge else "source"
+                cands = [",".join(m.path for m in s[0]) for s in found[:6]]
+                for leaf in whole.leaves:
+                    self.unresolved.append(Unresolved(_key(whole.path, leaf), side, "several sibling groups "
+                                                      "concatenate to it by shape and the names spell none", cands))
+                (self.used_t if merge else self.used_s).add(whole.path)
+            return
+        group, dim = found[0]
+        parts = tuple(m.path.rpartition(".")[2] for m in group)
+        equal = all(len({m.leaves[leaf].shape[dim] for m in group}) == 1 for leaf in whole.leaves)
+        for m in group:
+            used_other.add(m.path)
+        (self.used_t if merge else self.used_s).add(whole.path)
+        for leaf in whole.leaves:
+            members = tuple(_key(m.path, leaf) for m in group)
+            leaf_sizes = None if equal else tuple(m.leaves[leaf].shape[dim] for m in group)
+            kind, srcs, tgts = ("merge", members, (_key(whole.path, leaf),)) if merge else \
+                ("split", (_key(whole.path, leaf),), members)
+            self.out.append(Correspondence(kind, srcs, tgts, parts=parts, dim=dim, sizes=leaf_sizes, by_shapes=True))
+        for m in group:
+            if merge:
+                self.ctx.add(m.path, whole.path)
+            else:
+                self.ctx.add(whole.path, m.path)
 
     # --- ties -------------------------------------------------------------------------------------
     def _ties(self) -> None:
@@ -623,6 +688,27 @@ def _spell(members: list[tuple[str, _Module]], word: str) -> list[tuple[str, _Mo
             if rest is not None:
                 return [(part, m)] + rest
     return None
+
+
+def _could_concat(m: _Module, whole: _Module) -> bool:
+    """Every leaf has the whole's rank, no larger dims, and differs in at most one dim."""
+    for leaf, info in whole.leaves.items():
+        a, b = m.leaves[leaf].shape, info.shape
+        if len(a) != len(b) or any(x > y for x, y in zip(a, b)) or sum(x != y for x, y in zip(a, b)) > 1:
+            return False
+    return True
+
+
+def _concat_subsets(group: list[_Module], whole: _Module):
+    """(members in key order, dim) for every subset of two or more of ``group`` that concatenates into
+    ``whole`` (``_concat_dim``), each set once."""
+    from itertools import combinations
+
+    for n in range(2, len(group) + 1):
+        for subset in combinations(group, n):
+            dim = _concat_dim(list(subset), whole)
+            if dim is not None:
+                yield list(subset), dim
 
 
 def _concat_dim(group: list[_Module], whole: _Module) -> int | None:

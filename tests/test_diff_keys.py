@@ -553,3 +553,35 @@ def test_unequal_split_and_its_reverse():
     assert torch.equal(back["blocks.0.linear1.weight"], w)
     with pytest.raises(Exception, match="one size per part"):
         NameMap.loads(text.replace("sizes=4,4,4,16", "sizes=4,4,20"))
+
+
+def test_fused_tensor_found_by_shape_arithmetic():
+    """A fused key/value projection whose name spells nothing (``kv_linear`` -> ``to_k``, ``to_v``) and a
+    fused input projection of unequal parts are split by shape arithmetic where the context puts them;
+    the map applies with its sizes."""
+    d, mlp = 8, 24
+
+    def info(name, *shape):
+        return name, TensorInfo(name, shape, "F32")
+
+    src, tgt = {}, {}
+    for i in range(2):
+        src.update([info(f"layers.{i}.norm_x.weight", d), info(f"layers.{i}.kv_linear.weight", 2 * d, d),
+                    info(f"layers.{i}.q_linear.weight", d, d), info(f"layers.{i}.fc_in.weight", d + mlp, d),
+                    info(f"layers.{i}.out.weight", d, d + mlp)])
+        tgt.update([info(f"blocks.{i}.norm.weight", d), info(f"blocks.{i}.attn.to_q.weight", d, d),
+                    info(f"blocks.{i}.attn.to_k.weight", d, d), info(f"blocks.{i}.attn.to_v.weight", d, d),
+                    info(f"blocks.{i}.mix.a_proj.weight", d, d), info(f"blocks.{i}.mix.b_mlp.weight", mlp, d),
+                    info(f"blocks.{i}.proj_out.weight", d, d + mlp)])
+    source, target = StateDictSource(), StateDictSource()
+    source._infos, target._infos = src, tgt
+    result = diff_keys(source, target)
+    splits = {c.sources[0]: c for c in result.inference.correspondences if c.kind == "split"}
+    assert splits["layers.0.kv_linear.weight"].targets == ("blocks.0.attn.to_k.weight", "blocks.0.attn.to_v.weight")
+    fc = splits["layers.1.fc_in.weight"]
+    assert fc.targets == ("blocks.1.mix.a_proj.weight", "blocks.1.mix.b_mlp.weight") and fc.sizes == (d, mlp)
+    assert fc.evidence == "fused parts (shape arithmetic + context)"
+    assert result.complete, format_report(result)
+    w = torch.randn(d + mlp, d)
+    out = result.name_map.apply({k: torch.zeros(v.shape) for k, v in src.items()} | {"layers.1.fc_in.weight": w})
+    assert torch.equal(out["blocks.1.mix.b_mlp.weight"], w[d:])
