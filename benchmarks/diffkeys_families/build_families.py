@@ -1,0 +1,495 @@
+"""Build the data of the diff-keys generalization benchmark (tests/data/diffkeys_families/<family>/).
+
+Per family it writes
+
+- ``official_keys.txt``: (name, shape) of the family's OFFICIAL model class, imported from a checkout of the
+  official repository that you pass on the command line and instantiated on the meta device at the released
+  config, with the prefix the published checkpoint puts in front of the class's keys;
+- ``diffusers_keys.txt``: (name, shape) of the Diffusers class at the released config, built on the meta device;
+- ``truth.json``: what diffusers' own single-file converter for the family does to every official key, traced
+  by running the installed converter on tensors whose values encode their provenance (see ``trace``);
+- ``SOURCE.md``: where all of it came from.
+
+No official code lives here or in the data: the checkout is imported from where it lies. Usage::
+
+    python benchmarks/diffkeys_families/build_families.py \\
+        --repo flux=PATH --repo ltx_video=PATH --repo mochi=PATH --repo hunyuan_video=PATH --repo sd35=PATH
+
+PATH is a work tree of the official repository or a bare git directory (its HEAD's Python and config files
+are then exported to a temporary folder first). ``--only FAMILY`` rebuilds one family.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import importlib
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DATA = Path(__file__).resolve().parents[2] / "tests" / "data" / "diffkeys_families"
+BASE = 2 ** 24  # value = (source index + 1) * BASE + row: exact in float64 for any realistic key count and height
+
+
+# ----------------------------------------------------------------------------------------------
+# checkouts
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Checkout:
+    root: Path
+    commit: str
+
+
+def open_checkout(path: Path, workdir: Path) -> Checkout:
+    """A work tree is used as it is; a bare git dir has its HEAD's text sources exported under ``workdir``."""
+    if (path / "HEAD").is_file() and (path / "objects").is_dir():
+        commit = subprocess.check_output(["git", f"--git-dir={path}", "rev-parse", "HEAD"], text=True).strip()
+        names = subprocess.check_output(["git", f"--git-dir={path}", "ls-tree", "-r", "--name-only", "HEAD"],
+                                        text=True).splitlines()
+        root = workdir / path.parent.name
+        for name in names:
+            if not name.endswith((".py", ".yaml", ".json")):
+                continue
+            blob = subprocess.run(["git", f"--git-dir={path}", "show", f"HEAD:{name}"], capture_output=True)
+            if blob.returncode == 0:
+                (root / name).parent.mkdir(parents=True, exist_ok=True)
+                (root / name).write_bytes(blob.stdout)
+        return Checkout(root, commit)
+    try:
+        commit = subprocess.check_output(["git", "-C", str(path), "rev-parse", "HEAD"], text=True,
+                                         stderr=subprocess.DEVNULL).strip()
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        commit = "unknown (not a git work tree)"
+    return Checkout(path, commit)
+
+
+@contextlib.contextmanager
+def importable(root: Path, fakes: dict[str, types.ModuleType] | None = None):
+    """Put ``root`` first on sys.path (and fake modules into sys.modules) for the duration of the block."""
+    before = set(sys.modules)
+    sys.path.insert(0, str(root))
+    saved = {name: sys.modules.get(name) for name in fakes or {}}
+    sys.modules.update(fakes or {})
+    try:
+        yield
+    finally:
+        sys.path.remove(str(root))
+        for name in set(sys.modules) - before:
+            del sys.modules[name]
+        for name, mod in saved.items():
+            if mod is not None:
+                sys.modules[name] = mod
+
+
+def literal_kwargs(call: ast.Call) -> dict:
+    """The literal keyword arguments of a call node (non-literal ones are left out)."""
+    out = {}
+    for kw in call.keywords:
+        with contextlib.suppress(ValueError):
+            out[kw.arg] = ast.literal_eval(kw.value)
+    return out
+
+
+def assigned_value(path: Path, name: str) -> ast.expr:
+    """The value node of the first top-level or nested ``name = ...`` assignment in a source file."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            return node.value
+    raise LookupError(f"{path}: no assignment to {name}")
+
+
+def fake_module(name: str, **attrs) -> types.ModuleType:
+    mod = types.ModuleType(name)
+    mod.__dict__.update(attrs)
+    return mod
+
+
+def shapes_of(module: torch.nn.Module, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    return {prefix + k: tuple(v.shape) for k, v in module.state_dict(keep_vars=True).items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# the families: how each official listing is made, the Diffusers class and config, the converter
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Family:
+    name: str
+    repo: str  # the official repository (github owner/name)
+    official: Callable[[Path], tuple[dict[str, tuple[int, ...]], str]]  # checkout root -> (shapes, how)
+    diffusers_class: str
+    diffusers_config: Callable[[Path], dict]  # checkout root -> the released Diffusers config
+    config_source: str
+    converter: str  # function in diffusers.loaders.single_file_utils
+    modes: str  # what the family exercises
+
+
+def official_flux(root: Path):
+    # flux-dev's FluxParams as src/flux/util.py writes them, read from the source (importing util.py needs the
+    # watermark and API packages and creates folders)
+    configs = assigned_value(root / "src/flux/util.py", "configs")
+    spec = next(v for k, v in zip(configs.keys, configs.values) if ast.literal_eval(k) == "flux-dev")
+    params = next(kw.value for kw in spec.keywords if kw.arg == "params")
+    kwargs = literal_kwargs(params)
+    with importable(root / "src"):
+        from flux.model import Flux, FluxParams
+
+        with torch.device("meta"):
+            model = Flux(FluxParams(**kwargs))
+        shapes = shapes_of(model)
+    return shapes, (f"`flux.model.Flux(FluxParams(**kw))` with kw = configs['flux-dev'].params of "
+                    f"src/flux/util.py: {kwargs}; flux1-dev.safetensors stores the class's keys unprefixed "
+                    "(util.load_flow_model loads it straight into Flux)")
+
+
+def official_ltx_video(root: Path):
+    with importable(root):
+        from ltx_video.models.transformers.transformer3d import Transformer3DModel
+        from ltx_video.utils import diffusers_config_mapping as m
+
+        config = dict(m.OURS_TRANSFORMER_CONFIG)
+        with torch.device("meta"):
+            model = Transformer3DModel.from_config(config)
+        shapes = shapes_of(model, "model.diffusion_model.")
+    return shapes, ("`ltx_video.models.transformers.transformer3d.Transformer3DModel.from_config("
+                    "OURS_TRANSFORMER_CONFIG)` (ltx_video/utils/diffusers_config_mapping.py: the 2B v0.9 "
+                    "transformer); the published single file ltx-video-2b-v0.9.safetensors keeps it under "
+                    "`model.diffusion_model.` (Transformer3DModel.load_state_dict strips that prefix)")
+
+
+def official_mochi(root: Path):
+    # the model kwargs MochiSingleGPUPipeline's DiT factory passes (src/genmo/mochi_preview/pipelines.py);
+    # attn_imports asks CUDA for the device properties at import, so it is faked (no attention runs here)
+    kwargs = literal_kwargs(assigned_value(root / "src/genmo/mochi_preview/pipelines.py", "model_args"))
+    fakes = {"genmo.lib.attn_imports": fake_module("genmo.lib.attn_imports", flash_varlen_attn=None, sage_attn=None,
+                                                   sdpa_attn_ctx=contextlib.nullcontext)}
+    with importable(root / "src", fakes):
+        mod = importlib.import_module("genmo.mochi_preview.dit.joint_model.asymm_models_joint")
+        with torch.device("meta"):
+            model = mod.AsymmDiTJoint(**kwargs, attention_mode="sdpa")
+        shapes = shapes_of(model)
+    return shapes, (f"`genmo.mochi_preview.dit.joint_model.asymm_models_joint.AsymmDiTJoint(**model_args, "
+                    f"attention_mode='sdpa')` with model_args from src/genmo/mochi_preview/pipelines.py: {kwargs} "
+                    "(genmo.lib.attn_imports faked: it queries CUDA at import); the published dit.safetensors "
+                    "stores the class's keys unprefixed")
+
+
+def official_hunyuan_video(root: Path):
+    with importable(root):
+        from hyvideo.config import parse_args
+        from hyvideo.modules.models import HUNYUAN_VIDEO_CONFIG, HYVideoDiffusionTransformer
+
+        argv, sys.argv = sys.argv, [sys.argv[0]]
+        try:
+            args = parse_args()
+        finally:
+            sys.argv = argv
+        with torch.device("meta"):
+            model = HYVideoDiffusionTransformer(args, in_channels=args.latent_channels,
+                                                out_channels=args.latent_channels, **HUNYUAN_VIDEO_CONFIG[args.model])
+        shapes = shapes_of(model)
+    return shapes, (f"`hyvideo.modules.models.HYVideoDiffusionTransformer(args, in_channels=out_channels="
+                    f"{args.latent_channels}, **HUNYUAN_VIDEO_CONFIG['{args.model}'])` with args the defaults of "
+                    "hyvideo.config.parse_args() (what hyvideo/inference.py builds); the published "
+                    "mp_rank_00_model_states.pt holds the class's keys unprefixed under 'module'")
+
+
+class _PublishedHeader:
+    """What sd3_impls.BaseModel reads from the checkpoint to size MMDiTX: the few shapes and key names of
+    sd3.5_medium.safetensors's header it asks for (BaseModel derives its config from them)."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]], keys: list[str]):
+        self._shapes, self._keys = shapes, keys
+
+    def get_tensor(self, key):
+        return torch.empty(self._shapes[key], device="meta")
+
+    def keys(self):
+        return self._keys
+
+
+SD35_MEDIUM_HEADER = {  # hidden 1536 = 64 * depth 24; pos_embed 384 x 384 patches; MMDiT-X self-attention in 0..12
+    "model.diffusion_model.x_embedder.proj.weight": (1536, 16, 2, 2),
+    "model.diffusion_model.pos_embed": (1, 384 * 384, 1536),
+    "model.diffusion_model.y_embedder.mlp.0.weight": (1536, 2048),
+    "model.diffusion_model.context_embedder.weight": (1536, 4096),
+}
+SD35_MEDIUM_KEYS = ["model.diffusion_model.joint_blocks.0.context_block.attn.ln_k.weight"] + [
+    f"model.diffusion_model.joint_blocks.{i}.x_block.attn2.ln_k.weight" for i in range(13)]
+
+
+def official_sd35(root: Path):
+    with importable(root):
+        import sd3_impls
+
+        with torch.device("meta"):
+            model = sd3_impls.BaseModel(file=_PublishedHeader(SD35_MEDIUM_HEADER, SD35_MEDIUM_KEYS),
+                                        prefix="model.diffusion_model.", dtype=torch.float32, device="meta")
+        shapes = shapes_of(model.diffusion_model, "model.diffusion_model.")
+    return shapes, ("`sd3_impls.BaseModel(file=HEADER, prefix='model.diffusion_model.')` (what sd3_infer.py "
+                    "builds), HEADER answering the shape/key queries BaseModel makes of sd3.5_medium.safetensors: "
+                    f"{ {k.rsplit('model.', 1)[-1]: list(v) for k, v in SD35_MEDIUM_HEADER.items()} }, "
+                    "ln_k present, x_block.attn2 in blocks 0..12; listing = its `diffusion_model` under "
+                    "`model.diffusion_model.` (sd3_infer.py loads the file with prefix 'model.'; the model_sampling "
+                    "buffer is not in the file)")
+
+
+def _ltx_diffusers_config(root: Path) -> dict:
+    with importable(root):
+        from ltx_video.utils.diffusers_config_mapping import DIFFUSERS_TRANSFORMER_CONFIG
+
+        return {k: v for k, v in DIFFUSERS_TRANSFORMER_CONFIG.items() if not k.startswith("_")}
+
+
+FAMILIES = [
+    Family("flux", "black-forest-labs/flux", official_flux, "diffusers.FluxTransformer2DModel",
+           lambda root: dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                             num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+                             guidance_embeds=True, axes_dims_rope=[16, 56, 56]),
+           "black-forest-labs/FLUX.1-dev transformer/config.json",
+           "convert_flux_transformer_checkpoint_to_diffusers",
+           "fused qkv -> to_q/to_k/to_v; single-block linear1 -> to_q, to_k, to_v, proj_mlp (unequal sizes); "
+           "final adaLN shift/scale halves swapped"),
+    Family("ltx_video", "Lightricks/LTX-Video", official_ltx_video, "diffusers.LTXVideoTransformer3DModel",
+           _ltx_diffusers_config,
+           "DIFFUSERS_TRANSFORMER_CONFIG in the official ltx_video/utils/diffusers_config_mapping.py "
+           "(= Lightricks/LTX-Video transformer/config.json)",
+           "convert_ltx_transformer_checkpoint_to_diffusers",
+           "a leading prefix (model.diffusion_model.) plus a few renames (patchify_proj, adaln_single, q_norm)"),
+    Family("mochi", "genmoai/mochi", official_mochi, "diffusers.MochiTransformer3DModel",
+           lambda root: dict(patch_size=2, num_attention_heads=24, attention_head_dim=128, num_layers=48,
+                             pooled_projection_dim=1536, in_channels=12, out_channels=None, qk_norm="rms_norm",
+                             text_embed_dim=4096, time_embed_dim=256, activation_fn="swiglu",
+                             max_sequence_length=256),
+           "genmo/mochi-1-preview transformer/config.json",
+           "convert_mochi_transformer_checkpoint_to_diffusers",
+           "fused qkv_x/qkv_y -> to_q/to_k/to_v and add_*_proj; SwiGLU w1 proj/gate halves swapped; final "
+           "modulation shift/scale swapped; last block's context branch renamed (linear_1)"),
+    Family("hunyuan_video", "Tencent/HunyuanVideo", official_hunyuan_video,
+           "diffusers.HunyuanVideoTransformer3DModel",
+           lambda root: dict(in_channels=16, out_channels=16, num_attention_heads=24, attention_head_dim=128,
+                             num_layers=20, num_single_layers=40, num_refiner_layers=2, mlp_ratio=4.0, patch_size=2,
+                             patch_size_t=1, qk_norm="rms_norm", guidance_embeds=True, text_embed_dim=4096,
+                             pooled_projection_dim=768, rope_theta=256.0, rope_axes_dim=(16, 56, 56)),
+           "hunyuanvideo-community/HunyuanVideo transformer/config.json",
+           "convert_hunyuan_video_transformer_to_diffusers",
+           "img_attn_qkv/txt_attn_qkv and the token refiner's self_attn_qkv split three ways; single-block linear1 "
+           "-> to_q, to_k, to_v, proj_mlp; final adaLN halves swapped"),
+    Family("sd35", "Stability-AI/sd3.5", official_sd35, "diffusers.SD3Transformer2DModel",
+           lambda root: dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
+                             num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
+                             pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=384,
+                             dual_attention_layers=tuple(range(13)), qk_norm="rms_norm"),
+           "stabilityai/stable-diffusion-3.5-medium transformer/config.json",
+           "convert_sd3_transformer_checkpoint_to_diffusers",
+           "model.diffusion_model. prefix; fused qkv (and MMDiT-X attn2 qkv) split; adaLN halves swapped in "
+           "norm_out and in the last block's context norm"),
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# the Diffusers side
+# ----------------------------------------------------------------------------------------------
+def diffusers_shapes(class_path: str, config: dict) -> dict[str, tuple[int, ...]]:
+    module, _, name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    with torch.device("meta"):
+        model = cls.from_config(config)
+    return shapes_of(model)
+
+
+# ----------------------------------------------------------------------------------------------
+# tracing the converter
+# ----------------------------------------------------------------------------------------------
+def provenance_checkpoint(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """One float64 tensor per official key: row j of key i holds (i + 1) * BASE + j.
+
+    Only the first dim has its real size; the others are 1 (so the fake checkpoint of a 12B model is a few MB).
+    That is enough for converters that cut, concatenate and permute along dim 0 only, which every converter
+    traced here does; ``trace`` checks that the trailing dims came through as they went in."""
+    out = {}
+    for i, (key, shape) in enumerate(shapes.items()):
+        rows = shape[0] if shape else 1
+        codes = torch.arange(rows, dtype=torch.float64) + (i + 1) * BASE
+        out[key] = codes.reshape((rows,) + (1,) * (len(shape) - 1)) if shape else codes.reshape(())
+    return out
+
+
+def _runs(codes: list[tuple[int, int]], keys: list[str]) -> list[list]:
+    """(source index, row) per target row -> [[source key, start, stop], ...] in target row order."""
+    pieces: list[list] = []
+    for i, j in codes:
+        if pieces and pieces[-1][0] == keys[i] and pieces[-1][2] == j:
+            pieces[-1][2] = j + 1
+        else:
+            pieces.append([keys[i], j, j + 1])
+    return pieces
+
+
+def trace(converter: Callable, official: dict[str, tuple[int, ...]], target: dict[str, tuple[int, ...]]) -> dict:
+    """Run ``converter`` on a provenance checkpoint and tell, per target key, which source rows it holds."""
+    keys = list(official)
+    converted = converter(provenance_checkpoint(official))
+    problems = []
+    extra = [k for k in converted if k not in target]
+    unfilled = [k for k in target if k not in converted]
+    if extra:
+        problems.append(f"converter outputs not in the Diffusers class: {extra[:5]}")
+    targets: dict[str, dict] = {}
+    used: dict[str, list[str]] = {}
+    for tkey, tshape in target.items():
+        if tkey not in converted:
+            continue
+        t = converted[tkey]
+        rows = t.reshape(-1) if t.dim() <= 1 else t[(slice(None),) + (0,) * (t.dim() - 1)]
+        if any(d != 1 for d in t.shape[1:]):
+            problems.append(f"{tkey}: the converter changed a trailing dim ({list(t.shape)})")
+        values = rows.tolist()
+        codes = [(int(v) // BASE - 1, int(v) % BASE) for v in values]
+        if any(v != int(v) or not 0 <= i < len(keys) for v, (i, _) in zip(values, codes)):
+            problems.append(f"{tkey}: values that are no provenance code (the converter computed on them)")
+            continue
+        pieces = _runs(codes, keys)
+        sources = list(dict.fromkeys(p[0] for p in pieces))
+        for s in sources:
+            used.setdefault(s, []).append(tkey)
+        entry: dict = {"pieces": pieces}
+        whole = [official[s][0] if official[s] else 1 for s in sources]
+        n_rows = tshape[0] if tshape else 1
+        if len(values) != n_rows:
+            problems.append(f"{tkey}: {len(values)} rows traced, the Diffusers class has {list(tshape)}")
+        in_order = all(p[1] == 0 and p[2] == w for p, w in zip(pieces, whole)) and len(pieces) == len(sources)
+        if len(sources) > 1:
+            entry["kind"] = "merge" if in_order else "merge+reorder"
+        elif in_order:
+            entry["kind"] = "rename"
+        elif sum(p[2] - p[1] for p in pieces) == whole[0]:
+            entry["kind"] = "reorder"
+        else:
+            entry["kind"] = "split" if len(pieces) == 1 else "split+reorder"
+        trailing = [tuple(official[s][1:]) for s in sources]
+        if any(tr != tuple(tshape[1:]) for tr in trailing) or (len(official[sources[0]]) == 0) != (len(tshape) == 0):
+            entry["reshape"] = {"from": [list(official[s]) for s in sources], "to": list(tshape)}
+        targets[tkey] = entry
+    for ts in used.values():
+        if len(ts) > 1 and all(targets[t]["kind"] == "rename" for t in ts):
+            for t in ts:
+                targets[t]["kind"] = "tie"
+    splits = []
+    for s, ts in used.items():
+        parts = [t for t in ts if targets[t]["kind"].startswith("split")]
+        if parts:
+            parts.sort(key=lambda t: next(p[1] for p in targets[t]["pieces"] if p[0] == s))
+            splits.append({"source": s, "targets": parts, "sizes": [target[t][0] for t in parts], "dim": 0})
+    reorders = [{"source": e["pieces"][0][0], "target": t, "blocks": [p[1:] for p in e["pieces"]]}
+                for t, e in targets.items() if "reorder" in e["kind"]]
+    merges = [{"target": t, "sources": [p[0] for p in e["pieces"]], "dim": 0}
+              for t, e in targets.items() if e["kind"].startswith("merge")]
+    if problems:
+        raise RuntimeError("tracing failed:\n  " + "\n  ".join(problems))
+    return {"targets": targets, "unfilled": unfilled, "dropped": [k for k in keys if k not in used],
+            "splits": splits, "merges": merges, "reorders": reorders}
+
+
+# ----------------------------------------------------------------------------------------------
+# writing
+# ----------------------------------------------------------------------------------------------
+def write_listing(path: Path, title: str, shapes: dict[str, tuple[int, ...]]) -> None:
+    params = sum(math.prod(s) for s in shapes.values())
+    lines = [f"# {title}: {len(shapes)} tensors, {params} params"]
+    lines += [f"{k}\t{list(s)}" for k, s in shapes.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def dump_truth(truth: dict) -> str:
+    """JSON with one line per entry of each list or mapping (diffable, a third the size of indent=1)."""
+    lines = ["{"]
+    items = list(truth.items())
+    for n, (key, value) in enumerate(items):
+        comma = "," if n < len(items) - 1 else ""
+        if isinstance(value, dict) and value:
+            inner = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in value.items()]
+            lines += [f" {json.dumps(key)}: {{", ",\n".join(inner), f" }}{comma}"]
+        elif isinstance(value, list) and value:
+            lines += [f" {json.dumps(key)}: [", ",\n".join(f"  {json.dumps(v)}" for v in value), f" ]{comma}"]
+        else:
+            lines.append(f" {json.dumps(key)}: {json.dumps(value)}{comma}")
+    return "\n".join(lines + ["}"]) + "\n"
+
+
+def build(fam: Family, checkout: Checkout) -> None:
+    import diffusers
+    from diffusers.loaders import single_file_utils
+
+    official, how = fam.official(checkout.root)
+    config = fam.diffusers_config(checkout.root)
+    target = diffusers_shapes(fam.diffusers_class, config)
+    truth = trace(getattr(single_file_utils, fam.converter), official, target)
+    out = DATA / fam.name
+    out.mkdir(parents=True, exist_ok=True)
+    write_listing(out / "official_keys.txt", f"official {fam.repo}@{checkout.commit[:12]}", official)
+    write_listing(out / "diffusers_keys.txt", f"diffusers {fam.diffusers_class.rsplit('.', 1)[-1]} "
+                  f"({fam.config_source})", target)
+    truth = {"family": fam.name, "source": "official_keys.txt", "target": "diffusers_keys.txt",
+             "converter": f"diffusers.loaders.single_file_utils.{fam.converter}",
+             "diffusers_version": diffusers.__version__, **truth}
+    (out / "truth.json").write_text(dump_truth(truth))
+    kinds: dict[str, int] = {}
+    for e in truth["targets"].values():
+        kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
+    (out / "SOURCE.md").write_text(f"""# {fam.name}
+
+Exercises: {fam.modes}.
+
+- **official_keys.txt** ({len(official)} tensors): official repository `github.com/{fam.repo}` at commit
+  `{checkout.commit}`; {how}. Built on the meta device; no official code is kept here.
+- **diffusers_keys.txt** ({len(target)} tensors): `{fam.diffusers_class}.from_config(config)` on the meta device,
+  diffusers {diffusers.__version__}, config = the released one ({fam.config_source}):
+  `{json.dumps(config)}`.
+- **truth.json**: `diffusers.loaders.single_file_utils.{fam.converter}` (diffusers {diffusers.__version__}) run on a
+  fake official state dict in which row j of the i-th official key holds the float64 value (i + 1) * 2**24 + j
+  (first dim at its real size, the other dims 1: the converter cuts, concatenates and permutes along dim 0 only,
+  which the tracer checks). Decoding every output row gives, per Diffusers key, its `pieces`
+  (`[official key, first row, end row]` in output row order) and its `kind`
+  ({", ".join(f"{k}: {n}" for k, n in sorted(kinds.items()))}); `splits` list each fused official tensor's
+  parts in row order with their sizes, `reorders` each tensor whose rows are permuted (`blocks`: official row
+  ranges in output order), `dropped` official keys the converter discards, `unfilled` Diffusers keys it does not
+  produce.
+
+Rebuild: `python benchmarks/diffkeys_families/build_families.py --repo {fam.name}=CHECKOUT --only {fam.name}`
+(CHECKOUT: a work tree or bare git dir of `{fam.repo}` at the commit above).
+""")
+    print(f"{fam.name}: {len(official)} official, {len(target)} diffusers, {len(truth['splits'])} splits, "
+          f"{len(truth['reorders'])} reorders, {len(truth['dropped'])} dropped, {len(truth['unfilled'])} unfilled, "
+          f"kinds {kinds}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repo", action="append", default=[], metavar="FAMILY=PATH",
+                    help="a checkout (work tree or bare git dir) of the family's official repository")
+    ap.add_argument("--only", action="append", default=[], metavar="FAMILY")
+    args = ap.parse_args(argv)
+    repos = dict(r.split("=", 1) for r in args.repo)
+    known = {f.name for f in FAMILIES}
+    if unknown := (set(repos) | set(args.only)) - known:
+        ap.error(f"unknown families {sorted(unknown)}; known: {sorted(known)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for fam in FAMILIES:
+            if (args.only and fam.name not in args.only) or fam.name not in repos:
+                continue
+            build(fam, open_checkout(Path(repos[fam.name]).resolve(), Path(tmp)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
