@@ -1,0 +1,230 @@
+"""Generalization benchmark of `port diff-keys` (issue 18): the inferred name map of model families other than
+Wan, scored against diffusers' own converters.
+
+    python benchmarks/bench_diff_keys.py [--family flux] [--in-process] [--show 10] [--json]
+
+Per family (tests/data/diffkeys_families/<family>/: the official class's keys, the Diffusers class's keys, and
+truth.json traced from diffusers' converter; SOURCE.md says how each was made) it runs
+``port diff-keys keys:official_keys.txt keys:diffusers_keys.txt --json`` in a child process (``--in-process``:
+``vidport.porting.api.diff_keys`` in this one) and scores every Diffusers key:
+
+- **correct**: made from the right official tensor(s) the right way: a rename from the right key; a split part
+  at the right offset of the right fused tensor; a merge of the right tensors in the right order; a tensor whose
+  rows the converter permutes only through a ``reorder`` transform with the converter's row blocks;
+- **wrong** (confident): mapped, but not like that (a reorder mapped as a plain rename is wrong: its rows would
+  load silently permuted);
+- **unresolved**: not mapped (left to the user, with or without candidates).
+
+``splits`` counts the fused official tensors whose split was found with the right parts in the right order
+(so the right sizes); ``reorders`` the permuted tensors that the inference flagged: a ``reorder`` transform
+for the key, or an unresolved entry naming the key or its official tensor. ``seconds`` is the child process's
+wall time (``--in-process``: the inference's own seconds).
+
+A reorder is reported, by the contract this benchmark reads, as a transform
+``{"kind": "reorder", "sources": [official], "targets": [diffusers], "blocks": [[start, stop], ...]}``: the
+official row ranges in the Diffusers tensor's row order, as truth.json writes them.
+
+Targets (issue 18): 0 confident wrong keys per family, >= 95% of all keys correct and >= 90% per family, every
+split found with the right sizes, each case < 10 s as the wall time of a `port diff-keys` process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "tests" / "data" / "diffkeys_families"
+
+
+def families() -> list[str]:
+    return sorted(p.name for p in DATA.iterdir() if (p / "truth.json").is_file())
+
+
+@dataclass
+class FamilyScore:
+    family: str
+    keys: int
+    correct: int = 0
+    wrong: int = 0
+    unresolved: int = 0
+    splits_found: int = 0
+    splits: int = 0
+    reorders_flagged: int = 0
+    reorders: int = 0
+    seconds: float = 0.0
+    wrong_keys: list[str] = field(default_factory=list)  # "diffusers key: predicted; truth" lines
+    unresolved_keys: list[str] = field(default_factory=list)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.keys if self.keys else 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# scoring
+# ----------------------------------------------------------------------------------------------
+def _predictions(result: dict) -> dict[str, dict]:
+    """Diffusers key -> how the inference makes it: {kind, sources, ...} from ``KeyDiff.to_json()``."""
+    pred: dict[str, dict] = {}
+    for t in result["transforms"]:
+        if t["kind"] == "split":
+            for k, target in enumerate(t["targets"]):
+                pred[target] = {"kind": "split", "sources": t["sources"], "parts": t["targets"], "index": k,
+                                "dim": t.get("dim", 0)}
+        else:
+            for target in t["targets"]:
+                pred[target] = {**t, "sources": t["sources"]}
+    for source, targets in result["mapped"].items():
+        for target in targets:
+            pred.setdefault(target, {"kind": "rename", "sources": [source]})
+    return pred
+
+
+def _describe(p: dict | None) -> str:
+    if p is None:
+        return "unmapped"
+    extra = f" part {p['index']} of {len(p['parts'])}" if p["kind"] == "split" else ""
+    return f"{p['kind']} of {', '.join(p['sources'])}{extra}"
+
+
+def _truth_text(e: dict) -> str:
+    return f"{e['kind']} of " + ", ".join(f"{s}[{a}:{b}]" for s, a, b in e["pieces"])
+
+
+def _is_correct(e: dict, p: dict, shapes: dict[str, tuple[int, ...]]) -> bool:
+    kind, pieces = e["kind"], e["pieces"]
+    sources = list(dict.fromkeys(s for s, _, _ in pieces))
+    if "reshape" in e:
+        return p["kind"] == "reshape" and p["sources"] == sources
+    if kind in ("rename", "tie"):
+        return p["kind"] in ("rename", "tie") and p["sources"] == sources
+    if kind == "split":
+        if p["kind"] != "split" or p["sources"] != sources or p.get("dim", 0) != 0:
+            return False
+        offset = sum(shapes[t][0] for t in p["parts"][:p["index"]])
+        return offset == pieces[0][1]
+    if kind == "merge":
+        return p["kind"] == "merge" and p["sources"] == sources and p.get("dim", 0) == 0
+    if "reorder" in kind:
+        return p["kind"] == "reorder" and p["sources"] == sources and p.get("blocks") == [
+            [a, b] for _, a, b in pieces]
+    return False
+
+
+def score(truth: dict, result: dict, shapes: dict[str, tuple[int, ...]], seconds: float) -> FamilyScore:
+    """Score one ``port diff-keys --json`` result against the family's truth.json."""
+    pred = _predictions(result)
+    unresolved_names = {u["key"] for u in result["unresolved"]}
+    s = FamilyScore(truth["family"], len(truth["targets"]) + len(truth.get("unfilled", [])),
+                    seconds=round(seconds, 3))
+    for key, e in truth["targets"].items():
+        p = pred.get(key)
+        if p is None:
+            s.unresolved += 1
+            s.unresolved_keys.append(f"{key}: truth {_truth_text(e)}")
+        elif _is_correct(e, p, shapes):
+            s.correct += 1
+        else:
+            s.wrong += 1
+            s.wrong_keys.append(f"{key}: predicted {_describe(p)}; truth {_truth_text(e)}")
+    for key in truth.get("unfilled", []):  # no official tensor makes it: correct only if nothing is mapped onto it
+        if key in pred:
+            s.wrong += 1
+            s.wrong_keys.append(f"{key}: predicted {_describe(pred[key])}; truth: not made by the converter")
+        else:
+            s.correct += 1
+    found = {(tuple(t["sources"]), tuple(t["targets"])) for t in result["transforms"]
+             if t["kind"] == "split" and t.get("dim", 0) == 0}
+    s.splits = len(truth["splits"])
+    s.splits_found = sum(((split["source"],), tuple(split["targets"])) in found for split in truth["splits"])
+    s.reorders = len(truth["reorders"])
+    s.reorders_flagged = sum(
+        pred.get(r["target"], {}).get("kind") == "reorder"
+        or r["target"] in unresolved_names or r["source"] in unresolved_names
+        for r in truth["reorders"])
+    return s
+
+
+# ----------------------------------------------------------------------------------------------
+# running
+# ----------------------------------------------------------------------------------------------
+def listings(family: str) -> tuple[str, str]:
+    folder = DATA / family
+    return f"keys:{folder / 'official_keys.txt'}", f"keys:{folder / 'diffusers_keys.txt'}"
+
+
+def run_family(family: str, *, in_process: bool = False) -> FamilyScore:
+    from vidport.porting.sources import KeysFileSource
+
+    source, target = listings(family)
+    truth = json.loads((DATA / family / "truth.json").read_text())
+    shapes = KeysFileSource(DATA / family / "diffusers_keys.txt").shapes()
+    if in_process:
+        from vidport.porting.api import diff_keys
+
+        d = diff_keys(source, target)
+        result, seconds = d.to_json(), d.seconds
+    else:
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "vidport.porting.cli", "diff-keys", source, target, "--json"],
+                           capture_output=True, text=True)
+        seconds = time.perf_counter() - t0
+        if r.returncode not in (0, 1):
+            raise RuntimeError(f"{family}: port diff-keys exited {r.returncode}: {r.stderr.strip()[-500:]}")
+        result = json.loads(r.stdout)
+    return score(truth, result, shapes, seconds)
+
+
+def table(scores: list[FamilyScore]) -> str:
+    head = f"{'family':<14} {'keys':>5} {'correct':>8} {'wrong':>6} {'unres.':>6} {'splits':>9} {'reorders':>9} " \
+           f"{'seconds':>8}"
+    lines = [head, "-" * len(head)]
+    for s in scores:
+        lines.append(f"{s.family:<14} {s.keys:>5} {s.correct:>8} {s.wrong:>6} {s.unresolved:>6} "
+                     f"{f'{s.splits_found}/{s.splits}':>9} {f'{s.reorders_flagged}/{s.reorders}':>9} "
+                     f"{s.seconds:>8.2f}   {100 * s.accuracy:5.1f}% correct")
+    keys, correct = sum(s.keys for s in scores), sum(s.correct for s in scores)
+    lines.append("-" * len(head))
+    lines.append(f"{'all':<14} {keys:>5} {correct:>8} {sum(s.wrong for s in scores):>6} "
+                 f"{sum(s.unresolved for s in scores):>6} "
+                 f"{f'{sum(s.splits_found for s in scores)}/{sum(s.splits for s in scores)}':>9} "
+                 f"{f'{sum(s.reorders_flagged for s in scores)}/{sum(s.reorders for s in scores)}':>9} "
+                 f"{max((s.seconds for s in scores), default=0):>8.2f}   "
+                 f"{100 * correct / max(keys, 1):5.1f}% correct (seconds: the slowest)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--family", action="append", default=[], help="only these families (repeatable)")
+    ap.add_argument("--in-process", action="store_true",
+                    help="call vidport.porting.api.diff_keys here instead of timing a `port diff-keys` process")
+    ap.add_argument("--show", type=int, default=0, metavar="N",
+                    help="also list up to N wrong and N unresolved keys per family")
+    ap.add_argument("--json", action="store_true", help="print the scores as JSON")
+    args = ap.parse_args(argv)
+    names = families()
+    if unknown := set(args.family) - set(names):
+        ap.error(f"unknown families {sorted(unknown)}; known: {names}")
+    scores = [run_family(f, in_process=args.in_process) for f in names if not args.family or f in args.family]
+    if args.json:
+        print(json.dumps([{**asdict(s), "wrong_keys": s.wrong_keys[:args.show],
+                           "unresolved_keys": s.unresolved_keys[:args.show]} for s in scores], indent=1))
+        return 0
+    print(table(scores))
+    for s in scores if args.show else []:
+        for title, items in (("wrong", s.wrong_keys), ("unresolved", s.unresolved_keys)):
+            if items:
+                print(f"\n{s.family}: {title} ({len(items)}):")
+                print("\n".join(f"  {x}" for x in items[:args.show]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
