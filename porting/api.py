@@ -8,16 +8,22 @@ from pathlib import Path
 from vidport.errors import UserError
 
 
-def diff_keys(source: str, target: str, *, component: str | None = None):
+def diff_keys(source: str, target: str, *, component: str | None = None, match_values: bool = False):
     """Diff the keys of two state-dict specs and infer the name map from SOURCE to TARGET.
 
     ``source``/``target`` take every form ``port diff-keys`` does (a path, ``hf:ORG/NAME``,
     ``native:FAMILY-PRESET[/COMP]``, ``class:MODULE.Class[@CONFIG.json]``, ``keys:FILE.txt``). Returns a
-    ``KeyDiff`` (``.name_map``, ``.to_json()``, ``format_report``)."""
+    ``KeyDiff`` (``.name_map``, ``.to_json()``, ``format_report``). ``match_values``: both sides hold real
+    tensors; equal contents decide first (``porting.values``)."""
     from vidport.porting.diffkeys import diff_keys as run_diff
     from vidport.porting.sources import open_source
 
-    return run_diff(open_source(source, component), open_source(target, component))
+    if match_values:
+        for spec in (source, target):
+            if spec.startswith(("keys:", "native:", "class:")):
+                raise UserError(f"--match-values needs tensors on both sides; {spec} holds names and shapes "
+                                "only (pass a checkpoint file or folder)")
+    return run_diff(open_source(source, component), open_source(target, component), match_values=match_values)
 
 
 def write_map(result, path: Path, provenance: str) -> None:

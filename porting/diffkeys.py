@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 
 from vidport.porting.generalize import build_map
-from vidport.porting.infer import Inference, infer
+from vidport.porting.infer import Correspondence, Inference, infer
 from vidport.porting.namemap import NameMap
 from vidport.porting.sources import StateDictSource
 
@@ -30,6 +30,12 @@ class KeyDiff:
     @property
     def complete(self) -> bool:
         return not self.unmapped_source and not self.unfilled_target and not self.inference.unresolved
+
+    def row_order_warnings(self) -> list[dict]:
+        """Renames of modulation-like tensors whose rows could be chunks in another order: check them
+        (names and shapes cannot see a swap; --match-values can)."""
+        return [{"source": c.sources[0], "target": c.targets[0], "chunks": c.row_order}
+                for c in self.inference.correspondences if c.row_order]
 
     def evidence_counts(self) -> dict[str, int]:
         """How many target tensors each kind of evidence decided."""
@@ -59,6 +65,7 @@ class KeyDiff:
             "decided_by_key_order": sum(c.by_order for c in self.inference.correspondences),
             "evidence": {t: c.evidence for c in self.inference.correspondences for t in c.targets},
             "evidence_counts": self.evidence_counts(),
+            "row_order_warnings": self.row_order_warnings(),
             "unmapped_source": self.unmapped_source,
             "unfilled_target": self.unfilled_target,
             "complete": self.complete,
@@ -66,8 +73,41 @@ class KeyDiff:
         }
 
 
-def diff_keys(source: StateDictSource, target: StateDictSource) -> KeyDiff:
-    """Name/shape diff plus the inferred map (names, shapes, dtypes and key order only)."""
+def value_correspondences(source: StateDictSource, target: StateDictSource) -> list[Correspondence]:
+    """What equal contents decide (``porting.values``), as correspondences the map can state."""
+    from vidport.porting.values import fingerprints, match_values
+
+    out = []
+    s_shapes, t_shapes = source.shapes(), target.shapes()
+    for v in match_values(fingerprints(source), fingerprints(target)):
+        if v.kind in ("rename", "reorder"):
+            out.append(Correspondence("rename", v.sources, v.targets, perm=v.perm or None, by_values=True))
+        elif v.kind == "reshape":
+            out.append(Correspondence("reshape", v.sources, v.targets, shape=tuple(t_shapes[v.targets[0]]),
+                                      from_shape=tuple(s_shapes[v.sources[0]]), by_values=True))
+        elif v.kind == "tie":
+            out.append(Correspondence("tie", v.sources, v.targets, by_values=True))
+        else:  # split / merge: the parts are the one dotted segment the pieces differ in
+            pieces = v.targets if v.kind == "split" else v.sources
+            parts = _differing_segment(pieces)
+            if parts is not None:
+                sizes = None if len(set(v.sizes)) == 1 else tuple(v.sizes)
+                out.append(Correspondence(v.kind, v.sources, v.targets, parts=parts, dim=0, sizes=sizes,
+                                          by_values=True))
+    return out
+
+
+def _differing_segment(keys) -> tuple[str, ...] | None:
+    segs = [k.split(".") for k in keys]
+    if len({len(s) for s in segs}) != 1:
+        return None
+    diff = [i for i in range(len(segs[0])) if len({s[i] for s in segs}) > 1]
+    return tuple(s[diff[0]] for s in segs) if len(diff) == 1 else None
+
+
+def diff_keys(source: StateDictSource, target: StateDictSource, *, match_values: bool = False) -> KeyDiff:
+    """Name/shape diff plus the inferred map (names, shapes, dtypes and key order; with ``match_values``,
+    equal tensor contents first, when both sides hold real tensors)."""
     t0 = time.perf_counter()
     s_shapes, t_shapes = source.shapes(), target.shapes()
     matched = [k for k in s_shapes if k in t_shapes and tuple(s_shapes[k]) == tuple(t_shapes[k])]
@@ -75,7 +115,8 @@ def diff_keys(source: StateDictSource, target: StateDictSource) -> KeyDiff:
                 if k in t_shapes and tuple(s_shapes[k]) != tuple(t_shapes[k])]
     missing = [k for k in t_shapes if k not in s_shapes]
     unexpected = [k for k in s_shapes if k not in t_shapes]
-    inference = infer(source.infos, target.infos)
+    decided = value_correspondences(source, target) if match_values else []
+    inference = infer(source.infos, target.infos, decided)
     name_map = build_map(inference.correspondences, source.keys(), source=source.description,
                          target=target.description)
     plan = name_map.plan(source.keys())
@@ -131,6 +172,9 @@ def format_report(d: KeyDiff, *, limit: int = 12) -> str:
                                      + (f" (parts {','.join(c.parts)}, dim {c.dim})" if c.parts else "")
                                      + (f" (shape {list(c.from_shape)} -> {list(c.shape)})" if c.shape else "")
                                      for c in transforms], limit)
+    warnings = d.row_order_warnings()
+    lines += _listing("check row order (a modulation table's chunks may be swapped; --match-values decides)",
+                      [f"{w['source']} -> {w['target']} ({w['chunks']} chunks)" for w in warnings], limit)
     if inf.unresolved:
         lines += ["", f"unresolved ({len(inf.unresolved)}):"]
         for u in inf.unresolved[:limit]:

@@ -126,7 +126,8 @@ def parse_map(text):
         rules.append({"kind": f[0], "rx": re.compile(f[1]), "rep": f[3].split(",") if len(f) > 3 else [],
                       "parts": opts["parts"].split(",") if "parts" in opts else [], "dim": int(opts.get("dim", 0)),
                       "shape": [int(x) for x in opts["shape"].split(",")] if "shape" in opts else None,
-                      "sizes": [int(x) for x in opts["sizes"].split(",")] if "sizes" in opts else None})
+                      "sizes": [int(x) for x in opts["sizes"].split(",")] if "sizes" in opts else None,
+                      "perm": [int(x) for x in opts["perm"].split(",")] if "perm" in opts else None})
     return rules
 
 
@@ -141,8 +142,8 @@ def plan(rules, keys):
         r, m = hit
         if r["kind"] == "drop":
             continue
-        if r["kind"] in ("rename", "reshape"):
-            ops.append([m.expand(r["rep"][0]), [key], r["kind"], 0, 0, 1, r["shape"]])
+        if r["kind"] in ("rename", "reshape"):  # a rename's perm= rides in the index slot
+            ops.append([m.expand(r["rep"][0]), [key], r["kind"], 0, r["perm"] or 0, 1, r["shape"]])
         elif r["kind"] == "tie":
             ops += [[m.expand(rep), [key], "tie", 0, 0, 1, None] for rep in r["rep"]]
         elif r["kind"] == "split":
@@ -174,6 +175,9 @@ def compute(op, get):
         return parts[index].contiguous()
     if kind == "reshape":
         return t.reshape(shape)
+    if isinstance(index, list):  # rename with reordered rows: equal dim-0 chunks in this order
+        chunks = t.chunk(len(index), dim=0)
+        return torch.cat([chunks[i] for i in index], dim=0)
     return t
 
 

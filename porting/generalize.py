@@ -30,7 +30,7 @@ PART = "{part}"
 @dataclass
 class _Rule:
     kind: str
-    opts: tuple  # (parts, dim, shape, from_shape, sizes)
+    opts: tuple  # (parts, dim, shape, from_shape, sizes, perm)
     src: list[tuple]
     tgts: list[list[tuple]]
     first: int  # position of the first source key it came from
@@ -51,7 +51,7 @@ def _split_part(seg: str, part: str) -> tuple[str, str]:
 
 
 def _literal_rule(c: Correspondence, first: int) -> _Rule:
-    opts = (c.parts, c.dim, c.shape, c.from_shape, c.sizes)
+    opts = (c.parts, c.dim, c.shape, c.from_shape, c.sizes, c.perm)
     if c.kind == "merge":
         segs = [s.split(".") for s in c.sources]
         diff = [i for i in range(len(segs[0])) if len({tuple(s[i] for s in segs)}) and len({s[i] for s in segs}) > 1]
@@ -263,9 +263,9 @@ def _emit(r: _Rule) -> Rule:
                     piece += p
             text.append(piece)
         reps.append(".".join(text))
-    parts, dim, shape, from_shape, sizes = r.opts
+    parts, dim, shape, from_shape, sizes, perm = r.opts
     return Rule(r.kind, "^" + r"\.".join(pattern) + "$", tuple(reps), parts=tuple(parts), dim=dim,
-                shape=shape, from_shape=from_shape, sizes=sizes)
+                shape=shape, from_shape=from_shape, sizes=sizes, perm=perm)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -70,10 +70,15 @@ class Correspondence:
     exact: bool = False  # equal names once a common prefix is removed (decisive)
     sizes: tuple[int, ...] | None = None  # merge/split of unequal parts: each part's size along dim
     by_shapes: bool = False  # a merge/split found by shape arithmetic where the names spell nothing
+    perm: tuple[int, ...] | None = None  # rename with reordered rows (dim-0 chunks in this order)
+    by_values: bool = False  # equal contents decided it (--match-values)
+    row_order: int = 0  # a rename whose rows could be reordered chunks (names and shapes cannot see it)
 
     @property
     def evidence(self) -> str:
         """What decided it: exact name, key order (all else equal), or names/shapes/context."""
+        if self.by_values:
+            return "values"
         if self.exact:
             return "exact name"
         if self.by_order:
@@ -90,6 +95,8 @@ class Correspondence:
             out.update(parts=list(self.parts), dim=self.dim)
         if self.sizes:
             out.update(sizes=list(self.sizes))
+        if self.perm:
+            out.update(perm=list(self.perm))
         if self.shape is not None:
             out.update(shape=list(self.shape), from_shape=list(self.from_shape or ()))
         return out
@@ -734,6 +741,32 @@ def _concat_dim(group: list[_Module], whole: _Module) -> int | None:
 # ----------------------------------------------------------------------------------------------
 # public API
 # ----------------------------------------------------------------------------------------------
+MODULATION_TOKENS = frozenset({"mod", "modulation", "ada", "adaln", "scale", "shift", "shift_table", "table"})
+
+
+def _flag_row_order(out: list[Correspondence], source: Mapping[str, TensorInfo],
+                    target: Mapping[str, TensorInfo]) -> None:
+    """Mark renames that could hide a row permutation: modulation-like tensors (adaLN, scale/shift
+    tables) whose rows are a few chunks of the model width, where a converter may swap shift and scale.
+    Names and shapes cannot see a swap; values can (--match-values)."""
+    widths = defaultdict(int)
+    for info in list(source.values()) + list(target.values()):
+        if info.shape:
+            widths[info.shape[-1]] += 1
+    width = max(widths, key=widths.get) if widths else 0
+    for i, c in enumerate(out):
+        if c.kind != "rename" or c.by_values or c.exact or not width:
+            continue
+        shape = tuple(target[c.targets[0]].shape)
+        tokens = {t.lower() for t in name_tokens(c.sources[0]) + name_tokens(c.targets[0])}
+        # chunks of the width: rows of a [k*w, w] projection, or the leading dims of a [1, k, w] table
+        k = _numel(shape[:-1]) if len(shape) >= 2 and shape[-1] == width else 0
+        if not 2 <= k <= 9:
+            k = shape[0] // width if shape and shape[0] % width == 0 else 0
+        if 2 <= k <= 9 and tokens & MODULATION_TOKENS:
+            out[i] = Correspondence(**{**c.__dict__, "row_order": k})
+
+
 def exact_name_pairs(source: Mapping[str, TensorInfo], target: Mapping[str, TensorInfo]) -> dict[str, str]:
     """Source key -> target key where the names are equal once a common leading prefix (whole dotted
     segments, on either side) is removed and the shapes are equal. Equal full names always count; a
@@ -769,17 +802,27 @@ def exact_name_pairs(source: Mapping[str, TensorInfo], target: Mapping[str, Tens
     return pairs
 
 
-def infer(source: Mapping[str, TensorInfo], target: Mapping[str, TensorInfo]) -> Inference:
-    """Infer the correspondences between two key sets (``name -> TensorInfo``, in key order)."""
+def infer(source: Mapping[str, TensorInfo], target: Mapping[str, TensorInfo],
+          decided: Sequence[Correspondence] = ()) -> Inference:
+    """Infer the correspondences between two key sets (``name -> TensorInfo``, in key order).
+    ``decided``: correspondences already settled by stronger evidence (equal values); the rest is inferred."""
     t0 = time.perf_counter()
-    exact = exact_name_pairs(source, target)
-    taken = set(exact.values())
-    m = _Matcher({k: v for k, v in source.items() if k not in exact},
-                 {k: v for k, v in target.items() if k not in taken})
-    for s, t in exact.items():  # context for what the names leave open: where matched subtrees went
-        m.ctx.add(parent(s), parent(t))
-    m.out.extend(Correspondence("rename", (s,), (t,), exact=True) for s, t in exact.items())
+    done_s = {s for c in decided for s in c.sources}
+    done_t = {t for c in decided for t in c.targets}
+    exact = exact_name_pairs({k: v for k, v in source.items() if k not in done_s},
+                             {k: v for k, v in target.items() if k not in done_t})
+    done_s |= set(exact)
+    done_t |= set(exact.values())
+    m = _Matcher({k: v for k, v in source.items() if k not in done_s},
+                 {k: v for k, v in target.items() if k not in done_t})
+    settled = list(decided) + [Correspondence("rename", (s,), (t,), exact=True) for s, t in exact.items()]
+    for c in settled:  # context for what the evidence leaves open: where matched subtrees went
+        for s in c.sources:
+            for t in c.targets:
+                m.ctx.add(parent(s), parent(t))
+    m.out.extend(settled)
     m.run()
+    _flag_row_order(m.out, source, target)
     pos = {k: i for i, k in enumerate(target)}
     corr = sorted(m.out, key=lambda c: min(pos.get(t, 0) for t in c.targets))
     return Inference(corr, m.unresolved, m.src_informative, m.tgt_informative,

@@ -49,6 +49,7 @@ class Rule:
     shape: tuple[int, ...] | None = None
     from_shape: tuple[int, ...] | None = None
     sizes: tuple[int, ...] | None = None  # merge/split of unequal parts: each part's size along dim
+    perm: tuple[int, ...] | None = None  # rename with reordered rows: target chunk i = source chunk perm[i]
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -68,6 +69,8 @@ class Rule:
         if self.sizes is not None and (self.kind not in ("merge", "split") or len(self.sizes) != len(self.parts)):
             raise NameMapError(f"{self.kind} rule {self.pattern!r}: sizes= needs one size per part "
                                f"(parts={','.join(self.parts)})")
+        if self.perm is not None and (self.kind != "rename" or sorted(self.perm) != list(range(len(self.perm)))):
+            raise NameMapError(f"{self.kind} rule {self.pattern!r}: perm= is a permutation of 0..n-1 on a rename")
         if self.kind == "reshape" and self.shape is None:
             raise NameMapError(f"reshape rule {self.pattern!r} needs shape=...")
 
@@ -85,6 +88,8 @@ class Rule:
             opts.append(f"dim={self.dim}")
         if self.sizes is not None:
             opts.append("sizes=" + ",".join(map(str, self.sizes)))
+        if self.perm is not None:
+            opts.append("perm=" + ",".join(map(str, self.perm)))
         if self.shape is not None:
             opts.append("shape=" + ",".join(map(str, self.shape)))
         if self.from_shape is not None:
@@ -118,6 +123,7 @@ class Op:
     num_parts: int = 1
     shape: tuple[int, ...] | None = None
     sizes: tuple[int, ...] | None = None  # split into unequal parts: every part's size along dim
+    perm: tuple[int, ...] | None = None  # rename: dim-0 chunks in this order
 
     def compute(self, get: Callable[[str], torch.Tensor]) -> torch.Tensor:
         if self.kind == "merge":
@@ -130,6 +136,11 @@ class Op:
             return parts[self.index].contiguous()
         if self.kind == "reshape":
             return t.reshape(self.shape)
+        if self.perm is not None:
+            import torch
+
+            chunks = t.chunk(len(self.perm), dim=0)
+            return torch.cat([chunks[i] for i in self.perm], dim=0)
         return t
 
     def target_shape(self, source_shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, ...]:
@@ -238,7 +249,8 @@ class NameMap:
             if rule.kind == "drop":
                 plan.dropped.append(key)
             elif rule.kind in ("rename", "reshape"):
-                plan.ops.append(Op(m.expand(rule.replacements[0]), (key,), rule.kind, shape=rule.shape))
+                plan.ops.append(Op(m.expand(rule.replacements[0]), (key,), rule.kind, shape=rule.shape,
+                                   perm=rule.perm))
             elif rule.kind == "tie":
                 plan.ops.extend(Op(m.expand(r), (key,), "tie") for r in rule.replacements)
             elif rule.kind == "split":
@@ -272,6 +284,39 @@ class NameMap:
             raise NameMapError(f"{len(plan.unmatched)} keys match no rule (e.g. {plan.unmatched[:3]})")
         return {op.target: op.compute(state_dict.__getitem__) for op in plan.ops}
 
+    @classmethod
+    def compose(cls, first: NameMap, second: NameMap, source_keys: Iterable[str]) -> NameMap:
+        """``second`` applied after ``first``, as one map over ``source_keys`` (e.g. official -> Diffusers ->
+        native): literal rules, one per target (a rename, or a merge of the source keys whose intermediate
+        names ``second`` merges). Keys either map drops are dropped. Only renames compose through ``first``."""
+        keys = list(source_keys)
+        p1 = first.plan(keys)
+        if p1.unmatched:
+            raise NameMapError(f"compose: {len(p1.unmatched)} keys match no rule of the first map "
+                               f"(e.g. {p1.unmatched[:3]})")
+        via: dict[str, str] = {}
+        for op in p1.ops:
+            if op.kind != "rename":
+                raise NameMapError(f"compose: the first map makes {op.target} by {op.kind}; only renames compose")
+            via[op.target] = op.sources[0]
+        p2 = second.plan(via)
+        if p2.unmatched:
+            raise NameMapError(f"compose: {len(p2.unmatched)} keys match no rule of the second map "
+                               f"(e.g. {p2.unmatched[:3]})")
+        literal = lambda keys: "|".join(re.escape(k) for k in keys)  # noqa: E731
+        rules = [Rule("drop", f"^(?:{literal(p1.dropped + [via[k] for k in p2.dropped])})$")] \
+            if p1.dropped or p2.dropped else []
+        for op in p2.ops:
+            sources = tuple(via[s] for s in op.sources)
+            if op.kind == "rename":
+                rules.append(Rule("rename", f"^{re.escape(sources[0])}$", (op.target,)))
+            elif op.kind == "merge":
+                rules.append(Rule("merge", f"^(?P<part>{literal(sources)})$", (op.target,), parts=sources, dim=op.dim))
+            else:
+                raise NameMapError(f"compose: the second map makes {op.target} by {op.kind}; only renames and "
+                                   "merges compose")
+        return cls(rules, source=first.source, target=second.target)
+
     # --- reverse ----------------------------------------------------------------------------
     def reverse(self) -> NameMap:
         """The opposite map, derived rule by rule. Drops have no reverse (their keys do not exist
@@ -287,7 +332,8 @@ class NameMap:
                         raise NameMapError(f"reshape rule {r.pattern!r} needs from=... to be reversed")
                     out.append(Rule("reshape", pat, (rep,), shape=r.from_shape, from_shape=r.shape))
                 else:
-                    out.append(Rule("rename", pat, (rep,)))
+                    inverse = None if r.perm is None else tuple(r.perm.index(i) for i in range(len(r.perm)))
+                    out.append(Rule("rename", pat, (rep,), perm=inverse))
             elif r.kind == "tie":
                 pat, rep = _invert(r.pattern, r.replacements[0])
                 out.append(Rule("rename", pat, (rep,)))
@@ -362,7 +408,7 @@ def _parse_line(line: str) -> Rule:
             raise NameMapError(f"option {opt!r} is not key=value")
         k, v = opt.split("=", 1)
         opts[k] = v
-    unknown = set(opts) - {"parts", "dim", "shape", "from", "sizes"}
+    unknown = set(opts) - {"parts", "dim", "shape", "from", "sizes", "perm"}
     if unknown:
         raise NameMapError(f"unknown option(s) {sorted(unknown)}")
 
@@ -372,7 +418,7 @@ def _parse_line(line: str) -> Rule:
     return Rule(kind, pattern, tuple(fields[3].split(",")),
                 parts=tuple(opts["parts"].split(",")) if "parts" in opts else (),
                 dim=int(opts.get("dim", 0)), shape=ints(opts.get("shape")), from_shape=ints(opts.get("from")),
-                sizes=ints(opts.get("sizes")))
+                sizes=ints(opts.get("sizes")), perm=ints(opts.get("perm")))
 
 
 # ----------------------------------------------------------------------------------------------

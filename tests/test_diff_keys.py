@@ -585,3 +585,69 @@ def test_fused_tensor_found_by_shape_arithmetic():
     w = torch.randn(d + mlp, d)
     out = result.name_map.apply({k: torch.zeros(v.shape) for k, v in src.items()} | {"layers.1.fc_in.weight": w})
     assert torch.equal(out["blocks.1.mix.b_mlp.weight"], w[d:])
+
+
+# ----------------------------------------------------------------------------------------------
+# value evidence (--match-values)
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("component", family.COMPONENTS)
+def test_values_decide_every_key_of_the_tiny_release(component, tmp_path):
+    """The embedded official release against its own conversion: equal contents decide every key, and the
+    map is the committed one (the umT5 tie and the Wan norm2/norm3 swap included)."""
+    repo = tmp_path / "repo"
+    assert main_exit(["convert", str(TINY), "--family", "wan2.1-t2v", "-o", str(repo), "--no-progress"]) == 0
+    d = diff_keys(open_source(str(TINY), component), open_source(str(repo), component), match_values=True)
+    assert d.complete and not d.inference.unresolved
+    assert set(d.evidence_counts()) == {"values"}
+    committed = NameMap.load(family.OFFICIAL_TO_DIFFUSERS[component])
+    keys = open_source(str(TINY), component).keys()
+    assert plan_of(d.name_map, keys) == plan_of(committed, keys)
+
+
+def main_exit(argv) -> int:
+    try:
+        main(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+def test_values_see_swapped_halves_and_fused_slices():
+    """A converter that swaps an adaLN table's shift/scale halves and fuses q/k/v: names and shapes only
+    warn ("check row order"); values decide the permutation and the slices, and the map reproduces the
+    target's tensors exactly."""
+    g = torch.Generator().manual_seed(0)
+    d = 16
+    src = {"final_layer.adaLN_modulation.1.weight": torch.randn(2 * d, d, generator=g),
+           "final_layer.linear.weight": torch.randn(4, d, generator=g),
+           "blocks.0.attn.q.weight": torch.randn(d, d, generator=g),
+           "blocks.0.attn.k.weight": torch.randn(d, d, generator=g),
+           "blocks.0.attn.v.weight": torch.randn(d, d, generator=g),
+           "blocks.0.mlp.weight": torch.randn(3 * d, d, generator=g)}
+    shift, scale = src["final_layer.adaLN_modulation.1.weight"].chunk(2)
+    tgt = {"norm_out.linear.weight": torch.cat([scale, shift]),  # halves swapped
+           "proj_out.weight": src["final_layer.linear.weight"],
+           "blocks.0.attn.qkv_fused.weight": torch.cat([src[f"blocks.0.attn.{p}.weight"] for p in "qkv"]),
+           "blocks.0.ff.weight": src["blocks.0.mlp.weight"]}
+    source, target = TensorDictSource(src, "official"), TensorDictSource(tgt, "diffusers")
+
+    names_only = diff_keys(source, target)
+    assert any(w["target"] == "norm_out.linear.weight" and w["chunks"] == 2
+               for w in names_only.row_order_warnings())
+    assert "check row order" in format_report(names_only)
+
+    by_values = diff_keys(source, target, match_values=True)
+    assert by_values.complete and set(by_values.evidence_counts()) == {"values"}
+    perm = [c.perm for c in by_values.inference.correspondences if c.targets == ("norm_out.linear.weight",)]
+    assert perm == [(1, 0)]
+    out = by_values.name_map.apply(src)
+    assert set(out) == set(tgt) and all(torch.equal(out[k], tgt[k]) for k in tgt)
+    assert "perm=1,0" in by_values.name_map.dumps()
+    back = by_values.name_map.reverse().apply(tgt)
+    assert torch.equal(back["final_layer.adaLN_modulation.1.weight"], src["final_layer.adaLN_modulation.1.weight"])
+
+
+def test_match_values_needs_tensors(capsys):
+    assert main_exit(["diff-keys", "keys:runtime/models/wan/reference/official_vae_keys.txt",
+                      "native:wan2.1-t2v-tiny/vae", "--match-values"]) == 2
+    assert "needs tensors on both sides" in capsys.readouterr().err

@@ -16,10 +16,14 @@ from vidport.porting.options import json_option
 @click.option("--component", default=None,
               help="Component to read from a Diffusers repo, an official release folder or a native: model "
                    "(transformer, vae, text_encoder).")
+@click.option("--match-values", is_flag=True,
+              help="Both sides hold real tensors (e.g. an official release and its Diffusers repo): fingerprint "
+                   "them and let equal contents decide, including splits, merges and reordered rows.")
 @json_option("one object (counts, rules, transforms, unresolved, complete) instead of the report")
 @click.option("--write-map", "write_map", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the inferred name map to FILE (the format NameMap.load, the loader and convert read).")
-def diff_keys(source: str, target: str, component: str | None, as_json: bool, write_map: Path | None) -> None:
+def diff_keys(source: str, target: str, component: str | None, match_values: bool, as_json: bool,
+              write_map: Path | None) -> None:
     """Diff the keys of SOURCE and TARGET and infer the name map from SOURCE to TARGET.
 
     Exit status 0 when the map is complete (every source key used or dropped on purpose, every target
@@ -43,10 +47,11 @@ def diff_keys(source: str, target: str, component: str | None, as_json: bool, wr
     from vidport.porting.api import write_map as save_map
     from vidport.porting.diffkeys import format_report
 
-    result = run_diff(source, target, component=component)
+    result = run_diff(source, target, component=component, match_values=match_values)
     if write_map is not None:
         save_map(result, write_map, f"# written by: port diff-keys {source} {target}"
-                                    + (f" --component {component}" if component else ""))
+                                    + (f" --component {component}" if component else "")
+                                    + (" --match-values" if match_values else ""))
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=1))
     else:

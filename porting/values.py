@@ -1,0 +1,239 @@
+"""Value evidence for ``port diff-keys --match-values``: when both sides hold real tensors (an official
+release and the same model's Diffusers repo), equal contents decide what names cannot.
+
+Every tensor is fingerprinted in bounded memory: its rows (dim 0) are read in blocks and each row gets a
+64-bit digest (two multiply-add hashes over the row's bytes, vectorized); the tensor's digest is the hash
+of its row digests and shape-free, so a reshape keeps it. Floating tensors are hashed as bf16, so an fp32
+release matches a bf16 conversion of itself. From the digests, decisive matches:
+
+- **same**: a target's content equals exactly one source tensor's (a rename; a reshape when shapes differ;
+  a tie when one source feeds several targets);
+- **split / merge**: a target's rows are one contiguous run of a source's rows (a slice), or a target is
+  the source tensors' rows end to end: the sizes come out exact, equal or not;
+- **reorder**: a target holds a source's rows as equal chunks in another order (adaLN shift/scale halves
+  swapped): a rename with a row permutation.
+
+Contents shared by several tensors on a side (all-ones norms, zero biases) are no evidence: those keys
+are left to names and shapes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from vidport.porting.sources import StateDictSource
+
+BLOCK_ELEMENTS = 1 << 22  # rows are hashed in blocks of about this many elements: memory stays bounded
+_RNG = np.random.default_rng(0x5EED)
+_MUL = {}
+
+
+def _multipliers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    if n not in _MUL:
+        a = _RNG.integers(1, 2**63, size=n, dtype=np.uint64) | np.uint64(1)
+        b = _RNG.integers(1, 2**63, size=n, dtype=np.uint64) | np.uint64(1)
+        _MUL[n] = (a, b)
+    return _MUL[n]
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    name: str
+    shape: tuple[int, ...]
+    digest: str  # of the row digests: equal contents, whatever the shape
+    rows: np.ndarray  # uint64 digest per row along dim 0 (a 0-d or 1-d tensor: one per element)
+
+
+def _row_digests(flat_rows) -> np.ndarray:
+    """uint64 digest of each row of a 2-D uint16 array (bf16 bits)."""
+    x = flat_rows.astype(np.uint64)
+    a, b = _multipliers(x.shape[1])
+    with np.errstate(over="ignore"):
+        h1 = (x * a).sum(axis=1, dtype=np.uint64)
+        h2 = ((x + np.uint64(0x9E37)) * b).sum(axis=1, dtype=np.uint64)
+        return h1 ^ (h2 << np.uint64(29)) ^ (h2 >> np.uint64(35))
+
+
+def fingerprint(source: StateDictSource, name: str) -> Fingerprint:
+    """A tensor's fingerprint, read block by block of rows."""
+    import torch
+
+    t = source.get(name)
+    shape = tuple(t.shape)
+    rows = t.reshape(shape[0], -1) if t.dim() >= 2 else t.reshape(-1, 1)
+    width = max(1, rows.shape[1])
+    step = max(1, BLOCK_ELEMENTS // width)
+    out = []
+    for start in range(0, rows.shape[0], step):
+        block = rows[start:start + step]
+        if block.is_floating_point():
+            bits = block.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+        else:
+            bits = block.contiguous().view(torch.uint8).numpy().view(np.uint8).astype(np.uint16)
+        out.append(_row_digests(bits.reshape(bits.shape[0], -1)))
+    rows_bits = np.concatenate(out) if out else np.zeros(0, dtype=np.uint64)
+    release = getattr(source, "release", None)
+    if release is not None:
+        release(t)
+    digest = hashlib.blake2b(rows_bits.tobytes(), digest_size=16).hexdigest()
+    return Fingerprint(name, shape, digest, rows_bits)
+
+
+def fingerprints(source: StateDictSource, log: Callable[[str], None] | None = None) -> dict[str, Fingerprint]:
+    t0 = time.perf_counter()
+    out = {name: fingerprint(source, name) for name in source.keys()}
+    if log:
+        log(f"fingerprinted {len(out)} tensors of {source.description} in {time.perf_counter() - t0:.2f} s")
+    return out
+
+
+@dataclass(frozen=True)
+class ValueMatch:
+    kind: str  # rename | reshape | tie | split | merge | reorder
+    sources: tuple[str, ...]
+    targets: tuple[str, ...]
+    sizes: tuple[int, ...] = ()  # split/merge: rows of each part
+    perm: tuple[int, ...] = ()  # reorder: target chunk i is source chunk perm[i]
+
+
+def match_values(src: Mapping[str, Fingerprint], tgt: Mapping[str, Fingerprint]) -> list[ValueMatch]:
+    """Decisive matches by content (see the module docstring). Keys shared by several tensors with the
+    same content on a side are left out."""
+    by_digest_s: dict[str, list[str]] = defaultdict(list)
+    by_digest_t: dict[str, list[str]] = defaultdict(list)
+    for k, fp in src.items():
+        by_digest_s[fp.digest].append(k)
+    for k, fp in tgt.items():
+        by_digest_t[fp.digest].append(k)
+    out: list[ValueMatch] = []
+    done_t: set[str] = set()
+    done_s: set[str] = set()
+    # 1. whole tensors with unique contents
+    for digest, targets in by_digest_t.items():
+        sources = by_digest_s.get(digest, [])
+        if len(sources) != 1 or len(targets) < 1:
+            continue
+        s = sources[0]
+        if len(targets) > 1:
+            if all(tgt[t].shape == src[s].shape for t in targets):
+                out.append(ValueMatch("tie", (s,), tuple(targets)))
+            else:
+                continue
+        else:
+            t = targets[0]
+            out.append(ValueMatch("rename" if tgt[t].shape == src[s].shape else "reshape", (s,), (t,)))
+        done_s.add(s)
+        done_t.update(targets)
+    # 2. slices: a target's rows are a contiguous run of one source's rows (splits), and
+    #    merges: a target's rows are several sources end to end
+    out += _slices(src, tgt, done_s, done_t)
+    # 3. reorders: equal chunks of a source's rows in another order
+    out += _reorders(src, tgt, done_s, done_t)
+    return out
+
+
+def _row_index(fps: Mapping[str, Fingerprint], skip: set[str]) -> dict[int, list[tuple[str, int]]]:
+    index: dict[int, list[tuple[str, int]]] = defaultdict(list)
+    for k, fp in fps.items():
+        if k in skip:
+            continue
+        for i, r in enumerate(fp.rows.tolist()):
+            index[r].append((k, i))
+    return index
+
+
+def _run_at(rows: np.ndarray, fp: Fingerprint, start: int) -> bool:
+    n = len(rows)
+    return start + n <= len(fp.rows) and bool(np.array_equal(fp.rows[start:start + n], rows))
+
+
+def _slices(src, tgt, done_s: set[str], done_t: set[str]) -> list[ValueMatch]:
+    """Targets that are a unique contiguous row run of a source; grouped into splits per source."""
+    index = _row_index(src, done_s)
+    pieces: dict[str, list[tuple[int, str]]] = defaultdict(list)  # source -> (start row, target)
+    for t, fp in tgt.items():
+        if t in done_t or len(fp.rows) == 0:
+            continue
+        hits = {(s, i) for s, i in index.get(int(fp.rows[0]), []) if _run_at(fp.rows, src[s], i)
+                and src[s].shape[1:] == fp.shape[1:] and len(src[s].rows) > len(fp.rows)}
+        if len(hits) == 1:
+            s, i = hits.pop()
+            pieces[s].append((i, t))
+    out = []
+    for s, parts in pieces.items():
+        parts.sort()
+        sizes = [len(tgt[t].rows) for _, t in parts]
+        starts = [i for i, _ in parts]
+        # the parts must tile the source exactly, in order, without overlap
+        if starts[0] == 0 and all(a + n == b for a, n, b in zip(starts, sizes, starts[1:])) \
+                and starts[-1] + sizes[-1] == len(src[s].rows) and len(parts) > 1:
+            out.append(ValueMatch("split", (s,), tuple(t for _, t in parts), sizes=tuple(sizes)))
+            done_s.add(s)
+            done_t.update(t for _, t in parts)
+    # merges: the reverse view (a target made of several sources end to end)
+    back = _slices_reverse(src, tgt, done_s, done_t)
+    return out + back
+
+
+def _slices_reverse(src, tgt, done_s: set[str], done_t: set[str]) -> list[ValueMatch]:
+    index = _row_index(tgt, done_t)
+    pieces: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for s, fp in src.items():
+        if s in done_s or len(fp.rows) == 0:
+            continue
+        hits = {(t, i) for t, i in index.get(int(fp.rows[0]), []) if _run_at(fp.rows, tgt[t], i)
+                and tgt[t].shape[1:] == fp.shape[1:] and len(tgt[t].rows) > len(fp.rows)}
+        if len(hits) == 1:
+            t, i = hits.pop()
+            pieces[t].append((i, s))
+    out = []
+    for t, parts in pieces.items():
+        parts.sort()
+        sizes = [len(src[s].rows) for _, s in parts]
+        starts = [i for i, _ in parts]
+        if starts[0] == 0 and all(a + n == b for a, n, b in zip(starts, sizes, starts[1:])) \
+                and starts[-1] + sizes[-1] == len(tgt[t].rows) and len(parts) > 1:
+            out.append(ValueMatch("merge", tuple(s for _, s in parts), (t,), sizes=tuple(sizes)))
+            done_t.add(t)
+            done_s.update(s for _, s in parts)
+    return out
+
+
+def _reorders(src, tgt, done_s: set[str], done_t: set[str]) -> list[ValueMatch]:
+    """A target whose rows are a source's rows in equal chunks, permuted (the smallest chunk count)."""
+    out = []
+    by_multiset: dict[tuple, list[str]] = defaultdict(list)
+    for s, fp in src.items():
+        if s not in done_s and len(fp.rows) > 1:
+            by_multiset[(fp.shape, tuple(sorted(fp.rows.tolist())))].append(s)
+    for t, fp in tgt.items():
+        if t in done_t or len(fp.rows) < 2:
+            continue
+        cands = by_multiset.get((fp.shape, tuple(sorted(fp.rows.tolist()))), [])
+        if len(cands) != 1:
+            continue
+        s = cands[0]
+        n = len(fp.rows)
+        for k in range(2, n + 1):
+            if n % k:
+                continue
+            size = n // k
+            chunks_s = [src[s].rows[i * size:(i + 1) * size] for i in range(k)]
+            perm = []
+            for i in range(k):
+                chunk = fp.rows[i * size:(i + 1) * size]
+                match = [j for j, c in enumerate(chunks_s) if np.array_equal(c, chunk) and j not in perm]
+                if len(match) != 1:
+                    break
+                perm.append(match[0])
+            if len(perm) == k and perm != list(range(k)):
+                out.append(ValueMatch("reorder", (s,), (t,), perm=tuple(perm)))
+                done_s.add(s)
+                done_t.add(t)
+                break
+    return out
