@@ -58,6 +58,7 @@ class FamilyScore:
     reorders_flagged: int = 0
     reorders: int = 0
     seconds: float = 0.0
+    error: str | None = None  # the inference failed: every key counts as unresolved
     wrong_keys: list[str] = field(default_factory=list)  # "diffusers key: predicted; truth" lines
     unresolved_keys: list[str] = field(default_factory=list)
 
@@ -165,20 +166,31 @@ def run_family(family: str, *, in_process: bool = False) -> FamilyScore:
     source, target = listings(family)
     truth = json.loads((DATA / family / "truth.json").read_text())
     shapes = KeysFileSource(DATA / family / "diffusers_keys.txt").shapes()
+    t0 = time.perf_counter()
     if in_process:
         from vidport.porting.api import diff_keys
 
-        d = diff_keys(source, target)
-        result, seconds = d.to_json(), d.seconds
+        try:
+            d = diff_keys(source, target)
+            result, seconds = d.to_json(), d.seconds
+        except Exception as e:  # a crash is a result of the benchmark, not the end of it
+            return failed(truth, f"{type(e).__name__}: {e}", time.perf_counter() - t0)
     else:
-        t0 = time.perf_counter()
         r = subprocess.run([sys.executable, "-m", "vidport.porting.cli", "diff-keys", source, target, "--json"],
                            capture_output=True, text=True)
         seconds = time.perf_counter() - t0
-        if r.returncode not in (0, 1):
-            raise RuntimeError(f"{family}: port diff-keys exited {r.returncode}: {r.stderr.strip()[-500:]}")
-        result = json.loads(r.stdout)
+        try:
+            result = json.loads(r.stdout)
+        except json.JSONDecodeError:
+            last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+            return failed(truth, f"port diff-keys exited {r.returncode}: {last}", seconds)
     return score(truth, result, shapes, seconds)
+
+
+def failed(truth: dict, error: str, seconds: float) -> FamilyScore:
+    keys = len(truth["targets"]) + len(truth.get("unfilled", []))
+    return FamilyScore(truth["family"], keys, unresolved=keys, splits=len(truth["splits"]),
+                       reorders=len(truth["reorders"]), seconds=round(seconds, 3), error=error)
 
 
 def table(scores: list[FamilyScore]) -> str:
@@ -188,7 +200,8 @@ def table(scores: list[FamilyScore]) -> str:
     for s in scores:
         lines.append(f"{s.family:<14} {s.keys:>5} {s.correct:>8} {s.wrong:>6} {s.unresolved:>6} "
                      f"{f'{s.splits_found}/{s.splits}':>9} {f'{s.reorders_flagged}/{s.reorders}':>9} "
-                     f"{s.seconds:>8.2f}   {100 * s.accuracy:5.1f}% correct")
+                     f"{s.seconds:>8.2f}   {100 * s.accuracy:5.1f}% correct"
+                     + (f"  FAILED: {s.error}" if s.error else ""))
     keys, correct = sum(s.keys for s in scores), sum(s.correct for s in scores)
     lines.append("-" * len(head))
     lines.append(f"{'all':<14} {keys:>5} {correct:>8} {sum(s.wrong for s in scores):>6} "

@@ -131,6 +131,7 @@ class Family:
     config_source: str
     converter: str  # function in diffusers.loaders.single_file_utils
     modes: str  # what the family exercises
+    full_shapes: bool = False  # trace with the real shapes (zero-stride views): the converter reads a trailing dim
 
 
 def official_flux(root: Path):
@@ -164,6 +165,23 @@ def official_ltx_video(root: Path):
                     "OURS_TRANSFORMER_CONFIG)` (ltx_video/utils/diffusers_config_mapping.py: the 2B v0.9 "
                     "transformer); the published single file ltx-video-2b-v0.9.safetensors keeps it under "
                     "`model.diffusion_model.` (Transformer3DModel.load_state_dict strips that prefix)")
+
+
+def official_ltx_vae(root: Path):
+    with importable(root):
+        from ltx_video.models.autoencoders.causal_video_autoencoder import CausalVideoAutoencoder
+        from ltx_video.utils import diffusers_config_mapping as m
+
+        config = dict(m.OURS_VAE_CONFIG)
+        with torch.device("meta"):
+            model = CausalVideoAutoencoder.from_config(dict(config))
+        shapes = shapes_of(model, "vae.")
+    return shapes, ("`ltx_video.models.autoencoders.causal_video_autoencoder.CausalVideoAutoencoder.from_config("
+                    "OURS_VAE_CONFIG)` (ltx_video/utils/diffusers_config_mapping.py: the v0.9 VAE) under `vae.`, "
+                    "the prefix of the single file (CausalVideoAutoencoder.load_state_dict strips it). The file's "
+                    "`per_channel_statistics.*` entries are not parameters of the class (it registers them as buffers "
+                    "while loading), so they are not listed and the Diffusers `latents_mean`/`latents_std` are "
+                    "`unfilled` in truth.json")
 
 
 def official_mochi(root: Path):
@@ -243,11 +261,32 @@ def official_sd35(root: Path):
                     "buffer is not in the file)")
 
 
-def _ltx_diffusers_config(root: Path) -> dict:
-    with importable(root):
-        from ltx_video.utils.diffusers_config_mapping import DIFFUSERS_TRANSFORMER_CONFIG
+def official_lumina2(root: Path):
+    # sample.py builds models.__dict__[train_args.model](in_channels=16, qk_norm=train_args.qk_norm,
+    # cap_feat_dim=<Gemma-2-2B hidden size>); the released model is the 2B one. flash_attn is faked (no attention
+    # runs here); apex is absent, so components.RMSNorm is the plain one (same parameters).
+    flash = fake_module("flash_attn", flash_attn_varlen_func=None)
+    padding = fake_module("flash_attn.bert_padding", index_first_axis=None, pad_input=None, unpad_input=None)
+    with importable(root, {"flash_attn": flash, "flash_attn.bert_padding": padding}):
+        import models
 
-        return {k: v for k, v in DIFFUSERS_TRANSFORMER_CONFIG.items() if not k.startswith("_")}
+        with torch.device("meta"):
+            model = models.NextDiT_2B_GQA_patch2_Adaln_Refiner(in_channels=16, qk_norm=True, cap_feat_dim=2304)
+        shapes = shapes_of(model)
+    return shapes, ("`models.NextDiT_2B_GQA_patch2_Adaln_Refiner(in_channels=16, qk_norm=True, cap_feat_dim=2304)` "
+                    "as sample.py builds it for the released 2B model (cap_feat_dim: google/gemma-2-2b's hidden "
+                    "size; flash_attn faked); the published consolidated.00-of-01.pth holds the class's keys "
+                    "unprefixed (sample.py loads it strictly)")
+
+
+def _ltx_diffusers_config(name: str) -> Callable[[Path], dict]:
+    def read(root: Path) -> dict:
+        with importable(root):
+            from ltx_video.utils import diffusers_config_mapping as m
+
+            return {k: v for k, v in getattr(m, name).items() if not k.startswith("_")}
+
+    return read
 
 
 FAMILIES = [
@@ -260,11 +299,19 @@ FAMILIES = [
            "fused qkv -> to_q/to_k/to_v; single-block linear1 -> to_q, to_k, to_v, proj_mlp (unequal sizes); "
            "final adaLN shift/scale halves swapped"),
     Family("ltx_video", "Lightricks/LTX-Video", official_ltx_video, "diffusers.LTXVideoTransformer3DModel",
-           _ltx_diffusers_config,
+           _ltx_diffusers_config("DIFFUSERS_TRANSFORMER_CONFIG"),
            "DIFFUSERS_TRANSFORMER_CONFIG in the official ltx_video/utils/diffusers_config_mapping.py "
            "(= Lightricks/LTX-Video transformer/config.json)",
            "convert_ltx_transformer_checkpoint_to_diffusers",
            "a leading prefix (model.diffusion_model.) plus a few renames (patchify_proj, adaln_single, q_norm)"),
+    Family("ltx_vae", "Lightricks/LTX-Video", official_ltx_vae, "diffusers.AutoencoderKLLTXVideo",
+           _ltx_diffusers_config("DIFFUSERS_VAE_CONFIG"),
+           "DIFFUSERS_VAE_CONFIG in the official ltx_video/utils/diffusers_config_mapping.py "
+           "(= Lightricks/LTX-Video vae/config.json)",
+           "convert_ltx_vae_checkpoint_to_diffusers",
+           "a VAE whose flat official block lists are regrouped: up_blocks.2 -> up_blocks.1.upsamplers.0, "
+           "down_blocks.2 -> down_blocks.0.conv_out, res_blocks -> resnets; the vae. prefix",
+           full_shapes=True),
     Family("mochi", "genmoai/mochi", official_mochi, "diffusers.MochiTransformer3DModel",
            lambda root: dict(patch_size=2, num_attention_heads=24, attention_head_dim=128, num_layers=48,
                              pooled_projection_dim=1536, in_channels=12, out_channels=None, qk_norm="rms_norm",
@@ -293,6 +340,15 @@ FAMILIES = [
            "convert_sd3_transformer_checkpoint_to_diffusers",
            "model.diffusion_model. prefix; fused qkv (and MMDiT-X attn2 qkv) split; adaLN halves swapped in "
            "norm_out and in the last block's context norm"),
+    Family("lumina2", "Alpha-VLLM/Lumina-Image-2.0", official_lumina2, "diffusers.Lumina2Transformer2DModel",
+           lambda root: dict(sample_size=128, patch_size=2, in_channels=16, hidden_size=2304, num_layers=26,
+                             num_refiner_layers=2, num_attention_heads=24, num_kv_heads=8, multiple_of=256,
+                             ffn_dim_multiplier=None, norm_eps=1e-5, scaling_factor=1.0, axes_dim_rope=(32, 32, 32),
+                             axes_lens=(300, 512, 512), cap_feat_dim=2304),
+           "Alpha-VLLM/Lumina-Image-2.0 transformer/config.json",
+           "convert_lumina2_to_diffusers",
+           "grouped-query fused qkv split into unequal parts (2304, 768, 768); an official norm the converter "
+           "drops; final_layer split across norm_out.linear_1/linear_2"),
 ]
 
 
@@ -310,17 +366,22 @@ def diffusers_shapes(class_path: str, config: dict) -> dict[str, tuple[int, ...]
 # ----------------------------------------------------------------------------------------------
 # tracing the converter
 # ----------------------------------------------------------------------------------------------
-def provenance_checkpoint(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+def provenance_checkpoint(shapes: dict[str, tuple[int, ...]], *, full: bool = False) -> dict[str, torch.Tensor]:
     """One float64 tensor per official key: row j of key i holds (i + 1) * BASE + j.
 
     Only the first dim has its real size; the others are 1 (so the fake checkpoint of a 12B model is a few MB).
     That is enough for converters that cut, concatenate and permute along dim 0 only, which every converter
-    traced here does; ``trace`` checks that the trailing dims came through as they went in."""
+    traced here does; ``trace`` checks that the trailing dims came through as they went in. ``full``: the real
+    shapes, as zero-stride views of the row codes (for a converter that reads a trailing dim and only renames)."""
     out = {}
     for i, (key, shape) in enumerate(shapes.items()):
         rows = shape[0] if shape else 1
         codes = torch.arange(rows, dtype=torch.float64) + (i + 1) * BASE
-        out[key] = codes.reshape((rows,) + (1,) * (len(shape) - 1)) if shape else codes.reshape(())
+        if not shape:
+            out[key] = codes.reshape(())
+            continue
+        col = codes.reshape((rows,) + (1,) * (len(shape) - 1))
+        out[key] = col.expand(shape) if full else col
     return out
 
 
@@ -335,10 +396,11 @@ def _runs(codes: list[tuple[int, int]], keys: list[str]) -> list[list]:
     return pieces
 
 
-def trace(converter: Callable, official: dict[str, tuple[int, ...]], target: dict[str, tuple[int, ...]]) -> dict:
+def trace(converter: Callable, official: dict[str, tuple[int, ...]], target: dict[str, tuple[int, ...]], *,
+          full: bool = False) -> dict:
     """Run ``converter`` on a provenance checkpoint and tell, per target key, which source rows it holds."""
     keys = list(official)
-    converted = converter(provenance_checkpoint(official))
+    converted = converter(provenance_checkpoint(official, full=full))
     problems = []
     extra = [k for k in converted if k not in target]
     unfilled = [k for k in target if k not in converted]
@@ -351,7 +413,7 @@ def trace(converter: Callable, official: dict[str, tuple[int, ...]], target: dic
             continue
         t = converted[tkey]
         rows = t.reshape(-1) if t.dim() <= 1 else t[(slice(None),) + (0,) * (t.dim() - 1)]
-        if any(d != 1 for d in t.shape[1:]):
+        if any(d != 1 for d in t.shape[1:]) and not (full and tuple(t.shape) == tuple(tshape)):
             problems.append(f"{tkey}: the converter changed a trailing dim ({list(t.shape)})")
         values = rows.tolist()
         codes = [(int(v) // BASE - 1, int(v) % BASE) for v in values]
@@ -433,7 +495,7 @@ def build(fam: Family, checkout: Checkout) -> None:
     official, how = fam.official(checkout.root)
     config = fam.diffusers_config(checkout.root)
     target = diffusers_shapes(fam.diffusers_class, config)
-    truth = trace(getattr(single_file_utils, fam.converter), official, target)
+    truth = trace(getattr(single_file_utils, fam.converter), official, target, full=fam.full_shapes)
     out = DATA / fam.name
     out.mkdir(parents=True, exist_ok=True)
     write_listing(out / "official_keys.txt", f"official {fam.repo}@{checkout.commit[:12]}", official)
@@ -446,6 +508,9 @@ def build(fam: Family, checkout: Checkout) -> None:
     kinds: dict[str, int] = {}
     for e in truth["targets"].values():
         kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
+    layout = ("every dim at its real size, as zero-stride views of the row codes: the converter reads a trailing dim "
+              "and only renames" if fam.full_shapes else "first dim at its real size, the other dims 1: the "
+              "converter cuts, concatenates and permutes along dim 0 only, which the tracer checks")
     (out / "SOURCE.md").write_text(f"""# {fam.name}
 
 Exercises: {fam.modes}.
@@ -457,8 +522,7 @@ Exercises: {fam.modes}.
   `{json.dumps(config)}`.
 - **truth.json**: `diffusers.loaders.single_file_utils.{fam.converter}` (diffusers {diffusers.__version__}) run on a
   fake official state dict in which row j of the i-th official key holds the float64 value (i + 1) * 2**24 + j
-  (first dim at its real size, the other dims 1: the converter cuts, concatenates and permutes along dim 0 only,
-  which the tracer checks). Decoding every output row gives, per Diffusers key, its `pieces`
+  ({layout}). Decoding every output row gives, per Diffusers key, its `pieces`
   (`[official key, first row, end row]` in output row order) and its `kind`
   ({", ".join(f"{k}: {n}" for k, n in sorted(kinds.items()))}); `splits` list each fused official tensor's
   parts in row order with their sizes, `reorders` each tensor whose rows are permuted (`blocks`: official row
