@@ -10,19 +10,19 @@ truth.json traced from diffusers' converter; SOURCE.md says how each was made) i
 
 - **correct**: made from the right official tensor(s) the right way: a rename from the right key; a split part
   at the right offset of the right fused tensor; a merge of the right tensors in the right order; a tensor whose
-  rows the converter permutes only through a ``reorder`` transform with the converter's row blocks;
-- **wrong** (confident): mapped, but not like that (a reorder mapped as a plain rename is wrong: its rows would
-  load silently permuted);
-- **unresolved**: not mapped (left to the user, with or without candidates).
+  rows the converter permutes only with the converter's permutation (a rename with ``perm``, the chunk order,
+  or a ``reorder`` transform with ``blocks``, the official row ranges in the Diffusers row order as truth.json
+  writes them);
+- **wrong** (confident): mapped, but not like that (a permuted tensor mapped as a plain rename is wrong: its rows
+  would load silently permuted);
+- **unresolved**: not mapped (left to the user, with or without candidates), or a permuted tensor mapped from
+  the right key with a row-order warning (``row_order_warnings``) and no permutation: flagged for a check.
 
 ``splits`` counts the fused official tensors whose split was found with the right parts in the right order
-(so the right sizes); ``reorders`` the permuted tensors that the inference flagged: a ``reorder`` transform
-for the key, or an unresolved entry naming the key or its official tensor. ``seconds`` is the child process's
-wall time (``--in-process``: the inference's own seconds).
-
-A reorder is reported, by the contract this benchmark reads, as a transform
-``{"kind": "reorder", "sources": [official], "targets": [diffusers], "blocks": [[start, stop], ...]}``: the
-official row ranges in the Diffusers tensor's row order, as truth.json writes them.
+(so the right sizes); ``reorders`` the permuted tensors that the inference flagged (a ``perm``, a ``reorder``
+transform, a row-order warning, or an unresolved entry naming the key or its official tensor). ``seconds`` is
+the child process's wall time (``--in-process``: the inference's own seconds). ``--json`` also gives
+``false_row_order_warnings``: correct renames flagged for a row-order check whose rows are in order.
 
 Targets (issue 18): 0 confident wrong keys per family, >= 95% of all keys correct and >= 90% per family, every
 split found with the right sizes, each case < 10 s as the wall time of a `port diff-keys` process.
@@ -58,6 +58,7 @@ class FamilyScore:
     reorders_flagged: int = 0
     reorders: int = 0
     seconds: float = 0.0
+    false_row_order_warnings: int = 0  # correct renames flagged "check row order" whose rows are in order
     error: str | None = None  # the inference failed: every key counts as unresolved
     wrong_keys: list[str] = field(default_factory=list)  # "diffusers key: predicted; truth" lines
     unresolved_keys: list[str] = field(default_factory=list)
@@ -91,11 +92,20 @@ def _describe(p: dict | None) -> str:
     if p is None:
         return "unmapped"
     extra = f" part {p['index']} of {len(p['parts'])}" if p["kind"] == "split" else ""
+    extra += f" perm {p['perm']}" if p.get("perm") else ""
     return f"{p['kind']} of {', '.join(p['sources'])}{extra}"
 
 
 def _truth_text(e: dict) -> str:
     return f"{e['kind']} of " + ", ".join(f"{s}[{a}:{b}]" for s, a, b in e["pieces"])
+
+
+def _perm(blocks: list[list[int]]) -> list[int] | None:
+    """Row blocks of equal size -> the chunk order (``perm``), as the inference states a reordered rename."""
+    size = blocks[0][1] - blocks[0][0]
+    if any(b - a != size or a % size for a, b in blocks):
+        return None
+    return [a // size for a, _ in blocks]
 
 
 def _is_correct(e: dict, p: dict, shapes: dict[str, tuple[int, ...]]) -> bool:
@@ -104,7 +114,7 @@ def _is_correct(e: dict, p: dict, shapes: dict[str, tuple[int, ...]]) -> bool:
     if "reshape" in e:
         return p["kind"] == "reshape" and p["sources"] == sources
     if kind in ("rename", "tie"):
-        return p["kind"] in ("rename", "tie") and p["sources"] == sources
+        return p["kind"] in ("rename", "tie") and p["sources"] == sources and not p.get("perm")
     if kind == "split":
         if p["kind"] != "split" or p["sources"] != sources or p.get("dim", 0) != 0:
             return False
@@ -113,8 +123,12 @@ def _is_correct(e: dict, p: dict, shapes: dict[str, tuple[int, ...]]) -> bool:
     if kind == "merge":
         return p["kind"] == "merge" and p["sources"] == sources and p.get("dim", 0) == 0
     if "reorder" in kind:
-        return p["kind"] == "reorder" and p["sources"] == sources and p.get("blocks") == [
-            [a, b] for _, a, b in pieces]
+        blocks = [[a, b] for _, a, b in pieces]
+        if p["sources"] != sources:
+            return False
+        if p["kind"] == "reorder":
+            return p.get("blocks") == blocks
+        return p["kind"] == "rename" and p.get("perm") is not None and p["perm"] == _perm(blocks)
     return False
 
 
@@ -122,6 +136,7 @@ def score(truth: dict, result: dict, shapes: dict[str, tuple[int, ...]], seconds
     """Score one ``port diff-keys --json`` result against the family's truth.json."""
     pred = _predictions(result)
     unresolved_names = {u["key"] for u in result["unresolved"]}
+    warned = {w["target"] for w in result.get("row_order_warnings", [])}
     s = FamilyScore(truth["family"], len(truth["targets"]) + len(truth.get("unfilled", [])),
                     seconds=round(seconds, 3))
     for key, e in truth["targets"].items():
@@ -131,6 +146,12 @@ def score(truth: dict, result: dict, shapes: dict[str, tuple[int, ...]], seconds
             s.unresolved_keys.append(f"{key}: truth {_truth_text(e)}")
         elif _is_correct(e, p, shapes):
             s.correct += 1
+            s.false_row_order_warnings += key in warned and "reorder" not in e["kind"]
+        elif "reorder" in e["kind"] and key in warned and not p.get("perm"):
+            # the right tensor, its rows flagged for a check: left to the user, not a confident answer
+            s.unresolved += 1
+            s.unresolved_keys.append(f"{key}: predicted {_describe(p)} with a row-order warning; truth "
+                                     f"{_truth_text(e)}")
         else:
             s.wrong += 1
             s.wrong_keys.append(f"{key}: predicted {_describe(p)}; truth {_truth_text(e)}")
@@ -146,8 +167,8 @@ def score(truth: dict, result: dict, shapes: dict[str, tuple[int, ...]], seconds
     s.splits_found = sum(((split["source"],), tuple(split["targets"])) in found for split in truth["splits"])
     s.reorders = len(truth["reorders"])
     s.reorders_flagged = sum(
-        pred.get(r["target"], {}).get("kind") == "reorder"
-        or r["target"] in unresolved_names or r["source"] in unresolved_names
+        pred.get(r["target"], {}).get("kind") == "reorder" or bool(pred.get(r["target"], {}).get("perm"))
+        or r["target"] in warned or r["target"] in unresolved_names or r["source"] in unresolved_names
         for r in truth["reorders"])
     return s
 
