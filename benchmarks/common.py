@@ -69,11 +69,12 @@ def diffusers_wan(cfg, device="cuda", dtype=torch.bfloat16, seed: int = 0):
     return model.eval().requires_grad_(False)
 
 
-def native_from_diffusers(ref, cfg, device="cuda", dtype=torch.bfloat16):
-    """The native WanDiT with the diffusers model's weights, loaded through the committed map."""
+def native_from_diffusers(ref, cfg, device="cuda", dtype=torch.bfloat16, keep_fp32: tuple[str, ...] = ()):
+    """The native WanDiT with the diffusers model's weights, loaded through the committed map (``keep_fp32``:
+    native modules also kept in fp32, as ``load_transformer(keep_fp32=...)``)."""
     from vidport.porting.namemap import NameMap
     from vidport.porting.sources import ModuleSource
-    from vidport.runtime.loading import fp32_targets, load_into
+    from vidport.runtime.loading import fp32_targets, keeps_native_fp32, load_into
     from vidport.runtime.models.wan import family
     from vidport.runtime.models.wan.model import WanDiT
 
@@ -83,7 +84,7 @@ def native_from_diffusers(ref, cfg, device="cuda", dtype=torch.bfloat16):
     fp32 = fp32_targets(name_map, source.keys(), tuple(type(ref)._keep_in_fp32_modules or ()))
 
     def pick(name, tensor):
-        return torch.float32 if name in fp32 else dtype
+        return torch.float32 if name in fp32 or keeps_native_fp32(name, keep_fp32) else dtype
 
     load_into(model, source, name_map, device=device, dtype_fn=pick)
     return model.eval().requires_grad_(False)

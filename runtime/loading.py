@@ -108,10 +108,17 @@ def fp32_targets(name_map: NameMap, source_keys, keep: tuple[str, ...]) -> set[s
     return {op.target for op in name_map.plan(list(source_keys)).ops if all(keeps_fp32(s, keep) for s in op.sources)}
 
 
-def cast_native(model: nn.Module, family, dtype: torch.dtype, diffusers_config: dict) -> nn.Module:
+def keeps_native_fp32(name: str, modules: tuple[str, ...]) -> bool:
+    """A native tensor under one of ``modules`` (dotted module paths, e.g. ``head.proj``)."""
+    return any(name == m or name.startswith(m + ".") for m in modules)
+
+
+def cast_native(model: nn.Module, family, dtype: torch.dtype, diffusers_config: dict,
+                keep_fp32: tuple[str, ...] = ()) -> nn.Module:
     """Cast a native DiT (built in fp32, e.g. with seeded random weights in a benchmark) to ``dtype`` the
     way ``load_transformer`` loads one: the tensors that map back (the family's Diffusers->native map,
-    reversed) onto modules the Diffusers class keeps in fp32 stay fp32."""
+    reversed) onto modules the Diffusers class keeps in fp32 stay fp32, and so do the native modules in
+    ``keep_fp32``."""
     from vidport.families import get_family
 
     fam = get_family(family) if isinstance(family, str) else family
@@ -125,16 +132,18 @@ def cast_native(model: nn.Module, family, dtype: torch.dtype, diffusers_config: 
     from vidport.porting.plan import keeps_fp32
 
     fp32 = {n for n, targets in made_of.items() if all(keeps_fp32(t, keep) for t in targets)}
+    fp32 |= {n for n, _ in model.named_parameters() if keeps_native_fp32(n, keep_fp32)}
     for name, p in model.named_parameters():
         p.data = p.data.to(torch.float32 if name in fp32 else dtype)
     return model
 
 
 def load_transformer(folder: str | Path, family, *, dtype: torch.dtype = torch.float32,
-                     device: torch.device | str = "cpu") -> nn.Module:
+                     device: torch.device | str = "cpu", keep_fp32: tuple[str, ...] = ()) -> nn.Module:
     """A Diffusers-format ``transformer/`` folder -> the family's native DiT, strictly, tensors streamed to
     ``device`` through the family's Diffusers->native map. Under a low-precision ``dtype`` the tensors of the
-    modules the Diffusers class keeps in fp32 stay fp32, judged on their Diffusers names."""
+    modules the Diffusers class keeps in fp32 stay fp32, judged on their Diffusers names; so do the tensors
+    of the native modules in ``keep_fp32`` (a precision recipe's own fp32 modules, named by the model)."""
     from vidport.families import get_family
 
     fam = get_family(family) if isinstance(family, str) else family
@@ -151,7 +160,7 @@ def load_transformer(folder: str | Path, family, *, dtype: torch.dtype = torch.f
     fp32 = fp32_targets(name_map, source.keys(), keep_in_fp32_modules(cfg))
 
     def pick(name, tensor):
-        return torch.float32 if name in fp32 else dtype
+        return torch.float32 if name in fp32 or keeps_native_fp32(name, keep_fp32) else dtype
 
     load_into(model, source, name_map, device=device, dtype_fn=pick)
     return model.eval().requires_grad_(False)

@@ -4,13 +4,17 @@ Each public function has one PyTorch reference path, used on CPU, in fp32 and wh
 absent, and a Triton path for bf16/fp16 CUDA tensors that does the same math in one pass over memory:
 
 - ``norm_modulate``: LayerNorm (fp32 statistics) then ``* mul + add`` (the adaLN modulation, or the
-  affine weight/bias), cast back: one read and one write of the token tensor instead of five.
+  affine weight/bias), cast to the output dtype: one read and one write of the token tensor instead of five.
 - ``gated_residual``: ``x + y * gate`` in fp32, cast back.
 - ``residual_norm``: a residual add (gated or plain) and the next norm_modulate in one pass: it writes
   both the new residual stream and the normalized tokens, and saves a read of the stream.
 - ``qkv_norm_rope``: split the fused projection; RMSNorm across heads + RoPE for q and k; one launch.
 - ``rms_norm``: RMSNorm in one pass (the cross-attention's q/k norms).
 - ``linear_gelu_tanh``: the FFN's first projection with GELU(tanh) in the GEMM epilogue (cuBLASLt).
+
+The token stream ``x`` may be fp32 while the GEMMs run in bf16 (the DiT's ``official`` precision): the
+norms then take ``out_dtype`` (the GEMMs' dtype) and the residual adds keep ``x``'s dtype; the Triton path
+runs whenever one side is bf16/fp16 (it loads in fp32 and stores in each output's own dtype).
 """
 
 from __future__ import annotations
@@ -25,21 +29,25 @@ except ImportError:  # pragma: no cover - depends on the install
     triton = None
 
 
-def enabled_for(x: torch.Tensor) -> bool:
-    """True when the Triton path runs for x (CUDA, bf16/fp16, Triton installed)."""
-    return _use_triton(x)
+HALF = (torch.bfloat16, torch.float16)
 
 
-def _use_triton(x: torch.Tensor) -> bool:
+def enabled_for(x: torch.Tensor, dtype: torch.dtype | None = None) -> bool:
+    """True when the Triton path runs for x computing into ``dtype`` (default x's): CUDA, Triton installed,
+    and x or the output in bf16/fp16."""
+    return _use_triton(x, dtype)
+
+
+def _use_triton(x: torch.Tensor, other: torch.dtype | None = None) -> bool:
     # torch.compile traces user Triton kernels too, so the same path runs compiled or eager
-    return triton is not None and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
+    return triton is not None and x.is_cuda and (x.dtype in HALF or other in HALF)
 
 
 # ----------------------------------------------------------------------------------------------
 # reference paths (the math, exactly as the model defines it)
 # ----------------------------------------------------------------------------------------------
-def _norm_modulate_ref(x, mul, add, eps):
-    return (F.layer_norm(x.float(), (x.shape[-1],), eps=eps) * mul + add).type_as(x)
+def _norm_modulate_ref(x, mul, add, eps, out_dtype=None):
+    return (F.layer_norm(x.float(), (x.shape[-1],), eps=eps) * mul + add).to(out_dtype or x.dtype)
 
 
 def _gated_residual_ref(x, y, gate):
@@ -49,28 +57,34 @@ def _gated_residual_ref(x, y, gate):
 # ----------------------------------------------------------------------------------------------
 # public API
 # ----------------------------------------------------------------------------------------------
-def norm_modulate(x: torch.Tensor, mul: torch.Tensor, add: torch.Tensor, eps: float) -> torch.Tensor:
-    """(LayerNorm(x) * mul + add) in fp32, returned in x's dtype. x [B, S, C]; mul, add [B|1, 1, C] fp32."""
-    if not _use_triton(x):
-        return _norm_modulate_ref(x, mul, add, eps)
-    return _norm_modulate_op(x, mul, add, eps)
+def norm_modulate(x: torch.Tensor, mul: torch.Tensor, add: torch.Tensor, eps: float,
+                  out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(LayerNorm(x) * mul + add) in fp32, returned in ``out_dtype`` (default x's). x [B, S, C]; mul, add
+    [B|1, 1, C] fp32."""
+    out_dtype = out_dtype or x.dtype
+    if not _use_triton(x, out_dtype):
+        return _norm_modulate_ref(x, mul, add, eps, out_dtype)
+    return _norm_modulate_op(x, mul, add, eps, out_dtype)
 
 
 def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """x + y * gate computed in fp32, in x's dtype. x, y [B, S, C]; gate [B, 1, C] fp32."""
-    if not _use_triton(x):
+    if not _use_triton(x, y.dtype):
         return _gated_residual_ref(x, y, gate)
     return _gated_residual_op(x, y, gate)
 
 
 def residual_norm(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, mul: torch.Tensor,
-                  add: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x', norm_modulate(x', mul, add, eps)) with x' = x + y * gate (fp32 math) or, when ``gate`` is None,
-    x' = x + y (in x's dtype, as a plain residual add). x, y [B, S, C]; gate, mul, add [B|1, 1, C] fp32."""
-    if not _use_triton(x):
-        x = x + y if gate is None else _gated_residual_ref(x, y, gate)
-        return x, _norm_modulate_ref(x, mul, add, eps)
-    return _residual_norm_op(x, y, gate, mul, add, eps)
+                  add: torch.Tensor, eps: float, out_dtype: torch.dtype | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x', norm_modulate(x', mul, add, eps, out_dtype)) with x' = x + y * gate (fp32 math) or, when ``gate``
+    is None, x' = x + y (rounded to x's dtype, as a plain residual add). x, y [B, S, C]; gate, mul, add
+    [B|1, 1, C] fp32. x' keeps x's dtype; the normalized tokens are in ``out_dtype`` (default x's)."""
+    out_dtype = out_dtype or x.dtype
+    if not _use_triton(x, out_dtype):
+        x = (x + y).to(x.dtype) if gate is None else _gated_residual_ref(x, y, gate)
+        return x, _norm_modulate_ref(x, mul, add, eps, out_dtype)
+    return _residual_norm_op(x, y, gate, mul, add, eps, out_dtype)
 
 
 def qkv_norm_rope(qkv: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -109,10 +123,11 @@ def _rows(x: torch.Tensor, *vectors: torch.Tensor):
 
 
 @torch.library.custom_op("vidport::norm_modulate", mutates_args=())
-def _norm_modulate_op(x: torch.Tensor, mul: torch.Tensor, add: torch.Tensor, eps: float) -> torch.Tensor:
+def _norm_modulate_op(x: torch.Tensor, mul: torch.Tensor, add: torch.Tensor, eps: float,
+                      out_dtype: torch.dtype) -> torch.Tensor:
     B, S, C = x.shape
     x, mul, add = _rows(x, mul, add)
-    out = torch.empty_like(x)
+    out = torch.empty_like(x, dtype=out_dtype)
     _norm_modulate_kernel[(B * S,)](x, mul, add, out, S, C, eps, BLOCK=triton.next_power_of_2(C), num_warps=8)
     return out
 
@@ -129,12 +144,12 @@ def _gated_residual_op(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> 
 
 @torch.library.custom_op("vidport::residual_norm", mutates_args=())
 def _residual_norm_op(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, mul: torch.Tensor,
-                      add: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+                      add: torch.Tensor, eps: float, out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     B, S, C = x.shape
     x, mul, add = _rows(x, mul, add)
     g = mul if gate is None else _rows(x, gate)[1]
     y = y.contiguous()
-    new_x, out = torch.empty_like(x), torch.empty_like(x)
+    new_x, out = torch.empty_like(x), torch.empty_like(x, dtype=out_dtype)
     _residual_norm_kernel[(B * S,)](x, y, g, mul, add, new_x, out, S, C, eps, HAS_GATE=gate is not None,
                                     BLOCK=triton.next_power_of_2(C), num_warps=8)
     return new_x, out
@@ -164,8 +179,8 @@ def _qkv_shape(qkv, num_heads, heads_first, segments):
 
 
 @_norm_modulate_op.register_fake
-def _(x, mul, add, eps):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+def _(x, mul, add, eps, out_dtype):
+    return torch.empty_like(x, dtype=out_dtype, memory_format=torch.contiguous_format)
 
 
 @_gated_residual_op.register_fake
@@ -174,9 +189,9 @@ def _(x, y, gate):
 
 
 @_residual_norm_op.register_fake
-def _(x, y, gate, mul, add, eps):
+def _(x, y, gate, mul, add, eps, out_dtype):
     return (torch.empty_like(x, memory_format=torch.contiguous_format),
-            torch.empty_like(x, memory_format=torch.contiguous_format))
+            torch.empty_like(x, dtype=out_dtype, memory_format=torch.contiguous_format))
 
 
 @_qkv_norm_rope_op.register_fake

@@ -7,6 +7,11 @@ modulation added to a learned table, the head modulated by the *unprojected* tim
 modulation and time embedding stay in fp32 (the tensors of the modules ``WanTransformer3DModel`` declares
 ``_keep_in_fp32_modules``: ``runtime.loading`` applies the rule, the model only computes).
 
+Two bf16 recipes (``precision``): ``fast`` keeps the residual stream in bf16, as diffusers does;
+``official`` is the official generator's recipe (fp32 parameters under ``autocast(bf16)``): the residual
+stream, its adds and norms, the modulation, ``time_proj`` and the head stay fp32, and only the GEMMs and the
+attention run in bf16 (the loader keeps ``OFFICIAL_FP32_MODULES`` in fp32 for it). In fp32 the two are one.
+
 Layout differences from the checkpoints (resolved by the name maps, not here): self-attention
 q/k/v is one fused projection ``attn.qkv`` and cross-attention k/v is one fused ``cross_attn.kv``.
 """
@@ -170,27 +175,29 @@ class WanBlock(nn.Module):
         self.ffn = FeedForward(cfg)
 
     def forward(self, x, mod, context, rope, key_mask=None):
-        # mod: [B, 6, dim] fp32 projected time embedding
+        # x: the residual stream (the GEMMs' dtype, or fp32 in official precision); mod: [B, 6, dim] fp32
+        # projected time embedding. The normalized tokens go to the GEMMs in the GEMMs' dtype.
+        gemm = self.attn.qkv.weight.dtype
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + mod).chunk(6, dim=1)
 
         # 1. self-attention on the modulated, normalized tokens; gated residual (fp32 math)
-        h = fused.norm_modulate(x, 1 + scale1, shift1, self.eps)
+        h = fused.norm_modulate(x, 1 + scale1, shift1, self.eps, gemm)
         y = self.attn(h, rope, key_mask)
 
         # 2. cross-attention to the text (affine norm, no modulation); plain residual.
         #    On the fused path each residual add runs in one pass with the norm that follows it; the
         #    cross-attention norm module still runs itself when a hook observes it (parity captures).
         norm = self.cross_norm
-        if fused.enabled_for(x) and isinstance(norm, LayerNormFP32) and not (norm._forward_hooks
-                                                                              or norm._forward_pre_hooks):
-            x, h = fused.residual_norm(x, y, gate1, *norm.affine(), norm.eps)
+        if fused.enabled_for(x, gemm) and isinstance(norm, LayerNormFP32) and not (norm._forward_hooks
+                                                                                    or norm._forward_pre_hooks):
+            x, h = fused.residual_norm(x, y, gate1, *norm.affine(), norm.eps, gemm)
         else:
             x = fused.gated_residual(x, y, gate1)
-            h = norm(x)
+            h = norm(x).to(gemm)
         y = self.cross_attn(h, context)
 
         # 3. feed-forward on the modulated, normalized tokens; gated residual
-        x, h = fused.residual_norm(x, y, None, 1 + scale2, shift2, self.eps)
+        x, h = fused.residual_norm(x, y, None, 1 + scale2, shift2, self.eps, gemm)
         return fused.gated_residual(x, self.ffn(h), gate2)
 
 
@@ -202,25 +209,37 @@ class Head(nn.Module):
         self.proj = nn.Linear(cfg.dim, math.prod(cfg.patch_size) * cfg.out_dim)
 
     def forward(self, x, temb):
-        # the head is modulated by the unprojected time embedding temb [B, dim]
+        # the head is modulated by the unprojected time embedding temb [B, dim]; it computes in its
+        # projection's dtype (fp32 in official precision, where the loader keeps it fp32)
         shift, scale = (self.modulation.float() + temb.float()[:, None, :]).chunk(2, dim=1)
-        return self.proj(fused.norm_modulate(x, 1 + scale, shift, self.eps))
+        return self.proj(fused.norm_modulate(x, 1 + scale, shift, self.eps, self.proj.weight.dtype))
 
 
 # ----------------------------------------------------------------------------------------------
 # The model
 # ----------------------------------------------------------------------------------------------
+PRECISIONS = ("fast", "official")
+
+
 class WanDiT(nn.Module):
     """Wan2.1 T2V diffusion transformer.
 
     ``forward(x [B, C, F, H, W], timestep [B], context [B, L<=text_len, text_dim]) -> [B, C_out, F, H, W]``.
     The stages (``embed``, ``blocks``, ``head``, ``unpatchify``) are public so that
     ``runtime.parallel`` can shard the token sequence between them.
+
+    ``precision``: ``fast`` (the residual stream in the model's dtype) or ``official`` (the stream, its norms
+    and the head in fp32, GEMMs and attention in the model's dtype; see the module docstring).
     """
 
-    def __init__(self, cfg: WanDiTConfig):
+    # the modules the official generator computes in fp32 with fp32 parameters (``autocast(dtype=float32)``
+    # regions) that diffusers' keep-in-fp32 rule does not keep: kept fp32 by the loader in official precision
+    OFFICIAL_FP32_MODULES = ("time_proj", "head.proj")
+
+    def __init__(self, cfg: WanDiTConfig, precision: str = "fast"):
         super().__init__()
         self.cfg = cfg
+        self.set_precision(precision)
         self.patch_embedding = nn.Conv3d(cfg.in_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.text_embed = nn.Sequential()
         self.text_embed.fc1 = nn.Linear(cfg.text_dim, cfg.dim)
@@ -238,6 +257,16 @@ class WanDiT(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.patch_embedding.weight.dtype
 
+    @property
+    def stream_dtype(self) -> torch.dtype:
+        """The residual stream's dtype: fp32 in official precision, else the model's."""
+        return torch.float32 if self.precision == "official" else self.dtype
+
+    def set_precision(self, precision: str) -> None:
+        """``fast`` or ``official`` (the class docstring); takes effect on the next forward."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        self.precision = precision
 
     def set_attention_backend(self, backend: str, cross_backend: str | None = None) -> None:
         """The kernel of the self-attention and, when given, a different one for the cross-attention
@@ -248,10 +277,12 @@ class WanDiT(nn.Module):
 
     # --- stages --------------------------------------------------------------------------------
     def patchify(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        """[B, C, F, H, W] -> tokens [B, f*h*w, dim] in (frame, height, width) order, and the grid."""
+        """[B, C, F, H, W] -> tokens [B, f*h*w, dim] in (frame, height, width) order (the residual stream,
+        in ``stream_dtype``), and the grid."""
         x = self.patch_embedding(x.to(self.dtype))
         grid = tuple(x.shape[2:])
-        return x.flatten(2).transpose(1, 2), grid
+        # official precision: the embedding's bf16 output, widened exactly (its first residual add is fp32)
+        return x.flatten(2).transpose(1, 2).to(self.stream_dtype), grid
 
     def embed_time(self, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """timestep [B] -> (temb [B, dim] fp32, per-block modulation input [B, 6, dim] fp32)."""
