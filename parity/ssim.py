@@ -294,11 +294,18 @@ def render_reference(repo: Path, s: RenderSettings, *, device: str, dtype: str, 
     return (np.asarray(video, dtype=np.float64) * 255).round().clip(0, 255).astype(np.uint8)
 
 
+# the runtime's settings that sample as the diffusers pipeline does (its sigma grid, CPU-generator noise, the
+# residual stream in the compute dtype): what a render compared with a diffusers reference must use
+DIFFUSERS_COMPATIBLE = {"sampler_grid": "diffusers", "noise": "diffusers", "precision": "fast"}
+
+
 def render_ours(repo: Path, s: RenderSettings, *, device: str, dtype: str, backend: str, generator=None):
-    """vidport VideoGenerator -> uint8 [F, H, W, 3]. Pass ``generator`` to reuse loaded weights."""
+    """vidport VideoGenerator in its diffusers-compatible mode -> uint8 [F, H, W, 3]. Pass ``generator`` to
+    reuse loaded weights."""
     from vidport.runtime.generator import VideoGenerator
 
-    gen = generator or VideoGenerator.from_pretrained(repo, device=device, dtype=dtype, attention_backend=backend)
+    gen = generator or VideoGenerator.from_pretrained(repo, device=device, dtype=dtype, attention_backend=backend,
+                                                      **DIFFUSERS_COMPATIBLE)
     return gen.generate_video(s.prompt, negative_prompt=s.negative_prompt, num_frames=s.num_frames,
                               height=s.height, width=s.width, num_inference_steps=s.num_inference_steps,
                               guidance_scale=s.guidance_scale, seed=s.seed)
@@ -381,7 +388,8 @@ def check_references(family: str, repo: Path, *, device: str = "cpu", dtype: str
                         f"`port ssim-refs generate {family} --weights REPO --device {device}`")
     thr = threshold(family, dev_class)
     identity = weights_identity(repo)
-    gen = VideoGenerator.from_pretrained(repo, device=device, dtype=dtype, attention_backend=backend)
+    gen = VideoGenerator.from_pretrained(repo, device=device, dtype=dtype, attention_backend=backend,
+                                         **DIFFUSERS_COMPATIBLE)
     results = []
     for ref in refs:
         meta = json.loads(ref.with_suffix(".json").read_text())

@@ -64,6 +64,37 @@ def backend_option(default: str = "auto", param: str = "attention_backend") -> C
                              "`port info` lists the backends.")
 
 
+# fidelity to the official release (docs/generate.md "Fidelity"): the same names in generate and ssim-refs
+SAMPLER_GRIDS = ("official", "diffusers")
+NOISE_MODES = ("diffusers", "official")
+PRECISIONS = ("fast", "official")
+
+
+def sampler_grid_option() -> Callable:
+    return click.option("--sampler-grid", type=click.Choice(SAMPLER_GRIDS), default=None,
+                        help="Whose sigma grid the sampler steps on: official (the official release's sampler, "
+                             "computed by vidport, so the video does not depend on the installed diffusers) or "
+                             "diffusers (the installed diffusers scheduler's own; what diffusers' pipeline "
+                             "samples) [default: official for unipc, diffusers for euler, which the official "
+                             "code lacks].")
+
+
+def noise_option() -> Callable:
+    return click.option("--noise", type=click.Choice(NOISE_MODES), default="diffusers", show_default=True,
+                        help="How a seed becomes the initial noise: diffusers (a CPU generator: the same noise "
+                             "on every device, as diffusers' pipeline with a CPU generator) or official (a "
+                             "generator on the run's device, as the official sampler: its video frame for "
+                             "frame on the same GPU). On a CPU both are the same.")
+
+
+def precision_option() -> Callable:
+    return click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+                        help="bf16 recipe of the DiT: fast (the residual stream in bf16, as diffusers) or "
+                             "official (residual stream, norms, modulation and head in fp32 around bf16 GEMMs "
+                             "and attention, as the official autocast run) [default: official: 0.9% slower, "
+                             "5x closer to fp32; BENCHMARKS.md]. No effect in fp32.")
+
+
 def json_option(what: str = "the result") -> Callable:
     return click.option("--json", "as_json", is_flag=True, help=f"Print {what} as JSON on stdout (for machines).")
 

@@ -14,8 +14,11 @@ from vidport.porting.options import (
     device_option,
     dtype_option,
     json_option,
+    noise_option,
+    precision_option,
     prefer,
     progress_option,
+    sampler_grid_option,
     show_progress,
 )
 
@@ -27,7 +30,9 @@ DEFAULT_OUTPUT_DIR = Path("out")
 @click.command("generate")
 @click.argument("model")
 @click.option("--prompt", required=True, help="What the video shows.")
-@click.option("--negative-prompt", default=None, help="What to steer away from [default: the official one].")
+@click.option("--negative-prompt", default=None,
+              help="What to steer away from [default: the official one]. An empty value means no negative "
+                   "text (in the official sampler an empty one means its default).")
 @click.option("-o", "--out", "output", type=click.Path(dir_okay=False), default=None,
               help="mp4 to write; its folder must exist [default: out/<model>-seed<seed>.mp4].")
 @deprecated_alias("--output", "output_deprecated", type=click.Path(dir_okay=False))
@@ -45,6 +50,9 @@ DEFAULT_OUTPUT_DIR = Path("out")
               help="Sampler: unipc (flow-matching UniPC) or euler (flow-matching Euler) [default: as configured "
                    "in the repo's scheduler/].")
 @click.option("--flow-shift", type=float, default=None, help="Override the scheduler's flow shift.")
+@sampler_grid_option()
+@noise_option()
+@precision_option()
 @click.option("--cfg", "cfg", type=click.Choice(["serial", "batched"]), default="serial", show_default=True,
               help="How the two guidance branches run.")
 @click.option("--cfg-parallel", is_flag=True,
@@ -55,8 +63,8 @@ DEFAULT_OUTPUT_DIR = Path("out")
 @progress_option()
 @json_option("the result and timings")
 def generate(model, prompt, negative_prompt, output, output_deprecated, num_frames, height, width, steps, guidance,
-             seed, num_gpus, attention_backend, dtype, device, scheduler, flow_shift, cfg, cfg_parallel, compile_,
-             cuda_graph, progress, as_json):
+             seed, num_gpus, attention_backend, dtype, device, scheduler, flow_shift, sampler_grid, noise, precision,
+             cfg, cfg_parallel, compile_, cuda_graph, progress, as_json):
     """Generate a video with MODEL: a Diffusers-format folder (e.g. written by `port convert`) or a
     hub id such as Wan-AI/Wan2.1-T2V-1.3B-Diffusers."""
     from vidport.runtime.pipeline.validate import validate_output_path, validate_request
@@ -75,6 +83,9 @@ def generate(model, prompt, negative_prompt, output, output_deprecated, num_fram
                      num_inference_steps=1 if steps is None else steps,
                      guidance_scale=1.0 if guidance is None else guidance, seed=seed, geometry=geometry)
 
+    if negative_prompt == "":
+        click.echo("note: --negative-prompt '' encodes the empty text as the negative prompt; the official sampler "
+                   "uses its default negative prompt for an empty one (omit --negative-prompt for that)", err=True)
     if output is None:
         name = re.sub(r"[^\w.-]+", "-", Path(model.rstrip("/")).name) or "video"
         DEFAULT_OUTPUT_DIR.mkdir(exist_ok=True)
@@ -90,7 +101,8 @@ def generate(model, prompt, negative_prompt, output, output_deprecated, num_fram
     parallel = {"cfg_parallel": True} if cfg_parallel else {}
     gen = VideoGenerator.from_pretrained(model, num_gpus=num_gpus, attention_backend=attention_backend,
                                          dtype=dtype, device=device, cfg=cfg, scheduler=scheduler,
-                                         flow_shift=flow_shift, compile=compile_, cuda_graph=cuda_graph,
+                                         flow_shift=flow_shift, sampler_grid=sampler_grid, noise=noise,
+                                         precision=precision, compile=compile_, cuda_graph=cuda_graph,
                                          **parallel)
     total = steps if steps is not None else gen.defaults["num_inference_steps"]
     try:
@@ -111,7 +123,7 @@ def generate(model, prompt, negative_prompt, output, output_deprecated, num_fram
     s = report["settings"]
     click.echo(f"wrote {report['output']}  ({s['num_frames']} frames {s['width']}x{s['height']}, "
                f"{s['num_inference_steps']} steps, guidance {s['guidance_scale']:g}, seed {s['seed']}, "
-               f"{s['dtype']} on {s['device']})")
+               f"{s['dtype']} on {s['device']}; {s.get('sampler_grid')} grid, {s.get('noise')} noise)")
     click.echo(format_timings(report["timings_s"], report["denoise_step_s"]))
 
 

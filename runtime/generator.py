@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from vidport.porting.options import NOISE_MODES, PRECISIONS, SAMPLER_GRIDS
 from vidport.runtime.pipeline import CFGStrategy, PipelineState, get_cfg_strategy, run_stages, validate_request
 from vidport.runtime.pipeline.validate import validate_output_path
 
@@ -35,6 +36,9 @@ from vidport.errors import UserError
 from vidport.families import FamilySpec, family_for_pipeline
 
 RUNTIME_DTYPES = ("fp32", "bf16")  # compute dtypes the runtime supports (vidport.dtypes spells them)
+# the native DiT's bf16 recipe unless precision= says: official costs 0.9% of the 1.3B forward on an H200 and cuts
+# its error vs fp32 from 1.5e-2 to 2.9e-3 rel L2 (BENCHMARKS.md "bf16 recipes"), under the 3% bar for a default
+DEFAULT_PRECISION = "official"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -99,9 +103,19 @@ class VideoGenerator:
     def from_pretrained(cls, path_or_hub_id: str | os.PathLike, *, num_gpus: int = 1,
                         attention_backend: str | None = None, dtype: str | torch.dtype | None = None,
                         device: str | torch.device | None = None, cfg: str | CFGStrategy = "serial",
-                        scheduler: str | None = None, flow_shift: float | None = None, compile: bool = False,
-                        cuda_graph: bool = False, **parallel_options) -> VideoGenerator:
+                        scheduler: str | None = None, flow_shift: float | None = None,
+                        sampler_grid: str | None = None, noise: str = "diffusers", precision: str | None = None,
+                        compile: bool = False, cuda_graph: bool = False, **parallel_options) -> VideoGenerator:
         """Load a Diffusers-format repo (folder or hub id).
+
+        Fidelity to the official release (docs/generate.md): ``sampler_grid`` "official" (the official
+        sampler's sigmas and timesteps, whatever diffusers is installed) or "diffusers" (the installed
+        diffusers scheduler's own grid; what diffusers' pipeline samples); None = the family's choice
+        (official for its official sampler). ``noise`` "diffusers" (default: a CPU generator, the same noise
+        on every device, as ``WanPipeline(generator=torch.Generator("cpu").manual_seed(seed))``) or
+        "official" (drawn on a generator on the device, as the official sampler does: reproduces its video
+        on a GPU). ``precision`` "fast" or "official" (bf16 only: the residual stream, norms and head in
+        fp32 as the official autocast run keeps them; default ``DEFAULT_PRECISION``).
 
         ``dtype``: "bf16" or "fp32" for the DiT and text encoder (default bf16 on CUDA, fp32 on CPU; the
         VAE always decodes in fp32). ``attention_backend``: a name from ``runtime.attention`` (default:
@@ -126,9 +140,14 @@ class VideoGenerator:
                                 "which this installation lacks; use num_gpus=1")
             return launch.from_pretrained(path_or_hub_id, num_gpus=num_gpus, attention_backend=attention_backend,
                                           dtype=dtype, device=device, cfg=cfg, scheduler=scheduler,
-                                          flow_shift=flow_shift, compile=compile, **parallel_options)
+                                          flow_shift=flow_shift, sampler_grid=sampler_grid, noise=noise,
+                                          precision=precision, compile=compile, **parallel_options)
         if parallel_options:
             raise UserError(f"unknown option(s) for num_gpus=1: {', '.join(sorted(parallel_options))}")
+        _choice("sampler_grid", sampler_grid, SAMPLER_GRIDS, none_ok=True)
+        _choice("noise", noise, NOISE_MODES)
+        precision = precision or DEFAULT_PRECISION
+        _choice("precision", precision, PRECISIONS)
 
         start = time.perf_counter()
         device = resolve_device(device)
@@ -140,7 +159,8 @@ class VideoGenerator:
         module = family.load(family.pipeline)
         backends = _resolve_backends(attention_backend, device, torch_dtype)
         components = module.load_components(folder, dtype=torch_dtype, device=device, scheduler=scheduler,
-                                            flow_shift=flow_shift)
+                                            flow_shift=flow_shift, sampler_grid=sampler_grid, noise=noise,
+                                            precision=precision)
         components.transformer.set_attention_backend(*backends)
         if compile:
             for block in getattr(components.transformer, "blocks", [components.transformer]):
@@ -163,9 +183,12 @@ class VideoGenerator:
         """Generate one video; returns uint8 frames [F, H, W, 3] and writes an mp4 if ``output_path``.
 
         Unset arguments take the model preset's defaults (``self.defaults``; official release facts).
-        ``negative_prompt=None`` uses the official negative prompt; "" means none. ``seed=None`` draws
-        a random seed (reported in ``last_report.settings``). The same seed gives the same initial noise
-        as diffusers' ``WanPipeline(generator=torch.Generator("cpu").manual_seed(seed))``.
+        ``negative_prompt=None`` uses the official negative prompt (what the official sampler does for its
+        default ``n_prompt=""``); ``""`` here means the empty text is the negative prompt, which the official
+        sampler cannot do (its "" means its default). ``seed=None`` draws a random seed (reported in
+        ``last_report.settings``). With ``noise="diffusers"`` the same seed gives the same initial noise as
+        diffusers' ``WanPipeline(generator=torch.Generator("cpu").manual_seed(seed))``; with "official", as
+        the official sampler's ``seed``.
         ``on_step(i, num_steps)`` is called after each denoising step.
         """
         if self.closed:
@@ -196,7 +219,8 @@ class VideoGenerator:
                                                      "num_inference_steps", "guidance_scale", "seed")}
         settings.update(model=self.source, preset=c.preset, dtype=str(c.dtype).replace("torch.", ""),
                         device=str(c.device), cfg=self.cfg.name, scheduler=type(c.scheduler).__name__,
-                        fps=d["fps"])
+                        sampler_grid=getattr(c, "sampler_grid", None), noise=getattr(c, "noise", None),
+                        precision=getattr(_unwrapped(c.transformer), "precision", None), fps=d["fps"])
         self.last_report = GenerationReport(settings=settings, timings=timings, step_seconds=state.step_seconds,
                                             output_path=None if out is None else str(out))
         self.last_state = state
@@ -204,6 +228,20 @@ class VideoGenerator:
 
 
 # --- resolving the arguments ---------------------------------------------------------------------
+def _choice(name: str, value, allowed: tuple[str, ...], none_ok: bool = False) -> None:
+    if not (value is None and none_ok) and value not in allowed:
+        raise UserError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+
+
+def _unwrapped(model):
+    """The model inside a CUDA-graph or sequence-parallel wrapper (``.module`` / ``.dit``), for its settings."""
+    for attr in ("module", "dit"):
+        inner = getattr(model, attr, None)
+        if isinstance(inner, torch.nn.Module):
+            return _unwrapped(inner)
+    return model
+
+
 def parallel_launcher():
     """``runtime.parallel.launch`` if this installation has it (multi-GPU generation), else None."""
     if importlib.util.find_spec("vidport.runtime.parallel") is None or \

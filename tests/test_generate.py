@@ -52,7 +52,9 @@ def tiny_repo(converted_tiny_release) -> Path:
 def generator(tiny_repo):
     from vidport.runtime import VideoGenerator
 
-    return VideoGenerator.from_pretrained(tiny_repo, attention_backend="sdpa-math", dtype="fp32", device="cpu")
+    # diffusers-compatible mode: diffusers' sigma grid (the official one is tested in test_official_fidelity.py)
+    return VideoGenerator.from_pretrained(tiny_repo, attention_backend="sdpa-math", dtype="fp32", device="cpu",
+                                          sampler_grid="diffusers")
 
 
 def diffusers_pipeline(repo):
@@ -106,7 +108,8 @@ def test_repo_written_by_diffusers_matches_diffusers(tmp_path):
     from vidport.runtime import VideoGenerator
 
     repo = write_tiny_repo(tmp_path / "repo")
-    gen = VideoGenerator.from_pretrained(repo, attention_backend="sdpa-math", dtype="fp32", device="cpu")
+    gen = VideoGenerator.from_pretrained(repo, attention_backend="sdpa-math", dtype="fp32", device="cpu",
+                                         sampler_grid="diffusers")
     gen.generate_video(PROMPT, negative_prompt=NEGATIVE, **SIZE, num_inference_steps=2, guidance_scale=5.0, seed=1)
     _, want = run_reference(diffusers_pipeline(repo), seed=1, steps=2)
     torch.testing.assert_close(gen.last_state.latents, want, rtol=0, atol=1e-4,

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     import torch
 
 # what VideoGenerator.from_pretrained passes on to each rank's own (single-device) from_pretrained
-LOAD_OPTIONS = ("attention_backend", "dtype", "cfg", "scheduler", "flow_shift", "compile")
+LOAD_OPTIONS = ("attention_backend", "dtype", "cfg", "scheduler", "flow_shift", "sampler_grid", "noise", "precision",
+                "compile")
 
 
 def resolve_backends_on_ranks(name: str | None, device: torch.device, dtype: torch.dtype) -> tuple[str, str]:

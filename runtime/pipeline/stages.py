@@ -48,22 +48,28 @@ class PrepareTimesteps:
 
 
 class PrepareLatents:
-    """Initial noise with diffusers' seed semantics: ``torch.randn(shape)`` in fp32 from a CPU generator
-    seeded with ``seed``, then moved to the device, so a seed gives the same noise as
-    ``pipe(..., generator=torch.Generator("cpu").manual_seed(seed))`` on any device.
+    """Initial noise: one fp32 ``torch.randn`` of the latent shape from a generator seeded with ``seed``.
+
+    By default (diffusers' seed semantics) the generator is a CPU one and the noise moves to the device
+    afterwards, so a seed gives the same noise as ``pipe(..., generator=torch.Generator("cpu").manual_seed(seed))``
+    on any device. ``on_device=True`` draws on a generator on the run's device, as official samplers do
+    (Wan2.1's ``text2video.py``): the same noise as theirs on the same kind of device, but not across devices.
+    On a CPU the two are the same draw. The leading batch dim does not change the values (one flat draw).
 
     ``latent_shape(request) -> (C, f, h, w)`` is the family's latent geometry (VAE strides).
     """
 
     name = "latents"
 
-    def __init__(self, latent_shape: Callable[..., tuple[int, ...]]):
+    def __init__(self, latent_shape: Callable[..., tuple[int, ...]], *, on_device: bool = False):
         self.latent_shape = latent_shape
+        self.on_device = on_device
 
     def __call__(self, state: PipelineState) -> PipelineState:
         shape = (1, *self.latent_shape(state.request))
-        generator = torch.Generator("cpu").manual_seed(state.request.seed)
-        noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(state.device)
+        where = state.device if self.on_device else torch.device("cpu")
+        generator = torch.Generator(where).manual_seed(state.request.seed)
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32, device=where).to(state.device)
         state.initial_noise = noise
         state.latents = noise
         return state

@@ -53,6 +53,28 @@ NUM_TRAIN_TIMESTEPS = 1000
 SAMPLE_FPS = 16  # wan_shared_cfg.sample_fps: the frame rate the official release writes its mp4s at
 
 
+# --- the official sampler (wan/utils/fm_solvers_unipc.py FlowUniPCMultistepScheduler, as wan/text2video.py
+# builds it: shift=1 at construction, the preset's shift given to set_timesteps) -----------------------------
+def official_sampling_grid(num_steps: int, shift: float, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS):
+    """(sigmas [num_steps + 1] float32 ending in 0, timesteps [num_steps] int64) of the official sampler.
+
+    Its training table is ``1 - linspace(1, 1/T, T)`` reversed, in float32: from ``1 - 1/T`` (0.999, stored
+    as float32 0.99900001) down to 0. ``set_timesteps`` spaces ``linspace(table[0], table[-1], N + 1)[:-1]``
+    (float64), shifts it ``shift * s / (1 + (shift - 1) * s)``, takes ``timesteps = sigmas * T`` truncated
+    to int64 and appends a final sigma 0. (diffusers' flow-sigma UniPC spaces ``linspace(1, 1/T)`` instead
+    since 0.34: with shift 5, 27 of 50 timesteps differ.)
+    """
+    import numpy as np
+
+    T = num_train_timesteps
+    table = (1.0 - np.linspace(1, 1 / T, T)[::-1]).astype(np.float32)
+    sigma_max, sigma_min = float(table[0]), float(table[-1])
+    sigmas = np.linspace(sigma_max, sigma_min, num_steps + 1)[:-1]
+    sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+    timesteps = (sigmas * T).astype(np.int64)  # the official torch .to(int64): truncation
+    return np.concatenate([sigmas, [0.0]]).astype(np.float32), timesteps
+
+
 def scheduler_config(preset: str = "1.3b", **overrides) -> dict:
     """The diffusers ``UniPCMultistepScheduler`` config of the official sampler: flow matching with the
     preset's shift (the one place this is written; `port convert`, the runtime and parity read it)."""

@@ -201,13 +201,16 @@ def _text_len(repo: Path) -> int:
 def pipeline_setup(repo: Path, *, dtype=torch.float32, device="cpu", steps: int | None = None, seed: int = 0,
                    cfg: str = "serial", frames: int | None = None, height: int | None = None,
                    width: int | None = None) -> Setup:
+    """The runtime against diffusers' ``WanPipeline`` (vidport in its diffusers-compatible mode: diffusers'
+    sigma grid, CPU-generator noise)."""
     from diffusers import WanPipeline
     from vidport.runtime.generator import VideoGenerator
 
     repo = Path(repo)
     check_repo(repo, "transformer")
     gen = VideoGenerator.from_pretrained(repo, dtype="fp32" if dtype == torch.float32 else "bf16",
-                                         device=device, attention_backend="sdpa-math", cfg=cfg)
+                                         device=device, attention_backend="sdpa-math", cfg=cfg,
+                                         sampler_grid="diffusers", noise="diffusers", precision="fast")
     pipe = WanPipeline.from_pretrained(repo, dtype=dtype)
     pipe.vae.to(torch.float32)
     pipe.to(device)
@@ -240,6 +243,34 @@ def pipeline_setup(repo: Path, *, dtype=torch.float32, device="cpu", steps: int 
     dv, _ = _versions()
     return Setup("pipeline", ref, run_ref, nat, run_native, name_map, f"diffusers {dv} WanPipeline",
                  f"vidport VideoGenerator (cfg={cfg})")
+
+
+# ----------------------------------------------------------------------------------------------
+# the official sampler, restated (wan/text2video.py): the reference of the official-style pipeline checks
+# ----------------------------------------------------------------------------------------------
+def official_noise(shape: tuple[int, ...], seed: int, device) -> torch.Tensor:
+    """The official sampler's initial noise (wan/text2video.py): one fp32 ``randn`` of [C, f, h, w] from a
+    generator on the run's device seeded with ``seed``, drawn on that device."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    return torch.randn(*shape, dtype=torch.float32, device=device, generator=generator)
+
+
+def official_sampling_loop(model, scheduler, noise: torch.Tensor, context: list, context_null: list, *, steps: int,
+                           shift: float, guide_scale: float, seq_len: int, device) -> torch.Tensor:
+    """The official ``WanT2V.generate`` loop (wan/text2video.py), restated: the scheduler's timesteps for
+    ``steps`` and ``shift`` (its ``set_timesteps(steps, device=, shift=)``); per timestep the conditional then
+    the unconditional forward on the list ``[latents]``, guidance ``uncond + s * (cond - uncond)`` on the
+    fp32 outputs, one ``scheduler.step``. ``model`` has the official signature
+    ``model(x_list, t=, context=, seq_len=) -> list``; ``scheduler`` the official scheduler's API."""
+    scheduler.set_timesteps(steps, device=device, shift=shift)
+    latents = noise
+    for t in scheduler.timesteps:
+        timestep = torch.stack([t])
+        cond = model([latents], t=timestep, context=context, seq_len=seq_len)[0]
+        uncond = model([latents], t=timestep, context=context_null, seq_len=seq_len)[0]
+        guided = uncond + guide_scale * (cond - uncond)
+        latents = scheduler.step(guided.unsqueeze(0), t, latents.unsqueeze(0), return_dict=False)[0].squeeze(0)
+    return latents
 
 
 SETUPS = {"transformer": transformer_setup, "vae": vae_setup, "text_encoder": text_encoder_setup,

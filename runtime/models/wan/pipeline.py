@@ -24,6 +24,8 @@ from vidport.runtime.pipeline import Conditioning, Denoise, PipelineState, Prepa
 from vidport.errors import UserError
 
 SCHEDULERS = ("unipc", "euler")
+SAMPLER_GRIDS = ("official", "diffusers")  # whose sigma grid the UniPC sampler steps on
+NOISE = ("diffusers", "official")  # CPU generator (diffusers) or a generator on the run's device (official)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -42,6 +44,8 @@ class WanComponents:
     dit_config: WanDiTConfig
     dtype: torch.dtype  # the DiT's compute dtype (text encoder too); the VAE stays fp32
     device: torch.device
+    sampler_grid: str = "diffusers"  # "official": the official sampler's sigmas on the scheduler
+    noise: str = "diffusers"  # "official": the initial noise drawn as the official sampler draws it
 
     @property
     def preset(self) -> str | None:
@@ -64,13 +68,29 @@ def sampling_defaults(cfg: WanDiTConfig) -> dict:
 
 
 def load_components(folder: Path, *, dtype: torch.dtype, device: torch.device, scheduler: str | None = None,
-                    flow_shift: float | None = None) -> WanComponents:
-    """A Diffusers-format Wan T2V repo folder -> components on ``device``. Every load is strict."""
+                    flow_shift: float | None = None, sampler_grid: str | None = None, noise: str = "diffusers",
+                    precision: str = "fast") -> WanComponents:
+    """A Diffusers-format Wan T2V repo folder -> components on ``device``. Every load is strict.
+
+    ``sampler_grid``: "official" (the official sampler's sigmas, ``family.official_sampling_grid``),
+    "diffusers" (the installed diffusers scheduler's own) or None (official for UniPC, the official
+    sampler; diffusers' for Euler, which the official code lacks). ``noise``: "diffusers" or "official"
+    (``PrepareLatents``). ``precision``: the native DiT's bf16 recipe, "fast" or "official" (``WanDiT``)."""
     from transformers import AutoTokenizer, UMT5EncoderModel
     from vidport.runtime.loading import load_transformer
+    from vidport.runtime.models.wan.model import WanDiT
 
+    if noise not in NOISE:
+        raise UserError(f"noise={noise!r} is not one of {', '.join(NOISE)}")
     folder = Path(folder)
-    transformer = load_transformer(folder / "transformer", family.SPEC, dtype=dtype, device=device)
+    sched = load_scheduler(folder / "scheduler", scheduler, flow_shift)
+    grid = resolve_sampler_grid(sampler_grid, sched, folder / "scheduler")
+    keep = WanDiT.OFFICIAL_FP32_MODULES if precision == "official" else ()
+    transformer = load_transformer(folder / "transformer", family.SPEC, dtype=dtype, device=device, keep_fp32=keep)
+    try:
+        transformer.set_precision(precision)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     from diffusers import AutoencoderKLWan
 
     with quiet_library_loading():
@@ -80,8 +100,38 @@ def load_components(folder: Path, *, dtype: torch.dtype, device: torch.device, s
         vae = _strict(AutoencoderKLWan, folder / "vae")
     vae = (vae if vae.dtype == torch.float32 else vae.float()).to(device)
     return WanComponents(tokenizer=tokenizer, text_encoder=text_encoder.eval(), transformer=transformer, vae=vae.eval(),
-                         scheduler=load_scheduler(folder / "scheduler", scheduler, flow_shift),
-                         dit_config=transformer.cfg, dtype=dtype, device=device)
+                         scheduler=sched, dit_config=transformer.cfg, dtype=dtype, device=device,
+                         sampler_grid=grid, noise=noise)
+
+
+# the settings of the official FlowUniPCMultistepScheduler (its defaults, as wan/text2video.py builds it) that a
+# diffusers UniPCMultistepScheduler must share for the official grid to give the official sampler
+OFFICIAL_UNIPC = {"prediction_type": "flow_prediction", "use_flow_sigmas": True, "solver_order": 2,
+                  "predict_x0": True, "solver_type": "bh2", "lower_order_final": True, "disable_corrector": [],
+                  "final_sigmas_type": "zero", "thresholding": False, "use_dynamic_shifting": False,
+                  "solver_p": None}
+
+
+def resolve_sampler_grid(grid: str | None, scheduler, where: Path) -> str:
+    """None -> "official" for UniPC, "diffusers" otherwise; "official" needs a UniPC configured as the
+    official sampler (flow prediction, order 2, bh2, ...), else one line naming the setting."""
+    from diffusers import UniPCMultistepScheduler
+
+    if grid not in (None, *SAMPLER_GRIDS):
+        raise UserError(f"sampler_grid={grid!r} is not one of {', '.join(SAMPLER_GRIDS)}")
+    unipc = isinstance(scheduler, UniPCMultistepScheduler)
+    if grid is None:
+        return "official" if unipc else "diffusers"
+    if grid == "official":
+        if not unipc:
+            raise UserError(f"the official sigma grid is the official UniPC sampler's; the scheduler is "
+                            f"{type(scheduler).__name__} (use --scheduler unipc, or --sampler-grid diffusers)")
+        cfg = scheduler.config
+        for key, want in OFFICIAL_UNIPC.items():
+            if cfg.get(key, want) != want:
+                raise UserError(f"{where}: {key}={cfg.get(key)!r}, but the official sampler has {want!r}; fix "
+                                "scheduler_config.json or use --sampler-grid diffusers")
+    return grid
 
 
 @contextlib.contextmanager
@@ -220,6 +270,30 @@ class DecodeVideo:
         return state
 
 
+class OfficialTimesteps:
+    """The official sampler's timesteps and sigmas on the diffusers UniPC scheduler.
+
+    ``set_timesteps`` resets the scheduler's state for the run; its grid (which depends on the installed
+    diffusers version) is then replaced by ``family.official_sampling_grid`` for the scheduler's shift. With
+    the official grid, diffusers' UniPC step is the official ``FlowUniPCMultistepScheduler.step``: the same
+    arithmetic on ``self.sigmas`` (kept on the CPU, as both keep them)."""
+
+    name = "timesteps"
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+
+    def __call__(self, state: PipelineState) -> PipelineState:
+        s, steps = self.scheduler, state.request.num_inference_steps
+        s.set_timesteps(steps, device=state.device)
+        sigmas, timesteps = family.official_sampling_grid(steps, s.config.flow_shift, s.config.num_train_timesteps)
+        s.sigmas = torch.from_numpy(sigmas)
+        s.timesteps = torch.from_numpy(timesteps).to(state.device)
+        s.set_begin_index(0)  # no timestep look-up (a host sync) per step
+        state.timesteps = s.timesteps
+        return state
+
+
 # ----------------------------------------------------------------------------------------------
 # The pipeline
 # ----------------------------------------------------------------------------------------------
@@ -228,8 +302,10 @@ def t2v_stages(c: WanComponents, *, cfg, on_step=None) -> list[Stage]:
     in_channels = c.dit_config.in_dim
     return [
         EncodePrompt(c.tokenizer, c.text_encoder, c.dit_config.text_len, c.dtype),
-        PrepareTimesteps(c.scheduler),
-        PrepareLatents(lambda request: latent_shape(c.vae.config, in_channels, request)),
+        OfficialTimesteps(c.scheduler) if c.sampler_grid == "official" else PrepareTimesteps(c.scheduler),
+        # official noise: wan/text2video.py draws it on a generator on the run's device
+        PrepareLatents(lambda request: latent_shape(c.vae.config, in_channels, request),
+                       on_device=c.noise == "official"),
         Denoise(c.transformer, c.scheduler, cfg, c.dtype, on_step),
         DecodeVideo(c.vae),
     ]
