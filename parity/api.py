@@ -12,14 +12,16 @@ COMPONENTS = ("transformer", "vae", "text_encoder", "pipeline")
 
 
 def parity(family: str, *, component: str = "transformer", weights: str | Path | None = None,
-           official: str | Path | None = None, dtype: str = "fp32", device: str = "cpu", seed: int = 0,
-           steps: int | None = None, save_failing: str | Path | None = None,
-           log: Callable[[str], None] | None = None):
+           official: str | Path | None = None, reference: str = "diffusers", official_root: str | Path | None = None,
+           dtype: str = "fp32", device: str = "cpu", seed: int = 0, steps: int | None = None,
+           save_failing: str | Path | None = None, log: Callable[[str], None] | None = None):
     """Compare FAMILY's native COMPONENT with its reference implementation module by module.
 
     Returns the ``ParityReport`` (``.passed``, ``.table()``, ``.to_json()``; the first failing module is
     the answer). ``weights``: a Diffusers-format repo; default the embedded tiny release, converted into
-    a temporary folder. Bad input raises ``UserError`` before any model is built."""
+    a temporary folder. ``reference``: "diffusers" (diffusers/transformers) or "official" (the family's
+    official code, imported from the checkout at ``official_root``; which components it covers is the
+    family's parity setups' answer). Bad input raises ``UserError`` before any model is built."""
     import torch
     from vidport.parity.harness import run_parity
     from vidport.parity.repos import check_repo, converted_tiny_repo, tiny_release
@@ -51,6 +53,10 @@ def parity(family: str, *, component: str = "transformer", weights: str | Path |
             if log:
                 log(f"tiny repo: {how}")
         kwargs = {"device": device}
+        if reference != "diffusers" or official_root is not None:
+            kwargs.update(reference=reference, official_root=Path(official_root) if official_root else None)
+        if component == "pipeline" and reference != "diffusers":  # the official DiT loads the release's tensors
+            kwargs["official"] = official or (tiny_release(fam) if weights is None else None)
         if component in ("transformer", "vae"):
             # the reference converts the official release itself (diffusers' single-file converters)
             kwargs["official"] = official or (tiny_release(fam) if weights is None else None)

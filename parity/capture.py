@@ -12,9 +12,14 @@ from torch import nn
 
 def first_tensor(obj) -> torch.Tensor | None:
     """The tensor an output or argument list stands for: itself, the first tensor of a tuple/list,
-    of a dict / ModelOutput (``sample``, ``last_hidden_state``, ...), or of a dataclass."""
+    of a dict / ModelOutput (``sample``, ``last_hidden_state``, ...), or of a dataclass. A *list* of
+    same-shaped tensors is a batch given as samples (official codebases pass and return videos as lists of
+    [C, F, H, W]): it stands for their stack, so it compares with a batched tensor."""
     if isinstance(obj, torch.Tensor):
         return obj
+    if isinstance(obj, list) and obj and all(isinstance(t, torch.Tensor) for t in obj) \
+            and len({t.shape for t in obj}) == 1:
+        return torch.stack(obj)
     if isinstance(obj, (tuple, list)):
         items = obj
     elif isinstance(obj, Mapping):

@@ -3,7 +3,9 @@
 Each setup returns the two modules to hook, the two callables that run them on identical inputs, and
 the name map from the reference's parameter names to the native's. The reference is always external
 code: diffusers (``WanTransformer3DModel``, ``AutoencoderKLWan`` with weights converted by diffusers'
-own ``convert_wan_vae_to_diffusers``, ``WanPipeline``) and transformers (``UMT5EncoderModel``).
+own ``convert_wan_vae_to_diffusers``, ``WanPipeline``) and transformers (``UMT5EncoderModel``) by default;
+with ``reference="official"`` the official code itself (``WanModel`` and ``FlowUniPCMultistepScheduler``
+from a user's checkout of Wan-Video/Wan2.1, never copied here) for the DiT and the whole sampler.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import nn
 from vidport.parity.harness import IDENTITY_MAP
 from vidport.porting.namemap import NameMap, Rule
 from vidport.runtime.models.wan import family
+from vidport.runtime.models.wan.config import WanDiTConfig
 
 from vidport.errors import UserError
 
@@ -88,10 +91,15 @@ def official_state_dict(release: Path, component: str) -> dict[str, torch.Tensor
 
 
 def transformer_setup(repo: Path, *, dtype=torch.float32, device="cpu", native: nn.Module | None = None,
-                      official: Path | None = None) -> Setup:
+                      official: Path | None = None, reference: str = "diffusers",
+                      official_root: Path | None = None) -> Setup:
     """``official``: an official release folder; the reference then holds the official DiT converted by
     diffusers' own ``convert_wan_transformer_to_diffusers`` (so the comparison covers `port convert` too),
-    not the repo's tensors."""
+    not the repo's tensors. ``reference="official"``: the official ``WanModel`` from the checkout at
+    ``official_root`` instead (``official_transformer_setup``)."""
+    if check_reference(reference, official_root) == "official":
+        return official_transformer_setup(repo, official_root=official_root, release=official, dtype=dtype,
+                                          device=device, native=native)
     from diffusers import WanTransformer3DModel
     from vidport.runtime.loading import load_transformer
 
@@ -132,9 +140,19 @@ def reference_vae(official_vae: Path, config: dict, *, device="cpu"):
     return vae.to(device).eval()
 
 
+def only_diffusers(component: str, reference: str) -> None:
+    """The VAE and umT5 setups compare with diffusers/transformers only (the official VAE file is already the
+    VAE reference's source, through diffusers' converter)."""
+    if reference != "diffusers":
+        raise UserError(f"{family.NAME}: --reference official covers the transformer and the pipeline, not "
+                        f"{component}; drop --reference for {component}")
+
+
 def vae_setup(repo: Path, official: Path, *, device="cpu", frames: int = 5, height: int = 16,
-              width: int = 24) -> Setup:
+              width: int = 24, reference: str = "diffusers", official_root: Path | None = None) -> Setup:
     import json
+
+    only_diffusers("vae", reference)
 
     from vidport.runtime.models.wan.pipeline import _strict
 
@@ -163,7 +181,9 @@ def vae_setup(repo: Path, official: Path, *, device="cpu", frames: int = 5, heig
 # ----------------------------------------------------------------------------------------------
 # text encoder: the runtime's EncodePrompt vs diffusers WanPipeline's prompt encoding
 # ----------------------------------------------------------------------------------------------
-def text_encoder_setup(repo: Path, *, dtype=torch.float32, device="cpu") -> Setup:
+def text_encoder_setup(repo: Path, *, dtype=torch.float32, device="cpu", reference: str = "diffusers",
+                       official_root: Path | None = None) -> Setup:
+    only_diffusers("text_encoder", reference)
     from diffusers import WanPipeline
     from transformers import AutoTokenizer, UMT5EncoderModel
     from vidport.runtime.models.wan.pipeline import EncodePrompt, _strict
@@ -200,9 +220,15 @@ def _text_len(repo: Path) -> int:
 # ----------------------------------------------------------------------------------------------
 def pipeline_setup(repo: Path, *, dtype=torch.float32, device="cpu", steps: int | None = None, seed: int = 0,
                    cfg: str = "serial", frames: int | None = None, height: int | None = None,
-                   width: int | None = None) -> Setup:
+                   width: int | None = None, reference: str = "diffusers", official_root: Path | None = None,
+                   official: Path | None = None) -> Setup:
     """The runtime against diffusers' ``WanPipeline`` (vidport in its diffusers-compatible mode: diffusers'
-    sigma grid, CPU-generator noise)."""
+    sigma grid, CPU-generator noise), or with ``reference="official"`` against the official sampling loop
+    (``official_pipeline_setup``)."""
+    if check_reference(reference, official_root) == "official":
+        return official_pipeline_setup(repo, official_root=official_root, release=official, dtype=dtype,
+                                       device=device, steps=steps, seed=seed, cfg=cfg, frames=frames,
+                                       height=height, width=width)
     from diffusers import WanPipeline
     from vidport.runtime.generator import VideoGenerator
 
@@ -246,8 +272,161 @@ def pipeline_setup(repo: Path, *, dtype=torch.float32, device="cpu", steps: int 
 
 
 # ----------------------------------------------------------------------------------------------
-# the official sampler, restated (wan/text2video.py): the reference of the official-style pipeline checks
+# the official code as the reference: a user's checkout of Wan-Video/Wan2.1 (git clone; never copied here)
 # ----------------------------------------------------------------------------------------------
+REFERENCES = ("diffusers", "official")
+OFFICIAL_REPO = "https://github.com/Wan-Video/Wan2.1"
+OFFICIAL_MODULES = {"model": "wan.modules.model", "attention": "wan.modules.attention",
+                    "scheduler": "wan.utils.fm_solvers_unipc"}
+
+
+def check_reference(reference: str, official_root) -> str:
+    if reference not in REFERENCES:
+        raise UserError(f"{family.NAME}: unknown parity reference {reference!r}; choose one of {', '.join(REFERENCES)}")
+    if reference == "official" and official_root is None:
+        raise UserError(f"--reference official needs --official-root PATH: a checkout of the official code "
+                        f"(git clone {OFFICIAL_REPO})")
+    return reference
+
+
+def sdpa_flash_attention(q, k, v, q_lens=None, k_lens=None, dropout_p=0.0, softmax_scale=None, q_scale=None,
+                         causal=False, window_size=(-1, -1), deterministic=False, dtype=torch.bfloat16,
+                         version=None):
+    """The official ``wan.modules.attention.flash_attention`` contract computed with SDPA (the shim the
+    official-reference setups install where flash-attn cannot run, e.g. on a CPU).
+
+    Same layout and scaling: q [B, Lq, N, D], k/v [B, Lk, N, D] -> [B, Lq, N, D] in q's dtype; keys at and
+    past ``k_lens[b]`` are left out (what the varlen kernel's cumulative lengths do); scale
+    ``softmax_scale`` or 1/sqrt(D); ``q_scale`` multiplies q. Precision: where the official inputs are half
+    (under autocast, v is), q and k are cast to v's dtype as the official code does before the kernel; fp32
+    inputs stay fp32 (flash-attn itself takes only half precision: a limit of the kernel, not of the model's
+    math, which is what a fp32 parity run compares)."""
+    if q_lens is not None and bool((q_lens != q.shape[1]).any()):
+        raise NotImplementedError("sdpa_flash_attention: query lengths shorter than the sequence are not used "
+                                  "by Wan T2V and not supported by the shim")
+    if tuple(window_size) != (-1, -1) or dropout_p:
+        raise NotImplementedError("sdpa_flash_attention: windowed attention and dropout are not supported")
+    out_dtype = q.dtype
+    if v.dtype in (torch.float16, torch.bfloat16):
+        q, k = q.to(v.dtype), k.to(v.dtype)
+    if q_scale is not None:
+        q = q * q_scale
+    mask = None
+    if k_lens is not None and bool((k_lens < k.shape[1]).any()):
+        mask = (torch.arange(k.shape[1], device=k.device)[None, :] < k_lens.to(k.device)[:, None])[:, None, None]
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+                                         is_causal=causal, scale=softmax_scale)
+    return out.transpose(1, 2).to(out_dtype)
+
+
+@dataclass
+class OfficialCode:
+    """The official modules loaded from a checkout, and what was substituted to run them here."""
+
+    model: Any  # wan.modules.model
+    scheduler: Any  # wan.utils.fm_solvers_unipc
+    where: str  # 'PATH @ COMMIT'
+    substituted: list[str]
+
+    def describe(self, what: str) -> str:
+        subs = f"; substituted: {'; '.join(self.substituted)}" if self.substituted else ""
+        return f"official Wan2.1 {what} ({self.where}){subs}"
+
+
+def official_code(root: Path, device) -> OfficialCode:
+    """The official model and scheduler modules of the checkout at ``root``. Where flash-attn cannot run
+    (a CPU, or not installed) the model's ``flash_attention`` is the exact SDPA shim, and the returned
+    ``substituted`` says so (parity reports carry it in the reference's name)."""
+    from vidport.parity.official import describe, load_module
+
+    model = load_module(root, OFFICIAL_MODULES["model"])
+    attention = load_module(root, OFFICIAL_MODULES["attention"])
+    flash = getattr(attention, "FLASH_ATTN_2_AVAILABLE", False) or getattr(attention, "FLASH_ATTN_3_AVAILABLE", False)
+    substituted = []
+    if torch.device(device).type == "cuda" and flash:
+        model.flash_attention = attention.flash_attention
+    else:
+        model.flash_attention = sdpa_flash_attention
+        why = "a CPU" if torch.device(device).type != "cuda" else "flash-attn is not installed"
+        substituted.append(f"wan.modules.attention.flash_attention -> vidport's SDPA shim "
+                           f"(runtime/models/wan/parity.py sdpa_flash_attention; {why})")
+    return OfficialCode(model, load_module(root, OFFICIAL_MODULES["scheduler"]), describe(root), substituted)
+
+
+def official_dit(code: OfficialCode, *, repo: Path, release: Path | None, device) -> nn.Module:
+    """The official ``WanModel`` in fp32 (the official generator keeps fp32 parameters and runs bf16 under
+    autocast) with the release's tensors, or the repo's mapped back through the reversed official->Diffusers
+    map when no release is given."""
+    import inspect
+    import json
+    import warnings
+
+    from vidport.runtime.loading import read_diffusers_config
+
+    if release is not None:
+        cfg = json.loads((Path(release) / "config.json").read_text())
+        state = official_state_dict(Path(release), "transformer")
+    else:
+        folder = check_repo(repo, "transformer")
+        cfg = WanDiTConfig.from_diffusers(read_diffusers_config(folder)).to_official()
+        from safetensors.torch import load_file
+
+        diffusers_sd = {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
+        state = NameMap.load(family.OFFICIAL_TO_DIFFUSERS["transformer"]).reverse().apply(diffusers_sd)
+    accepted = inspect.signature(code.model.WanModel.__init__).parameters
+    with warnings.catch_warnings():  # torch.cuda.amp deprecation notes of the official code
+        warnings.simplefilter("ignore")
+        model = code.model.WanModel(**{k: v for k, v in cfg.items() if k in accepted})
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return model.float().to(device).eval().requires_grad_(False)
+
+
+def official_to_native(model: nn.Module) -> NameMap:
+    """The official -> native map over the official model's tensors: the committed official->Diffusers map,
+    then Diffusers->native (``NameMap.compose``)."""
+    first = NameMap.load(family.OFFICIAL_TO_DIFFUSERS["transformer"])
+    return NameMap.compose(first, diffusers_to_native(), model.state_dict().keys())
+
+
+def autocast_like_official(dtype, device):
+    """The official generator's precision: fp32 parameters under ``autocast(dtype)`` (bf16), or plain fp32."""
+    import contextlib
+
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def official_transformer_setup(repo: Path, *, official_root: Path, release: Path | None = None, dtype=torch.float32,
+                               device="cpu", native: nn.Module | None = None) -> Setup:
+    """Native WanDiT (official precision) vs the official ``WanModel`` on the same inputs as
+    ``transformer_setup``: a list of two samples with their own timesteps, the unpadded text (the official
+    model pads it)."""
+    import warnings
+
+    from vidport.runtime.loading import load_transformer
+    from vidport.runtime.models.wan.model import WanDiT
+
+    code = official_code(official_root, device)
+    ref = official_dit(code, repo=repo, release=release, device=device)
+    folder = check_repo(repo, "transformer")
+    nat = native if native is not None else load_transformer(folder, family.SPEC, dtype=dtype, device=device,
+                                                             keep_fp32=WanDiT.OFFICIAL_FP32_MODULES)
+    nat.set_precision("official")
+    cfg = nat.cfg
+    x, t, ctx = transformer_inputs(cfg.text_dim, device, dtype, batch=2)
+    tokens = x.shape[2] // cfg.patch_size[0] * (x.shape[3] // cfg.patch_size[1]) * (x.shape[4] // cfg.patch_size[2])
+
+    def run_ref():
+        with warnings.catch_warnings(), autocast_like_official(dtype, device):
+            warnings.simplefilter("ignore")  # torch.cuda.amp deprecation notes of the official code
+            return ref(list(x.float()), t=t, context=list(ctx), seq_len=tokens)
+
+    source = f"{release.name} release" if release is not None else "repo tensors mapped back"
+    return Setup("transformer", ref, run_ref, nat, lambda: nat(x, t, ctx), official_to_native(ref),
+                 code.describe(f"WanModel ({source})"), "vidport WanDiT (precision official)")
+
+
 def official_noise(shape: tuple[int, ...], seed: int, device) -> torch.Tensor:
     """The official sampler's initial noise (wan/text2video.py): one fp32 ``randn`` of [C, f, h, w] from a
     generator on the run's device seeded with ``seed``, drawn on that device."""
@@ -271,6 +450,62 @@ def official_sampling_loop(model, scheduler, noise: torch.Tensor, context: list,
         guided = uncond + guide_scale * (cond - uncond)
         latents = scheduler.step(guided.unsqueeze(0), t, latents.unsqueeze(0), return_dict=False)[0].squeeze(0)
     return latents
+
+
+def official_pipeline_setup(repo: Path, *, official_root: Path, release: Path | None = None, dtype=torch.float32,
+                            device="cpu", steps: int | None = None, seed: int = 0, cfg: str = "serial",
+                            frames: int | None = None, height: int | None = None,
+                            width: int | None = None) -> Setup:
+    """VideoGenerator (official sigma grid, official noise, official precision) vs the official sampling loop
+    with the official ``WanModel`` and ``FlowUniPCMultistepScheduler``: latents after N steps, the DiT hooked
+    at every call. Both sides condition on the runtime's umT5 embeddings (the encoder has its own comparison,
+    against transformers); the VAE is not part of the latents."""
+    import warnings
+
+    from vidport.runtime.generator import VideoGenerator
+    from vidport.runtime.models.wan.pipeline import EncodePrompt, latent_shape
+
+    repo = Path(repo)
+    check_repo(repo, "transformer")
+    gen = VideoGenerator.from_pretrained(repo, dtype="fp32" if dtype == torch.float32 else "bf16", device=device,
+                                         attention_backend="sdpa-math", cfg=cfg, sampler_grid="official",
+                                         noise="official", precision="official")
+    code = official_code(official_root, device)
+    ref = official_dit(code, repo=repo, release=release, device=device)
+    c = gen.components
+    d = dict(gen.defaults)
+    kw = dict(num_frames=frames or d["num_frames"], height=height or d["height"], width=width or d["width"],
+              num_inference_steps=steps or d["num_inference_steps"], guidance_scale=d["guidance_scale"])
+
+    def run_ref():
+        from vidport.runtime.pipeline.validate import validate_request
+
+        request = validate_request(PROMPT, NEGATIVE, seed=seed, **kw)
+        shape = latent_shape(c.vae.config, c.dit_config.in_dim, request)
+        pt, ph, pw = c.dit_config.patch_size
+        seq_len = shape[1] // pt * (shape[2] // ph) * (shape[3] // pw)
+        encode = EncodePrompt(c.tokenizer, c.text_encoder, c.dit_config.text_len, c.dtype)
+        context = [encode.embed(PROMPT, c.device)[0]]
+        context_null = [encode.embed(NEGATIVE, c.device)[0]]
+        scheduler = code.scheduler.FlowUniPCMultistepScheduler(num_train_timesteps=family.NUM_TRAIN_TIMESTEPS,
+                                                               shift=1, use_dynamic_shifting=False)
+        with warnings.catch_warnings(), autocast_like_official(dtype, device):
+            warnings.simplefilter("ignore")
+            latents = official_sampling_loop(ref, scheduler, official_noise(shape, seed, c.device), context,
+                                             context_null, steps=kw["num_inference_steps"],
+                                             shift=c.scheduler.config.flow_shift,
+                                             guide_scale=kw["guidance_scale"], seq_len=seq_len, device=c.device)
+        return latents.unsqueeze(0)
+
+    def run_native():
+        gen.generate_video(PROMPT, negative_prompt=NEGATIVE, seed=seed, **kw)
+        return gen.last_state.latents
+
+    name_map = prefixed({"transformer": official_to_native(ref)})
+    return Setup("pipeline", nn.ModuleDict({"transformer": ref}), run_ref,
+                 nn.ModuleDict({"transformer": c.transformer}), run_native, name_map,
+                 code.describe("sampling loop (WanModel + FlowUniPCMultistepScheduler, wan/text2video.py's loop)"),
+                 f"vidport VideoGenerator (cfg={cfg}; official grid, noise, precision)")
 
 
 SETUPS = {"transformer": transformer_setup, "vae": vae_setup, "text_encoder": text_encoder_setup,
