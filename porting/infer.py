@@ -48,6 +48,9 @@ from vidport.porting.sources import TensorInfo
 # difference (time_embed vs text_embed) beats one swapped neighbour. The container index is only a
 # faint hint in the assignment (Wan VAE renumbers its decoder); in the swap test it counts fully.
 W_NAME, W_CONTEXT, W_DTYPE = 1.0, 1.0, 0.05
+# the tokens that tell a class's members apart (context vs x, txt vs img), weighed on their own: in a long
+# path one such token is a small share of the whole-name similarity, yet it is the name's real evidence
+W_DISTINCT = 0.5
 W_ORDER_STEP, W_INDEX_HINT, W_INDEX = 0.1, 0.02, 0.5
 EPS = 1e-9
 
@@ -285,8 +288,10 @@ def _common_prefix(a: str, b: str) -> str:
 # the matcher
 # ----------------------------------------------------------------------------------------------
 class _Matcher:
-    def __init__(self, source: Mapping[str, TensorInfo], target: Mapping[str, TensorInfo]):
+    def __init__(self, source: Mapping[str, TensorInfo], target: Mapping[str, TensorInfo],
+                 all_target: Mapping[str, TensorInfo] | None = None):
         self.source, self.target = dict(source), dict(target)
+        self.all_target = dict(all_target) if all_target is not None else self.target  # settled ones too
         self.src_informative = order_is_informative(list(source))
         self.tgt_informative = order_is_informative(list(target))
         self.order_ok = self.src_informative and self.tgt_informative
@@ -314,7 +319,9 @@ class _Matcher:
 
         _rank(S)
         _rank(T)
-        base = np.array([[self._base_cost(s, t, use_context=use_context) for t in T] for s in S])
+        ds, dt = _distinct_tokens(S), _distinct_tokens(T)
+        base = np.array([[self._base_cost(s, t, use_context=use_context)
+                          + W_DISTINCT * (1.0 - name_similarity(ds[s.path], dt[t.path])) for t in T] for s in S])
         index = np.array([[float(s.index != t.index) for t in T] for s in S])
         # displacement in positions of the larger class
         steps = max(len(S), len(T)) - 1
@@ -383,13 +390,15 @@ class _Matcher:
                 self._assign(S, T, use_context=False)
         # 2. merges/splits: unmatched modules whose name the parts of unmatched siblings spell
         self._merges_and_splits()
+        # 2b. fused tensors whose names spell nothing (linear1 -> attn.to_q, to_k, to_v, proj_mlp): modules
+        # where the context puts the whole, whose shapes concatenate exactly (before they are taken as renames)
+        self._fuse_by_shapes(final=False)
         # 3. the rest, now with context (uneven classes, leftovers)
         for S, T in self.classes().values():
             if S and T:
                 self._assign(S, T, use_context=True)
-        # 3b. fused tensors whose names spell nothing (img_attn_qkv -> to_q, to_k, to_v; linear1 -> q, k,
-        # v, mlp): sibling modules where the context puts them, whose shapes concatenate exactly
-        self._fuse_by_shapes()
+        # 3b. what the renames left: fused groups that were ambiguous before
+        self._fuse_by_shapes(final=True)
         # 4. ties: a target whose only candidate source is already used
         self._ties()
         # 5. key level: modules that were cut differently; then equal-numel reshapes
@@ -399,27 +408,39 @@ class _Matcher:
     def _merges_and_splits(self) -> None:
         """Unmatched modules whose last name is spelled by the parts of several unmatched siblings on the
         other side (qkv <- to_q, to_k, to_v), when the shapes concatenate. A module whose signature the
-        other side also has may still be a merge (a tiny model's kv can look like its ffn input)."""
+        other side also has may still be a merge (a tiny model's kv can look like its ffn input). Wholes
+        that tie between the same candidate groups (img_attn.qkv and txt_attn.qkv between to_q/k/v and
+        add_q/k/v_proj) are paired in key order when the order is evidence, else left unresolved."""
         free_s = [m for m in self.smods.values() if m.path not in self.used_s]
         free_t = [m for m in self.tmods.values() if m.path not in self.used_t]
         index_s, index_t = _PartIndex(free_s), _PartIndex(free_t)
-        for t in free_t:
-            self._fuse(t, index_s, merge=True)
-        for s in free_s:
-            self._fuse(s, index_t, merge=False)
+        for wholes, index, merge in ((free_t, index_s, True), (free_s, index_t, False)):
+            contested: dict[tuple, list[tuple[_Module, list]]] = defaultdict(list)
+            for whole in wholes:
+                best = self._fuse_candidates(whole, index, merge=merge)
+                if not best:
+                    continue
+                top = [b for b in best if abs(b[0] - best[0][0]) <= EPS]
+                if len(top) == 1:
+                    self._do_fuse(whole, top[0][2], top[0][3], top[0][4], merge=merge)
+                else:
+                    contested[tuple(sorted(",".join(g.path for g in b[2]) for b in top))].append((whole, top))
+            for tied in contested.values():
+                self._pair_tied_by_order(tied, merge=merge)
 
-    def _fuse(self, whole: _Module, index: _PartIndex, *, merge: bool) -> None:
-        """Find the group of sibling modules whose parts concatenate into ``whole``."""
+    def _fuse_candidates(self, whole: _Module, index: _PartIndex, *, merge: bool) -> list:
+        """(score, -position, group, parts, dim) of every sibling group whose parts spell the whole's
+        name (or one token of it) and concatenate into it, best first."""
         used = self.used_s if merge else self.used_t
         if whole.path in (self.used_t if merge else self.used_s):
-            return
+            return []
         word = whole.path.rpartition(".")[2]
         # the fused name may be one token of the last segment: img_attn_qkv -> qkv, kv_linear -> kv
         words = [word] + [w for w in word.split("_") if w != word and len(w) > 1]
         best: list[tuple[float, int, list[_Module], tuple[str, ...], int]] = []
         groups = [g for w in dict.fromkeys(words) for g in index.groups(w, used)]
         for group, parts in groups:
-            dim = _concat_dim([g for g in group], whole)
+            dim = _concat_dim(list(group), whole)
             if dim is None:
                 continue
             ctx = (self.ctx.score(group[0].path, whole.path) if merge
@@ -428,60 +449,121 @@ class _Matcher:
             sim = name_similarity(name_tokens(grp_parent), name_tokens(parent(whole.path)))
             score = W_CONTEXT * ctx + W_NAME * sim + W_INDEX * (first_index(grp_parent) == whole.index)
             best.append((score, -group[0].pos, group, parts, dim))
-        if not best:
-            return
         best.sort(key=lambda b: (-b[0], -b[1]))
-        if len(best) > 1 and abs(best[0][0] - best[1][0]) <= EPS:
-            side = "target" if merge else "source"
-            cands = [",".join(g.path for g in b[2]) for b in best if abs(b[0] - best[0][0]) <= EPS]
+        return best
+
+    def _pair_tied_by_order(self, tied: list[tuple[_Module, list]], *, merge: bool) -> None:
+        """Wholes that tie between the same groups: paired in key order (the n-th whole with the n-th
+        group) when both listings are in module order and the counts agree; otherwise unresolved."""
+        groups = sorted(tied[0][1], key=lambda b: b[2][0].pos)
+        rivals = [w for w, _ in tied]
+        wholes = sorted(tied, key=lambda wt: wt[0].pos if merge else self._anchored_rank(wt[0], rivals))
+        free = [b for b in groups if not any(g.path in (self.used_s if merge else self.used_t) for g in b[2])]
+        # paired in the order their subtrees' name-decided anchors went (_anchored_rank), else key order
+        if self.order_ok and len(wholes) == len(free):
+            for (whole, _), b in zip(wholes, free):
+                self._do_fuse(whole, b[2], b[3], b[4], merge=merge, by_order=True)
+            return
+        side = "target" if merge else "source"
+        cands = [",".join(g.path for g in b[2]) for b in groups]
+        for whole, _ in wholes:
             for leaf in whole.leaves:
                 self.unresolved.append(Unresolved(_key(whole.path, leaf), side,
                                                   "several groups concatenate to it equally well", cands))
             (self.used_t if merge else self.used_s).add(whole.path)
-            return
-        _, _, group, parts, dim = best[0]
+
+    def _anchored_rank(self, whole: _Module, rivals: list[_Module]) -> tuple[float, int]:
+        """Where a (source) whole's own subtree went: the mean target position of the name-decided
+        correspondences under the segment that tells it from its rivals (``context_block`` vs ``x_block``).
+        Subtrees may be listed in another order on the two sides (an official block's context stream first,
+        the Diffusers block's second); without anchors, key order."""
+        segs = whole.path.split(".")
+        others = [r.path.split(".") for r in rivals if r is not whole]
+        n = next((i for i in range(len(segs)) if any(i >= len(o) or o[i] != segs[i] for o in others)), len(segs))
+        subtree = ".".join(segs[:n + 1]) + "."
+        pos_t = {k: i for i, k in enumerate(self.all_target)}
+        anchors = [pos_t[t] for c in self.out if not c.by_order and c.kind in ("rename", "tie")
+                   if c.sources[0].startswith(subtree) for t in c.targets if t in pos_t]
+        return (sum(anchors) / len(anchors), whole.pos) if anchors else (float(whole.pos), whole.pos)
+
+    def _do_fuse(self, whole: _Module, group: list[_Module], parts: tuple[str, ...], dim: int, *, merge: bool,
+                 by_order: bool = False) -> None:
+        used = self.used_s if merge else self.used_t
         for g in group:
             used.add(g.path)
         (self.used_t if merge else self.used_s).add(whole.path)
         for leaf in whole.leaves:
             members = tuple(_key(g.path, leaf) for g in group)
             if merge:
-                self.out.append(Correspondence("merge", members, (_key(whole.path, leaf),), parts=parts, dim=dim))
+                self.out.append(Correspondence("merge", members, (_key(whole.path, leaf),), parts=parts, dim=dim,
+                                               by_order=by_order))
             else:
-                self.out.append(Correspondence("split", (_key(whole.path, leaf),), members, parts=parts, dim=dim))
+                self.out.append(Correspondence("split", (_key(whole.path, leaf),), members, parts=parts, dim=dim,
+                                               by_order=by_order))
         for g in group:
             if merge:
                 self.ctx.add(g.path, whole.path)
             else:
                 self.ctx.add(whole.path, g.path)
 
-    def _fuse_by_shapes(self) -> None:
+    def _fuse_by_shapes(self, *, final: bool) -> None:
         free_s = [m for m in self.smods.values() if m.path not in self.used_s]
         free_t = [m for m in self.tmods.values() if m.path not in self.used_t]
-        for whole in free_s:  # splits: one source module -> sibling target modules
-            self._fuse_siblings(whole, free_t, merge=False)
+        for whole in free_s:  # splits: one source module -> target modules
+            self._fuse_siblings(whole, free_t, free_s, merge=False, final=final)
         free_s = [m for m in free_s if m.path not in self.used_s]
-        for whole in free_t:  # merges: sibling source modules -> one target module
-            self._fuse_siblings(whole, free_s, merge=True)
+        free_t = [m for m in free_t if m.path not in self.used_t]
+        for whole in free_t:  # merges: source modules -> one target module
+            self._fuse_siblings(whole, free_s, free_t, merge=True, final=final)
 
-    def _fuse_siblings(self, whole: _Module, pool: list[_Module], *, merge: bool) -> None:
+    def _fuse_siblings(self, whole: _Module, pool: list[_Module], rivals: list[_Module], *, merge: bool,
+                       final: bool) -> None:
         used_other = self.used_s if merge else self.used_t
         if whole.path in (self.used_t if merge else self.used_s):
             return
+
+        def here(a: _Module, b: _Module) -> bool:  # b lies where the context places a (a on whole's side)
+            return (self.ctx.score(b.path, a.path) if merge else self.ctx.score(a.path, b.path)) == 1.0
+
+        near = [m for m in pool if m.path not in used_other and set(m.leaves) == set(whole.leaves)
+                and _could_concat(m, whole) and here(whole, m)]
+        # not modules that other free modules of the whole's side can fill by renames, as many as there are
+        # (an adaLN linear beside the fused q/k/v/mlp): only a signature's surplus can be parts
+        region: list[_Module] = []
+        for sig in dict.fromkeys(m.signature for m in near):
+            same = [m for m in near if m.signature == sig]
+            taken = self.used_t if merge else self.used_s
+            fillers = {r.path for r in rivals if r is not whole and r.path not in taken
+                       and r.signature == sig and any(here(r, m) for m in same)}
+            if len(same) > len(fillers):
+                region += same
+        region.sort(key=lambda m: m.pos)
         siblings: dict[str, list[_Module]] = defaultdict(list)
-        for m in pool:
-            if m.path in used_other or set(m.leaves) != set(whole.leaves):
-                continue
-            # only where the context places the whole: its matched ancestors went to this parent
-            where = self.ctx.score(m.path, whole.path) if merge else self.ctx.score(whole.path, m.path)
-            if where == 1.0:
-                siblings[parent(m.path)].append(m)
+        for m in region:
+            siblings[parent(m.path)].append(m)
         found = []
-        for group in siblings.values():
-            group = [m for m in sorted(group, key=lambda m: m.pos) if _could_concat(m, whole)]
-            if 2 <= len(group) <= 10:
+        for group in siblings.values():  # siblings first; then anywhere in the region (q/k/v under attn
+            if 2 <= len(group) <= 10:     # and proj_mlp beside it)
                 found.extend(_concat_subsets(group, whole))
-        if len(found) != 1:
+        if not found and 2 <= len(region) <= 10:
+            found.extend(_concat_subsets(region, whole))
+        if len(found) > 1 and not final:
+            return  # ambiguous now: the renames may settle it (tried again after them)
+        cross = len(found) == 1 and len({parent(m.path) for m in found[0][0]}) > 1
+        if len(found) != 1 or cross:
+            if cross:  # the sizes fit, but across modules nothing says in which order the parts are fused
+                side = "target" if merge else "source"
+                for leaf in whole.leaves:
+                    self.unresolved.append(Unresolved(
+                        _key(whole.path, leaf), side, "fused by shape arithmetic, but the order of its parts is "
+                        "not known from names (--match-values decides it)", [_key(m.path, leaf) for m in found[0][0]]))
+                    for m in found[0][0]:
+                        self.unresolved.append(Unresolved(_key(m.path, leaf), "source" if merge else "target",
+                                                          f"part of {_key(whole.path, leaf)} (order unknown)"))
+                for m in found[0][0]:
+                    used_other.add(m.path)
+                (self.used_t if merge else self.used_s).add(whole.path)
+                return
             if len(found) > 1:  # precision before coverage: say so instead of picking one
                 side = "target" if merge else "source"
                 cands = [",".join(m.path for m in s[0]) for s in found[:6]]
@@ -491,7 +573,7 @@ class _Matcher:
                 (self.used_t if merge else self.used_s).add(whole.path)
             return
         group, dim = found[0]
-        parts = tuple(m.path.rpartition(".")[2] for m in group)
+        parts = _relative_parts([m.path for m in group])
         equal = all(len({m.leaves[leaf].shape[dim] for m in group}) == 1 for leaf in whole.leaves)
         for m in group:
             used_other.add(m.path)
@@ -524,7 +606,7 @@ class _Matcher:
             self.used_t.add(t.path)
             for sl, tl in pairs:
                 old = renamed[_key(s.path, sl)]
-                targets = tuple(sorted(old.targets + (_key(t.path, tl),), key=list(self.target).index))
+                targets = tuple(sorted(old.targets + (_key(t.path, tl),), key=list(self.all_target).index))
                 new = Correspondence("tie", old.sources, targets)
                 self.out[self.out.index(old)] = new
                 renamed[old.sources[0]] = new
@@ -557,7 +639,7 @@ class _Matcher:
                     "reshape look alike by shape)", cands))
                 continue
             # every target of this shape is filled already: perhaps a tied copy of a source that maps there
-            filled = [t for c in self.out for t in c.targets if self.target[t].shape == shape]
+            filled = [t for c in self.out for t in c.targets if self.all_target[t].shape == shape]
             self.unresolved.append(Unresolved(
                 s.path, "source", "every target tensor of this shape is already filled; if this is a tied copy "
                 "of the tensor that fills one, drop it" if filled else "no target tensor of this size", filled))
@@ -601,6 +683,12 @@ def _numel(shape: tuple[int, ...]) -> int:
     for d in shape:
         n *= d
     return n
+
+
+def _distinct_tokens(mods: list[_Module]) -> dict[str, tuple[str, ...]]:
+    """Each module's name tokens minus those every module of the class has."""
+    common = set.intersection(*(set(m.tokens) for m in mods)) if mods else set()
+    return {m.path: tuple(t for t in m.tokens if t not in common) for m in mods}
 
 
 def _rank(mods: list[_Module]) -> None:
@@ -695,6 +783,15 @@ def _spell(members: list[tuple[str, _Module]], word: str) -> list[tuple[str, _Mo
             if rest is not None:
                 return [(part, m)] + rest
     return None
+
+
+def _relative_parts(paths: list[str]) -> tuple[str, ...]:
+    """What the paths say past their common leading segments (attn.to_q, ..., proj_mlp)."""
+    segs = [p.split(".") for p in paths]
+    n = 0
+    while all(len(s) > n + 1 for s in segs) and len({s[n] for s in segs}) == 1:
+        n += 1
+    return tuple(".".join(s[n:]) for s in segs)
 
 
 def _could_concat(m: _Module, whole: _Module) -> bool:
@@ -814,7 +911,7 @@ def infer(source: Mapping[str, TensorInfo], target: Mapping[str, TensorInfo],
     done_s |= set(exact)
     done_t |= set(exact.values())
     m = _Matcher({k: v for k, v in source.items() if k not in done_s},
-                 {k: v for k, v in target.items() if k not in done_t})
+                 {k: v for k, v in target.items() if k not in done_t}, all_target=target)
     settled = list(decided) + [Correspondence("rename", (s,), (t,), exact=True) for s, t in exact.items()]
     for c in settled:  # context for what the evidence leaves open: where matched subtrees went
         for s in c.sources:
