@@ -6,6 +6,11 @@ References are rendered by the reference implementation (the diffusers pipeline 
 ``WanPipeline``) on the same
 weights; ``check`` renders with the vidport runtime and compares frame by frame with scikit-image's
 ``structural_similarity(channel_axis=-1, data_range=255)`` on uint8 RGB frames.
+
+References rendered by the family's official code (``reference="official"``, from a checkout: the family's
+``official_render``) live one folder down, in ``.../<attention-backend>/official/``, and are checked against the
+runtime in its official mode (official sigma grid, noise and precision); the diffusers ones against its
+diffusers-compatible mode.
 """
 
 from __future__ import annotations
@@ -78,8 +83,17 @@ def slug(text: str, max_len: int = 48) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:max_len].rstrip("-")
 
 
-def reference_path(family: str, dev_class: str, backend: str, prompt: str, seed: int, root: Path = REFS) -> Path:
-    return Path(root) / family / dev_class / backend / f"{slug(prompt)}-seed{seed}.mp4"
+REFERENCES = ("diffusers", "official")
+
+
+def reference_dir(family: str, dev_class: str, backend: str, root: Path = REFS, reference: str = "diffusers") -> Path:
+    folder = Path(root) / family / dev_class / backend
+    return folder / "official" if reference == "official" else folder
+
+
+def reference_path(family: str, dev_class: str, backend: str, prompt: str, seed: int, root: Path = REFS,
+                   reference: str = "diffusers") -> Path:
+    return reference_dir(family, dev_class, backend, root, reference) / f"{slug(prompt)}-seed{seed}.mp4"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -168,8 +182,9 @@ def write_reference(frames: np.ndarray, path: Path, meta: dict) -> Path:
     return path
 
 
-def list_references(family: str, dev_class: str, backend: str, root: Path = REFS) -> list[Path]:
-    return sorted((Path(root) / family / dev_class / backend).glob("*.mp4"))
+def list_references(family: str, dev_class: str, backend: str, root: Path = REFS,
+                    reference: str = "diffusers") -> list[Path]:
+    return sorted(reference_dir(family, dev_class, backend, root, reference).glob("*.mp4"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -294,18 +309,21 @@ def render_reference(repo: Path, s: RenderSettings, *, device: str, dtype: str, 
     return (np.asarray(video, dtype=np.float64) * 255).round().clip(0, 255).astype(np.uint8)
 
 
-# the runtime's settings that sample as the diffusers pipeline does (its sigma grid, CPU-generator noise, the
-# residual stream in the compute dtype): what a render compared with a diffusers reference must use
+# the runtime's settings that sample as each reference does: as the diffusers pipeline (its sigma grid,
+# CPU-generator noise, the residual stream in the compute dtype) or as the official code
 DIFFUSERS_COMPATIBLE = {"sampler_grid": "diffusers", "noise": "diffusers", "precision": "fast"}
+RUNTIME_MODES = {"diffusers": DIFFUSERS_COMPATIBLE,
+                 "official": {"sampler_grid": "official", "noise": "official", "precision": "official"}}
 
 
-def render_ours(repo: Path, s: RenderSettings, *, device: str, dtype: str, backend: str, generator=None):
-    """vidport VideoGenerator in its diffusers-compatible mode -> uint8 [F, H, W, 3]. Pass ``generator`` to
+def render_ours(repo: Path, s: RenderSettings, *, device: str, dtype: str, backend: str, generator=None,
+                reference: str = "diffusers"):
+    """vidport VideoGenerator in the mode matching ``reference`` -> uint8 [F, H, W, 3]. Pass ``generator`` to
     reuse loaded weights."""
     from vidport.runtime.generator import VideoGenerator
 
     gen = generator or VideoGenerator.from_pretrained(repo, device=device, dtype=dtype, attention_backend=backend,
-                                                      **DIFFUSERS_COMPATIBLE)
+                                                      **RUNTIME_MODES[reference])
     return gen.generate_video(s.prompt, negative_prompt=s.negative_prompt, num_frames=s.num_frames,
                               height=s.height, width=s.width, num_inference_steps=s.num_inference_steps,
                               guidance_scale=s.guidance_scale, seed=s.seed)
@@ -349,47 +367,74 @@ def defaults_for(device: str, dtype: str | None, backend: str | None) -> tuple[s
 
 def generate_references(family: str, repo: Path, *, device: str = "cpu", dtype: str | None = None,
                         backend: str | None = None, prompts: list[tuple[str, int]] | None = None,
-                        root: Path = REFS, log=print, weights_label: str | None = None, **overrides) -> list[Path]:
-    """Render references with the diffusers pipeline the repo names and write them under ``root``."""
+                        root: Path = REFS, log=print, weights_label: str | None = None, reference: str = "diffusers",
+                        official_root: Path | None = None, **overrides) -> list[Path]:
+    """Render references with the diffusers pipeline the repo names (or, ``reference="official"``, with the
+    family's official code from the checkout at ``official_root``) and write them under ``root``."""
     dtype, backend = defaults_for(device, dtype, backend)
     from vidport.families import get_family
 
-    prompts = prompts or list(get_family(family).ssim.prompts)
+    fam = get_family(family)
+    render_official = _official_renderer(fam, reference, official_root)
+    prompts = prompts or list(fam.ssim.prompts)
     if not prompts:
         raise UserError(f"no reference prompts for family {family!r}; pass --prompt")
     dev_class = device_class(device)
     written = []
     for prompt, seed in prompts:
         s = default_settings(repo, prompt, seed, **overrides)
-        frames = render_reference(repo, s, device=device, dtype=dtype, backend=backend)
-        path = reference_path(family, dev_class, backend, prompt, seed, root)
         meta = metadata(repo, s, family=family, device=device, dtype=dtype, backend=backend,
                         weights_label=weights_label)
+        if render_official is None:
+            frames = render_reference(repo, s, device=device, dtype=dtype, backend=backend)
+        else:
+            frames, info = render_official(repo, s, official_root=Path(official_root), device=device, dtype=dtype,
+                                           backend=backend)
+            meta["reference_implementation"] = {**info, "attention_backend": backend}
+        path = reference_path(family, dev_class, backend, prompt, seed, root, reference)
         write_reference(frames, path, meta)
         log(f"wrote {path} ({frames.shape[0]} frames {frames.shape[2]}x{frames.shape[1]}, WxH)")
         written.append(path)
     return written
 
 
+def _official_renderer(fam, reference: str, official_root: Path | None):
+    """The family's ``official_render`` for ``reference="official"`` (None for diffusers), or a one-line error."""
+    if reference not in REFERENCES:
+        raise UserError(f"unknown reference {reference!r}; choose one of {', '.join(REFERENCES)}")
+    if reference == "diffusers":
+        return None
+    if not fam.official_render:
+        raise UserError(f"{fam.name} declares no official renderer (FamilySpec.official_render); use --reference "
+                        "diffusers")
+    if official_root is None:
+        raise UserError("--reference official needs --official-root PATH: a checkout of the family's official code")
+    return fam.load(fam.official_render)
+
+
 def check_references(family: str, repo: Path, *, device: str = "cpu", dtype: str | None = None,
                      backend: str | None = None, root: Path = REFS, failure_dir: Path | None = None,
-                     seed_offset: int = 0) -> list[SSIMResult]:
-    """Render every reference of (family, device class, backend) with vidport and compare.
+                     seed_offset: int = 0, reference: str = "diffusers") -> list[SSIMResult]:
+    """Render every reference of (family, device class, backend, reference implementation) with vidport, in
+    the runtime mode matching that reference, and compare.
 
     ``seed_offset`` perturbs our seeds (a run that must fail; used by the suite's negative test).
     """
     from vidport.runtime.generator import VideoGenerator
 
+    if reference not in REFERENCES:
+        raise UserError(f"unknown reference {reference!r}; choose one of {', '.join(REFERENCES)}")
     dtype, backend = defaults_for(device, dtype, backend)
     dev_class = device_class(device)
-    refs = list_references(family, dev_class, backend, root)
+    refs = list_references(family, dev_class, backend, root, reference)
     if not refs:
-        raise UserError(f"no references under {Path(root) / family / dev_class / backend}; render them with "
-                        f"`port ssim-refs generate {family} --weights REPO --device {device}`")
+        how = " --reference official --official-root CHECKOUT" if reference == "official" else ""
+        raise UserError(f"no references under {reference_dir(family, dev_class, backend, root, reference)}; render "
+                        f"them with `port ssim-refs generate {family} --weights REPO --device {device}{how}`")
     thr = threshold(family, dev_class)
     identity = weights_identity(repo)
     gen = VideoGenerator.from_pretrained(repo, device=device, dtype=dtype, attention_backend=backend,
-                                         **DIFFUSERS_COMPATIBLE)
+                                         **RUNTIME_MODES[reference])
     results = []
     for ref in refs:
         meta = json.loads(ref.with_suffix(".json").read_text())

@@ -23,6 +23,10 @@ def _options(f):
                           "diffusers uses the same kernel. `port info` lists the backends.")(f)
     f = click.option("--refs", type=click.Path(path_type=Path), default=None,
                      help="Reference root (default: ssim_refs/ of this checkout).")(f)
+    f = click.option("--reference", type=click.Choice(["diffusers", "official"]), default="diffusers",
+                     show_default=True,
+                     help="Reference implementation: the diffusers pipeline, or the family's official code "
+                          "(rendered from --official-root; checked against vidport's official mode).")(f)
     return f
 
 
@@ -77,11 +81,14 @@ def ssim_refs():
 @click.option("--height", type=int, default=None, help="Height in pixels [default: the preset's].")
 @click.option("--width", type=int, default=None, help="Width in pixels [default: the preset's].")
 @click.option("--steps", type=int, default=None, help="Denoising steps [default: the preset's].")
+@click.option("--official-root", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="A checkout of the family's official code, for --reference official (imported, never copied).")
 @json_option("the written references")
-def generate(family, weights, device, dtype, backend, refs, prompts, seeds, num_frames, frames_deprecated, height,
-             width, steps, as_json):
+def generate(family, weights, device, dtype, backend, refs, reference, prompts, seeds, num_frames, frames_deprecated,
+             height, width, steps, official_root, as_json):
     """Render FAMILY's reference videos with the reference implementation (the diffusers pipeline the
-    repo's model_index.json names, e.g. WanPipeline for wan2.1-t2v)."""
+    repo's model_index.json names, e.g. WanPipeline for wan2.1-t2v; or, with --reference official, the
+    family's official code; the metadata records which)."""
     from vidport.parity.ssim import REFS, generate_references
 
     frames = prefer(num_frames, frames_deprecated, new="--num-frames", old="--frames")
@@ -95,7 +102,8 @@ def generate(family, weights, device, dtype, backend, refs, prompts, seeds, num_
         written = generate_references(family, _repo(family, weights, tmp), device=device, dtype=dtype,
                                       backend=backend, prompts=pairs, root=refs or REFS,
                                       log=(lambda m: None) if as_json else click.echo,
-                                      weights_label=_label(family, weights), num_frames=frames, height=height,
+                                      weights_label=_label(family, weights), reference=reference,
+                                      official_root=official_root, num_frames=frames, height=height,
                                       width=width, num_inference_steps=steps)
     if as_json:
         click.echo(json.dumps({"written": [str(p) for p in written]}, indent=2))
@@ -107,7 +115,7 @@ def generate(family, weights, device, dtype, backend, refs, prompts, seeds, num_
 @click.option("--failures", type=click.Path(path_type=Path), default=Path("ssim_failures"), show_default=True,
               help="Where side-by-side PNGs of failing videos' worst frames go.")
 @json_option("one result per reference")
-def check(family, weights, device, dtype, backend, refs, failures, as_json):
+def check(family, weights, device, dtype, backend, refs, reference, failures, as_json):
     """Render FAMILY's references with vidport and compare per-frame SSIM; exit 1 on any failure."""
     from vidport.parity.ssim import REFS, check_references
 
@@ -116,7 +124,7 @@ def check(family, weights, device, dtype, backend, refs, failures, as_json):
     device = _check_device(device)
     with tempfile.TemporaryDirectory(prefix="vidport-ssim-") as tmp:
         results = check_references(family, _repo(family, weights, tmp), device=device, dtype=dtype, backend=backend,
-                                   root=refs or REFS, failure_dir=failures)
+                                   root=refs or REFS, failure_dir=failures, reference=reference)
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in results], indent=2))
     else:

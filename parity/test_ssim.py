@@ -123,3 +123,26 @@ def test_port_ssim_refs_commands(tiny_repo, tmp_path):
     assert check.exit_code == 0, check.output
     (result,) = json.loads(check.stdout)
     assert result["passed"] and result["threshold"] == {"mean": 0.99, "min": 0.98}
+
+
+def test_official_references_pass_in_the_official_mode_only(tiny_repo):
+    """References rendered by the official code (`port ssim-refs generate --reference official`: the official
+    WanModel and scheduler from a checkout, the official noise, frames floored as cache_video); checking them
+    needs no checkout. vidport in its official mode passes; its diffusers-compatible mode measured 0.95-0.96."""
+    refs = ssim.list_references(FAMILY, "cpu", "sdpa-math", reference="official")
+    assert len(refs) == len(get_family(FAMILY).ssim.prompts)
+    for mp4 in refs:
+        meta = json.loads(mp4.with_suffix(".json").read_text())
+        impl = meta["reference_implementation"]
+        assert impl["kind"] == "official" and impl["name"].startswith("official Wan2.1 sampling loop")
+        assert impl["substituted"] and "SDPA shim" in impl["substituted"][0]  # rendered on a CPU
+        np.testing.assert_array_equal(ssim.read_video(mp4), np.load(mp4.with_suffix(".npz"))["frames"])
+    results = ssim.check_references(FAMILY, tiny_repo, device="cpu", backend="sdpa-math", reference="official")
+    assert len(results) == len(refs)
+    for r in results:
+        assert r.passed and r.mean >= 0.999, r.summary()
+
+
+def test_official_references_need_a_checkout(tiny_repo, tmp_path):
+    with pytest.raises(ssim.UserError, match="--reference official needs --official-root"):
+        ssim.generate_references(FAMILY, tiny_repo, root=tmp_path, reference="official")

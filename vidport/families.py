@@ -86,10 +86,14 @@ class FamilySpec:
     # --- parity -------------------------------------------------------------------------------
     parity_setups: str  # "module:attribute": {component: setup function}
     ssim: SSIMSpec
+    # optional: "module:function" (repo, RenderSettings, official_root=, device=, dtype=, backend=) -> (uint8
+    # frames, reference description): an SSIM reference rendered by the family's official code (a checkout)
+    official_render: str = ""
     facts: Mapping[str, Any] = field(default_factory=dict)  # anything else, for the family's own modules
 
     def __post_init__(self) -> None:
-        missing = [f.name for f in dataclasses.fields(self) if f.name != "facts" and not getattr(self, f.name)]
+        optional = ("official_render", "facts")
+        missing = [f.name for f in dataclasses.fields(self) if f.name not in optional and not getattr(self, f.name)]
         if missing:
             raise UserError(f"model family {self.name or '?'} is incomplete: no {', '.join(missing)} "
                             "(see vidport/families.py FamilySpec)")

@@ -195,6 +195,7 @@ SPEC = FamilySpec(
     geometry=Geometry(frame_stride=4, spatial_multiple=16, text_len=512),
     parallel_plan="vidport.runtime.models.wan.parallel:parallelize_wan",
     parity_setups="vidport.runtime.models.wan.parity:SETUPS",
+    official_render="vidport.runtime.models.wan.parity:official_render",
     ssim=SSIMSpec(
         prompts=(("a cat walks on the grass in the sun", 0), ("a car drives through a city at night", 1)),
         # CPU fp32 renders of the same weights differ only by float rounding between diffusers and vidport,

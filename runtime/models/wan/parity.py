@@ -452,6 +452,67 @@ def official_sampling_loop(model, scheduler, noise: torch.Tensor, context: list,
     return latents
 
 
+def official_latents(c, code: OfficialCode, dit: nn.Module, *, prompt: str, negative: str, seed: int, dtype,
+                     num_frames: int, height: int, width: int, num_inference_steps: int,
+                     guidance_scale: float) -> torch.Tensor:
+    """The official sampling loop's final latents [C, f, h, w] for a request: the official noise, the official
+    scheduler from the checkout with the components' shift, ``dit`` (the official WanModel) under the official
+    precision, conditioned on the runtime's umT5 embeddings of ``c`` (loaded components)."""
+    import warnings
+
+    from vidport.runtime.models.wan.pipeline import EncodePrompt, latent_shape
+    from vidport.runtime.pipeline.validate import validate_request
+
+    request = validate_request(prompt, negative, seed=seed, num_frames=num_frames, height=height, width=width,
+                               num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+    shape = latent_shape(c.vae.config, c.dit_config.in_dim, request)
+    pt, ph, pw = c.dit_config.patch_size
+    seq_len = shape[1] // pt * (shape[2] // ph) * (shape[3] // pw)
+    encode = EncodePrompt(c.tokenizer, c.text_encoder, c.dit_config.text_len, c.dtype)
+    context, context_null = [encode.embed(prompt, c.device)[0]], [encode.embed(negative, c.device)[0]]
+    scheduler = code.scheduler.FlowUniPCMultistepScheduler(num_train_timesteps=family.NUM_TRAIN_TIMESTEPS,
+                                                           shift=1, use_dynamic_shifting=False)
+    with torch.no_grad(), warnings.catch_warnings(), autocast_like_official(dtype, c.device):
+        warnings.simplefilter("ignore")
+        return official_sampling_loop(dit, scheduler, official_noise(shape, seed, c.device), context, context_null,
+                                      steps=num_inference_steps, shift=c.scheduler.config.flow_shift,
+                                      guide_scale=guidance_scale, seq_len=seq_len, device=c.device)
+
+
+def official_render(repo: Path, settings, *, official_root: Path, device="cpu", dtype: str = "fp32",
+                    backend: str = "sdpa-math") -> tuple:
+    """An SSIM reference video made by the official code: the official sampling loop (``official_latents``:
+    the official WanModel and FlowUniPCMultistepScheduler from the checkout, the official noise), decoded by
+    the repo's ``AutoencoderKLWan`` (the official WanVAE hard-codes the released VAE's size; the two are
+    bit-exact on the same file, ``vae_setup``) and quantized as the official ``cache_video`` does
+    (clamp to [-1, 1], ``(x + 1) / 2 * 255``, cast to uint8: floored). Returns (uint8 frames [F, H, W, 3],
+    the reference implementation's description for the metadata)."""
+    from vidport.runtime.generator import VideoGenerator
+
+    gen = VideoGenerator.from_pretrained(repo, dtype=dtype, device=device, attention_backend=backend,
+                                         sampler_grid="official", noise="official", precision="official")
+    c = gen.components
+    code = official_code(official_root, device)
+    dit = official_dit(code, repo=Path(repo), release=None, device=device)
+    kw = {k: getattr(settings, k) for k in ("num_frames", "height", "width", "num_inference_steps",
+                                            "guidance_scale")}
+    latents = official_latents(c, code, dit, prompt=settings.prompt, negative=settings.negative_prompt,
+                               seed=settings.seed, dtype=c.dtype, **kw)
+    cfg = c.vae.config
+    z = latents[None].to(c.vae.dtype)
+    mean = torch.tensor(cfg.latents_mean).view(1, cfg.z_dim, 1, 1, 1).to(z)
+    std = torch.tensor(cfg.latents_std).view(1, cfg.z_dim, 1, 1, 1).to(z)
+    with torch.no_grad():
+        video = c.vae.decode(z * std + mean, return_dict=False)[0][0].float()  # [3, F, H, W] in [-1, 1]
+    frames = ((video.clamp(-1, 1) + 1) / 2 * 255).to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
+    gen.close()
+    return frames, {"name": code.describe("sampling loop (WanModel + FlowUniPCMultistepScheduler, "
+                                          "wan/text2video.py's loop)"),
+                    "kind": "official", "checkout": code.where, "substituted": code.substituted,
+                    "noise": "official (a generator on the device)", "text_encoder": "runtime umT5 (transformers)",
+                    "decode": "diffusers AutoencoderKLWan", "frames": "floored, as the official cache_video"}
+
+
 def official_pipeline_setup(repo: Path, *, official_root: Path, release: Path | None = None, dtype=torch.float32,
                             device="cpu", steps: int | None = None, seed: int = 0, cfg: str = "serial",
                             frames: int | None = None, height: int | None = None,
@@ -460,10 +521,8 @@ def official_pipeline_setup(repo: Path, *, official_root: Path, release: Path | 
     with the official ``WanModel`` and ``FlowUniPCMultistepScheduler``: latents after N steps, the DiT hooked
     at every call. Both sides condition on the runtime's umT5 embeddings (the encoder has its own comparison,
     against transformers); the VAE is not part of the latents."""
-    import warnings
 
     from vidport.runtime.generator import VideoGenerator
-    from vidport.runtime.models.wan.pipeline import EncodePrompt, latent_shape
 
     repo = Path(repo)
     check_repo(repo, "transformer")
@@ -478,24 +537,7 @@ def official_pipeline_setup(repo: Path, *, official_root: Path, release: Path | 
               num_inference_steps=steps or d["num_inference_steps"], guidance_scale=d["guidance_scale"])
 
     def run_ref():
-        from vidport.runtime.pipeline.validate import validate_request
-
-        request = validate_request(PROMPT, NEGATIVE, seed=seed, **kw)
-        shape = latent_shape(c.vae.config, c.dit_config.in_dim, request)
-        pt, ph, pw = c.dit_config.patch_size
-        seq_len = shape[1] // pt * (shape[2] // ph) * (shape[3] // pw)
-        encode = EncodePrompt(c.tokenizer, c.text_encoder, c.dit_config.text_len, c.dtype)
-        context = [encode.embed(PROMPT, c.device)[0]]
-        context_null = [encode.embed(NEGATIVE, c.device)[0]]
-        scheduler = code.scheduler.FlowUniPCMultistepScheduler(num_train_timesteps=family.NUM_TRAIN_TIMESTEPS,
-                                                               shift=1, use_dynamic_shifting=False)
-        with warnings.catch_warnings(), autocast_like_official(dtype, device):
-            warnings.simplefilter("ignore")
-            latents = official_sampling_loop(ref, scheduler, official_noise(shape, seed, c.device), context,
-                                             context_null, steps=kw["num_inference_steps"],
-                                             shift=c.scheduler.config.flow_shift,
-                                             guide_scale=kw["guidance_scale"], seq_len=seq_len, device=c.device)
-        return latents.unsqueeze(0)
+        return official_latents(c, code, ref, prompt=PROMPT, negative=NEGATIVE, seed=seed, dtype=dtype, **kw)[None]
 
     def run_native():
         gen.generate_video(PROMPT, negative_prompt=NEGATIVE, seed=seed, **kw)
