@@ -145,12 +145,19 @@ _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
 _ALNUM = re.compile(r"[A-Za-z]+|\d+")
 
 
+_NUMBERED = re.compile(r"^[A-Za-z]+\d+$")
+
+
 def name_tokens(path: str) -> tuple[str, ...]:
-    """Word tokens of a dotted path: split on . _ camelCase and letter/digit borders; digits dropped."""
+    """Word tokens of a dotted path: split on . _ camelCase and letter/digit borders; numbers dropped (each
+    side numbers its blocks its own way), but a numbered word is also kept whole (``attention_norm1`` ~
+    ``norm1``, not ``norm2``)."""
     out = []
     for seg in path.split("."):
         for piece in _CAMEL.sub("_", seg).split("_"):
             out += [t.lower() for t in _ALNUM.findall(piece) if not t.isdigit()]
+            if _NUMBERED.match(piece):
+                out.append(piece.lower())
     return tuple(out)
 
 
@@ -603,6 +610,14 @@ class _Matcher:
             pairs = _pair_leaves(s, t)
             if not all(_key(s.path, sl) in renamed for sl, _ in pairs):
                 continue
+            # tied weights are matrices (an embedding and its copy: umT5 token_embedding -> shared,
+            # encoder.embed_tokens); a vector of the same length is a coincidence unless the names relate it
+            # (latents_mean beside a norm's weight is no copy of it)
+            first = parent(renamed[_key(s.path, pairs[0][0])].targets[0])
+            vectors = all(len(info.shape) < 2 for info in t.leaves.values())
+            if vectors and name_similarity(s.tokens, t.tokens) == 0 and \
+                    name_similarity(name_tokens(first), t.tokens) == 0:
+                continue
             self.used_t.add(t.path)
             for sl, tl in pairs:
                 old = renamed[_key(s.path, sl)]
@@ -844,14 +859,25 @@ MODULATION_TOKENS = frozenset({"mod", "modulation", "ada", "adaln", "scale", "sh
 def _flag_row_order(out: list[Correspondence], source: Mapping[str, TensorInfo],
                     target: Mapping[str, TensorInfo]) -> None:
     """Mark renames that could hide a row permutation: modulation-like tensors (adaLN, scale/shift
-    tables) whose rows are a few chunks of the model width, where a converter may swap shift and scale.
-    Names and shapes cannot see a swap; values can (--match-values)."""
+    tables) whose rows are a few chunks of the model width, where a converter may swap shift and scale;
+    and gated projections (a [2h, d] input whose down projection nearby takes h: SwiGLU/GEGLU halves,
+    which layouts order gate-first or value-first). Names and shapes cannot see a swap; values can."""
     widths = defaultdict(int)
     for info in list(source.values()) + list(target.values()):
         if info.shape:
             widths[info.shape[-1]] += 1
     width = max(widths, key=widths.get) if widths else 0
+    under: dict[str, set[tuple[int, ...]]] = defaultdict(set)  # ancestor -> 2-D target shapes below it
+    for k, info in target.items():
+        if len(info.shape) == 2:
+            for anc in ancestors(k)[:4]:
+                under[anc].add(tuple(info.shape))
     for i, c in enumerate(out):
+        shape = tuple(target[c.targets[0]].shape)
+        if c.kind == "rename" and not (c.by_values or c.exact) and len(shape) == 2 and shape[0] % 2 == 0 \
+                and any((shape[1], shape[0] // 2) in under[a] for a in ancestors(c.targets[0])[1:4]):
+            out[i] = Correspondence(**{**c.__dict__, "row_order": 2})
+            continue
         if c.kind != "rename" or c.by_values or c.exact or not width:
             continue
         shape = tuple(target[c.targets[0]].shape)
