@@ -307,6 +307,7 @@ class _Matcher:
         self.ctx = _Context()
         self.out: list[Correspondence] = []
         self.unresolved: list[Unresolved] = []
+        self.order_groups: list[list[tuple[_Module, _Module]]] = []  # pairs key order alone decided
         self.used_s: set[str] = set()  # source module paths consumed
         self.used_t: set[str] = set()
 
@@ -358,6 +359,9 @@ class _Matcher:
             pairs = [p for i, p in enumerate(pairs) if i not in by_order]
         for i, (r, c) in enumerate(pairs):
             self._rename(S[r], T[c], by_order=i in by_order)
+        if self.order_ok:  # remembered: anchors found later may say the order was the other way
+            for group in _components(by_order):
+                self.order_groups.append([(S[pairs[i][0]], T[pairs[i][1]]) for i in group])
 
     def _ambiguous(self, srcs: list[_Module], tgts: list[_Module]) -> None:
         for s in srcs:
@@ -406,6 +410,9 @@ class _Matcher:
                 self._assign(S, T, use_context=True)
         # 3b. what the renames left: fused groups that were ambiguous before
         self._fuse_by_shapes(final=True)
+        # 3c. pairs key order decided, re-paired where name-decided anchors show their subtrees went the
+        # other way (an official block lists its context stream first, the Diffusers block second)
+        self._reorder_by_anchors()
         # 4. ties: a target whose only candidate source is already used
         self._ties()
         # 5. key level: modules that were cut differently; then equal-numel reshapes
@@ -479,7 +486,24 @@ class _Matcher:
                                                   "several groups concatenate to it equally well", cands))
             (self.used_t if merge else self.used_s).add(whole.path)
 
-    def _anchored_rank(self, whole: _Module, rivals: list[_Module]) -> tuple[float, int]:
+    def _reorder_by_anchors(self) -> None:
+        for group in self.order_groups:
+            srcs = [s for s, _ in group]
+            ranks = {s.path: self._anchored_rank(s, srcs, strict=True) for s in srcs}
+            if any(r is None for r in ranks.values()):
+                continue
+            by_anchor = sorted(srcs, key=lambda s: ranks[s.path])
+            if by_anchor == sorted(srcs, key=lambda s: s.pos):
+                continue  # the anchors agree with the key order
+            tgts = sorted((t for _, t in group), key=lambda t: t.pos)
+            keys = {_key(s.path, leaf) for s in srcs for leaf in s.leaves}
+            self.out = [c for c in self.out if not (c.kind == "rename" and c.sources[0] in keys)]
+            for s, t in zip(by_anchor, tgts):
+                for sl, tl in _pair_leaves(s, t):
+                    self.out.append(Correspondence("rename", (_key(s.path, sl),), (_key(t.path, tl),),
+                                                   by_order=True))
+
+    def _anchored_rank(self, whole: _Module, rivals: list[_Module], *, strict: bool = False):
         """Where a (source) whole's own subtree went: the mean target position of the name-decided
         correspondences under the segment that tells it from its rivals (``context_block`` vs ``x_block``).
         Subtrees may be listed in another order on the two sides (an official block's context stream first,
@@ -491,7 +515,9 @@ class _Matcher:
         pos_t = {k: i for i, k in enumerate(self.all_target)}
         anchors = [pos_t[t] for c in self.out if not c.by_order and c.kind in ("rename", "tie")
                    if c.sources[0].startswith(subtree) for t in c.targets if t in pos_t]
-        return (sum(anchors) / len(anchors), whole.pos) if anchors else (float(whole.pos), whole.pos)
+        if not anchors:
+            return None if strict else (float(whole.pos), whole.pos)
+        return (sum(anchors) / len(anchors), whole.pos)
 
     def _do_fuse(self, whole: _Module, group: list[_Module], parts: tuple[str, ...], dim: int, *, merge: bool,
                  by_order: bool = False) -> None:

@@ -28,7 +28,7 @@ FLOOR = {  # family: (correct, wrong, splits found, reorders flagged)
     "ltx_video": (715, 0, 0, 0),
     "lumina2": (459, 0, 30, 0),
     "mochi": (974, 0, 96, 97),
-    "sd35": (705, 200, 118, 4),
+    "sd35": (889, 16, 118, 4),
 }
 
 
@@ -175,7 +175,7 @@ def test_target_no_confident_wrong_key(family: str, scores):
     assert scores[family].error is None and scores[family].wrong == 0, scores[family].wrong_keys[:10]
 
 
-@pytest.mark.parametrize("family", reached("ltx_vae", "ltx_video", "lumina2", "mochi"))
+@pytest.mark.parametrize("family", reached("ltx_vae", "ltx_video", "lumina2", "mochi", "sd35"))
 def test_target_90_percent_per_family(family: str, scores):
     assert scores[family].accuracy >= 0.90
 
