@@ -7,7 +7,9 @@ A source is opened from a spec string (see ``open_source``):
 - ``hf:ORG/NAME[/SUBFOLDER]``: safetensors headers of a hub repo;
 - ``native:FAMILY-PRESET[/COMPONENT]``: the native model on the meta device;
 - ``class:MODULE.Class[@CONFIG.json]``: any importable ``nn.Module`` built on the meta device;
-- ``keys:FILE.txt``: a key listing (``name<TAB>[shape]`` per line, ``#`` comments).
+- ``keys:FILE.txt``: a key listing (``name<TAB>[shape]`` per line, ``#`` comments);
+- ``FILE#PREFIX``: the keys of FILE under a key prefix, one component of a single-file release
+  (``release.safetensors#vae.``); a family's release format may point ``--component`` at such a spec.
 """
 
 from __future__ import annotations
@@ -74,6 +76,40 @@ class StateDictSource:
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._infos)
+
+
+class PrefixedSource(StateDictSource):
+    """The keys of ``inner`` under a leading ``prefix``, names kept as the file spells them: one component
+    of a single-file release that stores several under key prefixes (``model.diffusion_model.``,
+    ``vae.``). Everything else (tensor reads, byte ranges for kernel copies, streaming pieces, files) is
+    the inner source's."""
+
+    def __init__(self, inner: StateDictSource, prefix: str):
+        super().__init__()
+        self.inner, self.prefix = inner, prefix
+        self.description = f"{inner.description}#{prefix}"
+        self._infos = {k: v for k, v in inner.infos.items() if k.startswith(prefix)}
+        if not self._infos:
+            found = sorted({k.split(".")[0] + "." for k in inner.keys()})
+            raise SourceError(f"{inner.description}: no tensors under the key prefix {prefix!r} (prefixes there: "
+                              f"{', '.join(found[:8])}); is this the right release file for that component?")
+
+    def get(self, name: str) -> torch.Tensor:
+        return self.inner.get(name)
+
+    def files(self) -> list[Path]:
+        return self.inner.files()
+
+    def __getattr__(self, attr: str):  # locate / copyable / chunks / release / close, where the inner has them
+        if attr in ("locate", "copyable", "chunks", "release", "close", "stage_on"):
+            return getattr(self.__dict__["inner"], attr)
+        raise AttributeError(attr)
+
+
+def split_prefix_spec(spec: str) -> tuple[str, str | None]:
+    """``FILE#PREFIX`` -> (FILE, PREFIX); anything else -> (spec, None)."""
+    path, sep, prefix = spec.rpartition("#")
+    return (path, prefix) if sep and path and prefix else (spec, None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -595,6 +631,9 @@ def open_source(spec: str, component: str | None = None) -> StateDictSource:
         return ModuleSource(build_class(spec[len("class:"):]), spec)
     if spec.startswith("keys:"):
         return KeysFileSource(spec[len("keys:"):])
+    base, prefix = split_prefix_spec(spec)
+    if prefix is not None and Path(base).is_file():  # FILE#PREFIX: one component of a single-file release
+        return PrefixedSource(open_source(base), prefix)
     path = Path(spec)
     if not path.exists():
         raise SourceError(f"{spec}: no such file or folder (or use a hf:/native:/class:/keys: spec)")

@@ -631,3 +631,36 @@ def test_real_release_plans_on_meta(preset: str):
     assert (text_encoder["d_model"], text_encoder["num_layers"], text_encoder["vocab_size"]) == (4096, 24, 256384)
     vae = json.loads(component_files("BF16")["vae/config.json"])
     assert (vae["base_dim"], vae["z_dim"]) == (96, 16)
+
+
+def test_single_file_release_components_by_prefix(tmp_path: Path, capsys):
+    """A single-file release holding several components under key prefixes: ``FILE#PREFIX`` reads one of
+    them (names as the file spells them), streams it with kernel copies like any safetensors file, and a
+    prefix the file lacks is one line naming the prefixes it has."""
+    from safetensors.torch import save_file
+    from vidport.porting.namemap import NameMap
+    from vidport.porting.plan import plan_component
+    from vidport.porting.sources import PrefixedSource
+    from vidport.porting.streaming import open_streaming
+    from vidport.porting.writer import TensorSink, write_component
+
+    tensors = {"model.diffusion_model.blocks.0.attn.to_q.weight": torch.randn(4, 4),
+               "model.diffusion_model.proj_out.weight": torch.randn(2, 4),
+               "vae.decoder.conv_in.weight": torch.randn(3, 3)}
+    single = tmp_path / "release.safetensors"
+    save_file(tensors, single)
+    vae = open_source(f"{single}#vae.")
+    assert vae.keys() == ["vae.decoder.conv_in.weight"] and vae.description.endswith("#vae.")
+    assert torch.equal(vae.get("vae.decoder.conv_in.weight"), tensors["vae.decoder.conv_in.weight"])
+    assert port("diff-keys", f"{single}#audio.", f"{single}#vae.") == 2
+    err = capsys.readouterr().err
+    assert "no tensors under the key prefix 'audio.'" in err and "model., vae." in err
+
+    dit = PrefixedSource(open_streaming(single), "model.diffusion_model.")
+    name_map = NameMap.loads("# vidport name map v1\nrename   ^model\\.diffusion_model\\.(.*)$  ->  \\1\n")
+    comp = plan_component("transformer", dit, name_map, "test", None, weights_stem="w", keep_fp32=(), dtype="keep",
+                          max_shard_size=1 << 30)
+    write_component(comp, tmp_path / "out", TensorSink(), lambda n: None)
+    with safe_open(tmp_path / "out" / "w.safetensors", "pt") as f:
+        assert sorted(f.keys()) == ["blocks.0.attn.to_q.weight", "proj_out.weight"]
+        assert torch.equal(f.get_tensor("proj_out.weight"), tensors["model.diffusion_model.proj_out.weight"])
