@@ -157,56 +157,39 @@ def _run_at(rows: np.ndarray, fp: Fingerprint, start: int) -> bool:
     return start + n <= len(fp.rows) and bool(np.array_equal(fp.rows[start:start + n], rows))
 
 
-def _slices(src, tgt, done_s: set[str], done_t: set[str]) -> list[ValueMatch]:
-    """Targets that are a unique contiguous row run of a source; grouped into splits per source."""
-    index = _row_index(src, done_s)
-    pieces: dict[str, list[tuple[int, str]]] = defaultdict(list)  # source -> (start row, target)
-    for t, fp in tgt.items():
-        if t in done_t or len(fp.rows) == 0:
+def _tilings(wholes: Mapping[str, Fingerprint], pieces: Mapping[str, Fingerprint], done_wholes: set[str],
+             done_pieces: set[str]) -> list[tuple[str, list[str], list[int]]]:
+    """(whole, pieces in row order, their row counts) where each piece is a unique contiguous run of one
+    whole's rows and the pieces tile that whole exactly, in order, without overlap."""
+    index = _row_index(wholes, done_wholes)
+    runs: dict[str, list[tuple[int, str]]] = defaultdict(list)  # whole -> (start row, piece)
+    for p, fp in pieces.items():
+        if p in done_pieces or len(fp.rows) == 0:
             continue
-        hits = {(s, i) for s, i in index.get(int(fp.rows[0]), []) if _run_at(fp.rows, src[s], i)
-                and src[s].shape[1:] == fp.shape[1:] and len(src[s].rows) > len(fp.rows)}
+        hits = {(w, i) for w, i in index.get(int(fp.rows[0]), []) if _run_at(fp.rows, wholes[w], i)
+                and wholes[w].shape[1:] == fp.shape[1:] and len(wholes[w].rows) > len(fp.rows)}
         if len(hits) == 1:
-            s, i = hits.pop()
-            pieces[s].append((i, t))
+            w, i = hits.pop()
+            runs[w].append((i, p))
     out = []
-    for s, parts in pieces.items():
+    for w, parts in runs.items():
         parts.sort()
-        sizes = [len(tgt[t].rows) for _, t in parts]
+        sizes = [len(pieces[p].rows) for _, p in parts]
         starts = [i for i, _ in parts]
-        # the parts must tile the source exactly, in order, without overlap
-        if starts[0] == 0 and all(a + n == b for a, n, b in zip(starts, sizes, starts[1:])) \
-                and starts[-1] + sizes[-1] == len(src[s].rows) and len(parts) > 1:
-            out.append(ValueMatch("split", (s,), tuple(t for _, t in parts), sizes=tuple(sizes)))
-            done_s.add(s)
-            done_t.update(t for _, t in parts)
-    # merges: the reverse view (a target made of several sources end to end)
-    back = _slices_reverse(src, tgt, done_s, done_t)
-    return out + back
-
-
-def _slices_reverse(src, tgt, done_s: set[str], done_t: set[str]) -> list[ValueMatch]:
-    index = _row_index(tgt, done_t)
-    pieces: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    for s, fp in src.items():
-        if s in done_s or len(fp.rows) == 0:
-            continue
-        hits = {(t, i) for t, i in index.get(int(fp.rows[0]), []) if _run_at(fp.rows, tgt[t], i)
-                and tgt[t].shape[1:] == fp.shape[1:] and len(tgt[t].rows) > len(fp.rows)}
-        if len(hits) == 1:
-            t, i = hits.pop()
-            pieces[t].append((i, s))
-    out = []
-    for t, parts in pieces.items():
-        parts.sort()
-        sizes = [len(src[s].rows) for _, s in parts]
-        starts = [i for i, _ in parts]
-        if starts[0] == 0 and all(a + n == b for a, n, b in zip(starts, sizes, starts[1:])) \
-                and starts[-1] + sizes[-1] == len(tgt[t].rows) and len(parts) > 1:
-            out.append(ValueMatch("merge", tuple(s for _, s in parts), (t,), sizes=tuple(sizes)))
-            done_t.add(t)
-            done_s.update(s for _, s in parts)
+        if len(parts) > 1 and starts[0] == 0 and all(a + n == b for a, n, b in zip(starts, sizes, starts[1:])) \
+                and starts[-1] + sizes[-1] == len(wholes[w].rows):
+            out.append((w, [p for _, p in parts], sizes))
+            done_wholes.add(w)
+            done_pieces.update(p for _, p in parts)
     return out
+
+
+def _slices(src, tgt, done_s: set[str], done_t: set[str]) -> list[ValueMatch]:
+    """Splits (targets tile a source) and merges (sources tile a target)."""
+    splits = _tilings(src, tgt, done_s, done_t)
+    merges = _tilings(tgt, src, done_t, done_s)
+    return [ValueMatch("split", (s,), tuple(ts), sizes=tuple(n)) for s, ts, n in splits] + \
+        [ValueMatch("merge", tuple(ss), (t,), sizes=tuple(n)) for t, ss, n in merges]
 
 
 def _reorders(src, tgt, done_s: set[str], done_t: set[str]) -> list[ValueMatch]:
