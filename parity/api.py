@@ -11,6 +11,24 @@ from vidport.errors import UserError
 COMPONENTS = ("transformer", "vae", "text_encoder", "pipeline")
 
 
+def _device_and_dtype(device: str, dtype: str) -> tuple[str, str]:
+    """``auto`` resolved (CUDA when available; bf16 on CUDA, fp32 on CPU), or a one-line error."""
+    import torch
+    from vidport.parity.tolerances import TOLERANCES
+
+    from vidport.devices import default_device
+
+    if device == "auto":
+        device = default_device().type
+    if dtype == "auto":
+        dtype = "bf16" if device.startswith("cuda") else "fp32"
+    if dtype not in TOLERANCES:
+        raise UserError(f"unknown dtype {dtype!r}; choose one of {', '.join(TOLERANCES)}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    return device, dtype
+
+
 def parity(family: str, *, component: str = "transformer", weights: str | Path | None = None,
            official: str | Path | None = None, reference: str = "diffusers", official_root: str | Path | None = None,
            dtype: str = "fp32", device: str = "cpu", seed: int = 0, steps: int | None = None,
@@ -22,12 +40,9 @@ def parity(family: str, *, component: str = "transformer", weights: str | Path |
     a temporary folder. ``reference``: "diffusers" (diffusers/transformers) or "official" (the family's
     official code, imported from the checkout at ``official_root``; which components it covers is the
     family's parity setups' answer). Bad input raises ``UserError`` before any model is built."""
-    import torch
     from vidport.parity.harness import run_parity
     from vidport.parity.repos import check_repo, converted_tiny_repo, tiny_release
-    from vidport.parity.tolerances import TOLERANCES
 
-    from vidport.devices import default_device
     from vidport.dtypes import torch_dtype
     from vidport.families import get_family
 
@@ -35,14 +50,7 @@ def parity(family: str, *, component: str = "transformer", weights: str | Path |
     setups = fam.load(fam.parity_setups)
     if component not in setups:
         raise UserError(f"{family} has no parity setup for {component!r}; choose one of {', '.join(setups)}")
-    if device == "auto":
-        device = default_device().type
-    if dtype == "auto":
-        dtype = "bf16" if device.startswith("cuda") else "fp32"
-    if dtype not in TOLERANCES:
-        raise UserError(f"unknown dtype {dtype!r}; choose one of {', '.join(TOLERANCES)}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    device, dtype = _device_and_dtype(device, dtype)
     weights = Path(weights) if weights is not None else None
     if weights is not None:
         check_repo(weights)

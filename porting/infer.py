@@ -554,6 +554,36 @@ class _Matcher:
         used_other = self.used_s if merge else self.used_t
         if whole.path in (self.used_t if merge else self.used_s):
             return
+        found = self._shape_groups(whole, pool, rivals, merge=merge)
+        if len(found) > 1 and not final:
+            return  # ambiguous now: the renames may settle it (tried again after them)
+        cross = len(found) == 1 and len({parent(m.path) for m in found[0][0]}) > 1
+        if len(found) != 1 or cross:
+            self._fusion_unresolved(whole, found, merge=merge, cross=cross)
+            return
+        group, dim = found[0]
+        parts = _relative_parts([m.path for m in group])
+        equal = all(len({m.leaves[leaf].shape[dim] for m in group}) == 1 for leaf in whole.leaves)
+        for m in group:
+            used_other.add(m.path)
+        (self.used_t if merge else self.used_s).add(whole.path)
+        for leaf in whole.leaves:
+            members = tuple(_key(m.path, leaf) for m in group)
+            leaf_sizes = None if equal else tuple(m.leaves[leaf].shape[dim] for m in group)
+            kind, srcs, tgts = ("merge", members, (_key(whole.path, leaf),)) if merge else \
+                ("split", (_key(whole.path, leaf),), members)
+            self.out.append(Correspondence(kind, srcs, tgts, parts=parts, dim=dim, sizes=leaf_sizes, by_shapes=True))
+        for m in group:
+            if merge:
+                self.ctx.add(m.path, whole.path)
+            else:
+                self.ctx.add(whole.path, m.path)
+
+    def _shape_groups(self, whole: _Module, pool: list[_Module], rivals: list[_Module], *,
+                      merge: bool) -> list[tuple[list[_Module], int]]:
+        """Groups of free modules (siblings first, then the whole region the context gives) whose shapes
+        concatenate into ``whole``, with the dim."""
+        used_other = self.used_s if merge else self.used_t
 
         def here(a: _Module, b: _Module) -> bool:  # b lies where the context places a (a on whole's side)
             return (self.ctx.score(b.path, a.path) if merge else self.ctx.score(a.path, b.path)) == 1.0
@@ -580,48 +610,30 @@ class _Matcher:
                 found.extend(_concat_subsets(group, whole))
         if not found and 2 <= len(region) <= 10:
             found.extend(_concat_subsets(region, whole))
-        if len(found) > 1 and not final:
-            return  # ambiguous now: the renames may settle it (tried again after them)
-        cross = len(found) == 1 and len({parent(m.path) for m in found[0][0]}) > 1
-        if len(found) != 1 or cross:
-            if cross:  # the sizes fit, but across modules nothing says in which order the parts are fused
-                side = "target" if merge else "source"
-                for leaf in whole.leaves:
-                    self.unresolved.append(Unresolved(
-                        _key(whole.path, leaf), side, "fused by shape arithmetic, but the order of its parts is "
-                        "not known from names (--match-values decides it)", [_key(m.path, leaf) for m in found[0][0]]))
-                    for m in found[0][0]:
-                        self.unresolved.append(Unresolved(_key(m.path, leaf), "source" if merge else "target",
-                                                          f"part of {_key(whole.path, leaf)} (order unknown)"))
-                for m in found[0][0]:
-                    used_other.add(m.path)
-                (self.used_t if merge else self.used_s).add(whole.path)
-                return
-            if len(found) > 1:  # precision before coverage: say so instead of picking one
-                side = "target" if merge else "source"
-                cands = [",".join(m.path for m in s[0]) for s in found[:6]]
-                for leaf in whole.leaves:
-                    self.unresolved.append(Unresolved(_key(whole.path, leaf), side, "several sibling groups "
-                                                      "concatenate to it by shape and the names spell none", cands))
-                (self.used_t if merge else self.used_s).add(whole.path)
-            return
-        group, dim = found[0]
-        parts = _relative_parts([m.path for m in group])
-        equal = all(len({m.leaves[leaf].shape[dim] for m in group}) == 1 for leaf in whole.leaves)
-        for m in group:
-            used_other.add(m.path)
-        (self.used_t if merge else self.used_s).add(whole.path)
-        for leaf in whole.leaves:
-            members = tuple(_key(m.path, leaf) for m in group)
-            leaf_sizes = None if equal else tuple(m.leaves[leaf].shape[dim] for m in group)
-            kind, srcs, tgts = ("merge", members, (_key(whole.path, leaf),)) if merge else \
-                ("split", (_key(whole.path, leaf),), members)
-            self.out.append(Correspondence(kind, srcs, tgts, parts=parts, dim=dim, sizes=leaf_sizes, by_shapes=True))
-        for m in group:
-            if merge:
-                self.ctx.add(m.path, whole.path)
-            else:
-                self.ctx.add(whole.path, m.path)
+        return found
+
+    def _fusion_unresolved(self, whole: _Module, found: list, *, merge: bool, cross: bool) -> None:
+        """Precision before coverage: a fusion by shapes whose part order is unknown (across modules) or
+        that several groups fit is reported with its candidates; a cross-module one reserves its parts."""
+        side = "target" if merge else "source"
+        if cross:
+            members = found[0][0]
+            for leaf in whole.leaves:
+                self.unresolved.append(Unresolved(
+                    _key(whole.path, leaf), side, "fused by shape arithmetic, but the order of its parts is "
+                    "not known from names (--match-values decides it)", [_key(m.path, leaf) for m in members]))
+                for m in members:
+                    self.unresolved.append(Unresolved(_key(m.path, leaf), "source" if merge else "target",
+                                                      f"part of {_key(whole.path, leaf)} (order unknown)"))
+            for m in members:
+                (self.used_s if merge else self.used_t).add(m.path)
+        elif found:
+            cands = [",".join(m.path for m in s[0]) for s in found[:6]]
+            for leaf in whole.leaves:
+                self.unresolved.append(Unresolved(_key(whole.path, leaf), side, "several sibling groups "
+                                                  "concatenate to it by shape and the names spell none", cands))
+        if found:
+            (self.used_t if merge else self.used_s).add(whole.path)
 
     # --- ties -------------------------------------------------------------------------------------
     def _ties(self) -> None:

@@ -114,9 +114,11 @@ def generate(model, prompt, negative_prompt, output, output_deprecated, num_fram
     finally:
         if hasattr(gen, "close"):  # a multi-GPU generator holds worker processes
             gen.close()
-    if gen.last_report is None:  # a torchrun rank other than 0: rank 0 reports
-        return
-    report = gen.last_report.as_dict()
+    if gen.last_report is not None:  # None on a torchrun rank other than 0: rank 0 reports
+        _print_report(gen.last_report.as_dict(), as_json)
+
+
+def _print_report(report: dict, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report, indent=2, ensure_ascii=False))
         return

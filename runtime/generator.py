@@ -134,20 +134,13 @@ class VideoGenerator:
         if cuda_graph and num_gpus > 1:
             raise UserError(f"cuda_graph runs on one GPU; use num_gpus=1 or drop cuda_graph (num_gpus={num_gpus})")
         if num_gpus > 1:
-            launch = parallel_launcher()
-            if launch is None:
-                raise UserError(f"num_gpus={num_gpus} needs runtime.parallel.launch (multi-GPU generation), "
-                                "which this installation lacks; use num_gpus=1")
-            return launch.from_pretrained(path_or_hub_id, num_gpus=num_gpus, attention_backend=attention_backend,
-                                          dtype=dtype, device=device, cfg=cfg, scheduler=scheduler,
-                                          flow_shift=flow_shift, sampler_grid=sampler_grid, noise=noise,
-                                          precision=precision, compile=compile, **parallel_options)
+            return _launcher(num_gpus).from_pretrained(
+                path_or_hub_id, num_gpus=num_gpus, attention_backend=attention_backend, dtype=dtype, device=device,
+                cfg=cfg, scheduler=scheduler, flow_shift=flow_shift, sampler_grid=sampler_grid, noise=noise,
+                precision=precision, compile=compile, **parallel_options)
         if parallel_options:
             raise UserError(f"unknown option(s) for num_gpus=1: {', '.join(sorted(parallel_options))}")
-        _choice("sampler_grid", sampler_grid, SAMPLER_GRIDS, none_ok=True)
-        _choice("noise", noise, NOISE_MODES)
-        precision = precision or DEFAULT_PRECISION
-        _choice("precision", precision, PRECISIONS)
+        precision = _check_fidelity_options(sampler_grid, noise, precision)
 
         start = time.perf_counter()
         device = resolve_device(device)
@@ -162,13 +155,7 @@ class VideoGenerator:
                                             flow_shift=flow_shift, sampler_grid=sampler_grid, noise=noise,
                                             precision=precision)
         components.transformer.set_attention_backend(*backends)
-        if compile:
-            for block in getattr(components.transformer, "blocks", [components.transformer]):
-                block.compile(dynamic=False)  # in place: parameter names and hooks stay as they are
-        if cuda_graph:
-            from vidport.runtime.cuda_graph import CUDAGraphed
-
-            components.transformer = CUDAGraphed(components.transformer)
+        _accelerate(components, compile=compile, cuda_graph=cuda_graph)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return cls(components, module, family=family, cfg=cfg, source=str(path_or_hub_id),
@@ -240,6 +227,35 @@ def _unwrapped(model):
         if isinstance(inner, torch.nn.Module):
             return _unwrapped(inner)
     return model
+
+
+def _check_fidelity_options(sampler_grid, noise, precision) -> str:
+    """One-line errors for unknown choices; the precision, defaulted."""
+    _choice("sampler_grid", sampler_grid, SAMPLER_GRIDS, none_ok=True)
+    _choice("noise", noise, NOISE_MODES)
+    precision = precision or DEFAULT_PRECISION
+    _choice("precision", precision, PRECISIONS)
+    return precision
+
+
+def _launcher(num_gpus: int):
+    launch = parallel_launcher()
+    if launch is None:
+        raise UserError(f"num_gpus={num_gpus} needs runtime.parallel.launch (multi-GPU generation), "
+                        "which this installation lacks; use num_gpus=1")
+    return launch
+
+
+def _accelerate(components, *, compile: bool, cuda_graph: bool) -> None:
+    """``compile``: torch.compile each DiT block in place (parameter names and hooks stay as they are);
+    ``cuda_graph``: replay each DiT forward as one CUDA graph."""
+    if compile:
+        for block in getattr(components.transformer, "blocks", [components.transformer]):
+            block.compile(dynamic=False)
+    if cuda_graph:
+        from vidport.runtime.cuda_graph import CUDAGraphed
+
+        components.transformer = CUDAGraphed(components.transformer)
 
 
 def parallel_launcher():
