@@ -504,7 +504,7 @@ class _Matcher:
                                                    by_order=True))
 
     def _anchored_rank(self, whole: _Module, rivals: list[_Module], *, strict: bool = False):
-        """Where a (source) whole's own subtree went: the mean target position of the name-decided
+        """Where a (source) whole's own subtree went: the first target position of the name-decided
         correspondences under the segment that tells it from its rivals (``context_block`` vs ``x_block``).
         Subtrees may be listed in another order on the two sides (an official block's context stream first,
         the Diffusers block's second); without anchors, key order."""
@@ -517,7 +517,7 @@ class _Matcher:
                    if c.sources[0].startswith(subtree) for t in c.targets if t in pos_t]
         if not anchors:
             return None if strict else (float(whole.pos), whole.pos)
-        return (sum(anchors) / len(anchors), whole.pos)
+        return (min(anchors), whole.pos)  # where the subtree begins on the other side
 
     def _do_fuse(self, whole: _Module, group: list[_Module], parts: tuple[str, ...], dim: int, *, merge: bool,
                  by_order: bool = False) -> None:
