@@ -24,12 +24,12 @@ from vidport.runtime.parallel.ring import (
 
 from tests.test_parallel import TINY, assert_same, reference_outputs
 
-SEQ, HEADS, HEAD_DIM = 13, 4, 8  # 13 tokens: not divisible by 2 or 4 (padded shards)
+SEQ, HEADS, HEAD_DIM = 13, 6, 8  # 13 tokens: not divisible by 2 or 4 (padded shards); 6 heads: not by 4
 
 
-def make_qkv_mask(seq=SEQ, batch=2, seed=0):
+def make_qkv_mask(seq=SEQ, heads=HEADS, batch=2, seed=0):
     g = torch.Generator().manual_seed(seed)
-    q, k, v = torch.randn(3, batch, seq, HEADS, HEAD_DIM, generator=g)
+    q, k, v = torch.randn(3, batch, seq, heads, HEAD_DIM, generator=g)
     key_mask = torch.rand(batch, seq, generator=g) > 0.3  # holes anywhere, not only a padded tail
     key_mask[:, 0] = True  # every query has a key
     return q, k, v, key_mask
@@ -104,9 +104,11 @@ def test_ring_of_two_equals_one_process(pool2):
     assert_same(got, sdpa_math(q, k, v, key_mask), "ring of 2 ranks")
 
 
-@pytest.mark.parametrize("ulysses_size", [None, 1, 2, 4], ids=["ring", "U1xR4", "U2xR2", "U4xR1"])
-def test_four_ranks_equal_one_process(pool4, ulysses_size):
-    q, k, v, key_mask = make_qkv_mask()
+# 6 heads on 4 ranks, which Ulysses alone cannot split (as Wan 1.3B's 12 on 8); U=4 needs 4 heads
+@pytest.mark.parametrize("ulysses_size, heads", [(None, 6), (1, 6), (2, 6), (4, 4)],
+                         ids=["ring", "U1xR4", "U2xR2", "U4xR1"])
+def test_four_ranks_equal_one_process(pool4, ulysses_size, heads):
+    q, k, v, key_mask = make_qkv_mask(heads=heads)
     got = pool4.run(_sharded_attention, q, k, v, key_mask, ulysses_size)
     assert_same(got, sdpa_math(q, k, v, key_mask), f"4 ranks, ulysses size {ulysses_size}")
 

@@ -1,5 +1,5 @@
-"""Parallelism applied from outside the models: Ulysses sequence parallelism, CFG parallelism, and the
-launcher that starts the ranks.
+"""Parallelism applied from outside the models: Ulysses sequence parallelism, ring attention and Ulysses x
+ring (``ring``), CFG parallelism, and the launcher that starts the ranks.
 
 ``parallelize(model, plan, cfg_parallel=...)`` is what a rank's generation code calls after loading the
 model, with the family's parallel plan (``FamilySpec.parallel_plan``: which attention is full-sequence
@@ -16,6 +16,14 @@ import torch.distributed as dist
 from torch import nn
 from vidport.runtime.parallel.cfg import CFGSplit, ParallelCFG, split_for_cfg
 from vidport.runtime.parallel.launch import Worker, WorkerError, WorkerPool, launch, under_torchrun
+from vidport.runtime.parallel.ring import (
+    RingAttention,
+    UlyssesRingAttention,
+    hybrid_attention_op,
+    hybrid_groups,
+    replace_sequence_attention,
+    ring_attention_op,
+)
 from vidport.runtime.parallel.ulysses import DistributedAttention, check_heads, heads_to_seq, seq_to_heads, shard_bounds
 
 # plan(model, group) -> the sequence-parallel module (a family's FamilySpec.parallel_plan)
@@ -38,7 +46,8 @@ def parallelize(model, plan: ParallelPlan, *, cfg_parallel: bool = False,
 
 
 __all__ = [
-    "CFGSplit", "DistributedAttention", "ParallelCFG", "ParallelPlan", "Worker", "WorkerError", "WorkerPool",
-    "check_heads", "heads_to_seq", "launch", "parallelize", "seq_to_heads", "shard_bounds", "split_for_cfg",
-    "under_torchrun",
+    "CFGSplit", "DistributedAttention", "ParallelCFG", "ParallelPlan", "RingAttention", "UlyssesRingAttention",
+    "Worker", "WorkerError", "WorkerPool", "check_heads", "heads_to_seq", "hybrid_attention_op", "hybrid_groups",
+    "launch", "parallelize", "replace_sequence_attention", "ring_attention_op", "seq_to_heads", "shard_bounds",
+    "split_for_cfg", "under_torchrun",
 ]
