@@ -22,7 +22,7 @@ from vidport.runtime.parallel.ring import (
     ring_attention_op,
 )
 
-from tests.test_parallel import TINY, assert_same, reference_outputs
+from tests.test_parallel import TINY, TINY6, assert_same, reference_outputs
 
 SEQ, HEADS, HEAD_DIM = 13, 6, 8  # 13 tokens: not divisible by 2 or 4 (padded shards); 6 heads: not by 4
 
@@ -61,6 +61,16 @@ def _wan_with(worker, cfg, state_dict, cases, ulysses_size):
     dit = parallelize_wan(model)  # shards the tokens over the world; its attention is swapped below
     make_op = ring_attention_op(None) if ulysses_size is None else hybrid_attention_op(*hybrid_groups(ulysses_size))
     assert replace_sequence_attention(dit, make_op) == cfg.num_layers
+    with torch.no_grad():
+        return {name: dit(*inputs) for name, inputs in cases.items()}
+
+
+def _wan_ring_plan(worker, cfg, state_dict, cases):
+    """Wan's own plan with ring attention: no head-count check, any number of ranks."""
+    model = WanDiT(cfg).eval()
+    model.load_state_dict(state_dict)
+    model.set_attention_backend("sdpa-math")
+    dit = parallelize_wan(model, attention=ring_attention_op(None))
     with torch.no_grad():
         return {name: dit(*inputs) for name, inputs in cases.items()}
 
@@ -118,6 +128,14 @@ def test_wan_ring_on_two_ranks_equals_one_process(pool2):
     got = pool2.run(_wan_with, TINY, state_dict, cases, None)
     for name in cases:
         assert_same(got[name], want[name], f"Wan tiny, ring of 2 ({name})")
+
+
+def test_wan_plan_with_ring_takes_heads_ulysses_cannot_split(pool4):
+    """6 heads over 4 ranks: Ulysses refuses (as 12 heads over 8), the plan's ring option runs and equals 1 rank."""
+    state_dict, cases, want = reference_outputs(TINY6)
+    got = pool4.run(_wan_ring_plan, TINY6, state_dict, cases)
+    for name in cases:
+        assert_same(got[name], want[name], f"Wan 6 heads, parallelize_wan(attention=ring) on 4 ranks ({name})")
 
 
 @pytest.mark.parametrize("ulysses_size", [None, 2], ids=["ring", "U2xR2"])

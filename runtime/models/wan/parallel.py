@@ -73,13 +73,18 @@ class SequenceParallelWanDiT(nn.Module):
         return dit.unpatchify(torch.cat(shards, dim=1)[:, :seq_len], grid)
 
 
-def parallelize_wan(model: WanDiT, group: dist.ProcessGroup | None = None) -> SequenceParallelWanDiT:
-    """Shard ``model``'s token sequence over ``group`` (default: the whole world), Ulysses-style.
+def parallelize_wan(model: WanDiT, group: dist.ProcessGroup | None = None, *,
+                    attention=None) -> SequenceParallelWanDiT:
+    """Shard ``model``'s token sequence over ``group`` (default: the whole world).
 
-    Replaces the self-attention ops of ``model`` in place and returns the wrapper to call instead.
+    ``attention``: how each self-attention runs on its shard: None = Ulysses (the head count must divide
+    by the ranks), or a factory ``backend -> op`` from ``runtime.parallel.ring`` (``ring_attention_op``,
+    ``hybrid_attention_op``: any head count, e.g. Wan 1.3B's 12 heads on 8 ranks). Replaces the
+    self-attention ops of ``model`` in place and returns the wrapper to call instead.
     """
-    world = dist.get_world_size(group)
-    check_heads(model.cfg.num_heads, world)
+    if attention is None:
+        check_heads(model.cfg.num_heads, dist.get_world_size(group))
+        attention = lambda backend: DistributedAttention(backend, group)  # noqa: E731
     for block in model.blocks:
-        block.attn.attn_op = DistributedAttention(block.attn.attn_op.backend, group)
+        block.attn.attn_op = attention(block.attn.attn_op.backend)
     return SequenceParallelWanDiT(model, group)
