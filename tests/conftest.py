@@ -22,3 +22,26 @@ def converted_tiny_release(tmp_path_factory) -> Path:
         if e.code:
             pytest.fail(f"port convert of {TINY_RELEASE} failed (exit {e.code})")
     return out
+
+
+def _pool(size: int):
+    from vidport.runtime.parallel import WorkerPool
+
+    with WorkerPool(size, device="cpu") as pool:
+        yield pool
+
+
+# gloo worker pools of 2, 3 and 4 CPU ranks, one per test module (spawning ranks costs seconds)
+@pytest.fixture(scope="module")
+def pool2():
+    yield from _pool(2)
+
+
+@pytest.fixture(scope="module")
+def pool3():
+    yield from _pool(3)
+
+
+@pytest.fixture(scope="module")
+def pool4():
+    yield from _pool(4)

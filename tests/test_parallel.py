@@ -16,7 +16,7 @@ import torch.distributed as dist
 from vidport.runtime.models.wan.config import preset
 from vidport.runtime.models.wan.model import WanDiT
 from vidport.runtime.models.wan.parallel import parallelize_wan
-from vidport.runtime.parallel import WorkerError, WorkerPool, check_heads, launch, parallelize
+from vidport.runtime.parallel import WorkerError, check_heads, launch, parallelize
 
 from vidport.errors import UserError
 
@@ -99,19 +99,6 @@ def _pids(worker):
     pids = [None] * worker.world_size
     dist.all_gather_object(pids, os.getpid())
     return pids
-
-
-# --- fixtures ---------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def pool2():
-    with WorkerPool(2, device="cpu") as pool:
-        yield pool
-
-
-@pytest.fixture(scope="module")
-def pool3():
-    with WorkerPool(3, device="cpu") as pool:
-        yield pool
 
 
 def worker_pids() -> set[int]:

@@ -12,7 +12,7 @@ import torch.distributed as dist
 from vidport.runtime.attention import sdpa_math
 from vidport.runtime.models.wan.model import WanDiT
 from vidport.runtime.models.wan.parallel import parallelize_wan
-from vidport.runtime.parallel import WorkerPool, shard_bounds
+from vidport.runtime.parallel import shard_bounds
 from vidport.runtime.parallel.ring import (
     attention_with_lse,
     hybrid_attention_op,
@@ -73,19 +73,6 @@ def _wan_ring_plan(worker, cfg, state_dict, cases):
     dit = parallelize_wan(model, attention=ring_attention_op(None))
     with torch.no_grad():
         return {name: dit(*inputs) for name, inputs in cases.items()}
-
-
-# --- fixtures ---------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def pool2():
-    with WorkerPool(2, device="cpu") as pool:
-        yield pool
-
-
-@pytest.fixture(scope="module")
-def pool4():
-    with WorkerPool(4, device="cpu") as pool:
-        yield pool
 
 
 # --- one process --------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from torch import nn
 from vidport.runtime.attention import AttentionOp
 from vidport.runtime.kernels import fused
 from vidport.runtime.kernels.fused import apply_rope
+from vidport.runtime.layers import RMSNorm, set_block_attention
 from vidport.runtime.models.ltx_video.config import (
     FFN_MULT,
     OUT_NORM_EPS,
@@ -99,18 +100,6 @@ def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     return (x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
-class QKNorm(nn.Module):
-    """Affine RMSNorm over the whole projection (across heads), computed in fp32."""
-
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fused.rms_norm(x, self.weight, self.eps)
-
-
 def mlp(in_dim: int, dim: int, act: nn.Module) -> nn.Sequential:
     seq = nn.Sequential()
     seq.fc1 = nn.Linear(in_dim, dim)
@@ -128,8 +117,8 @@ class LTXSelfAttention(nn.Module):
         self.num_heads = cfg.num_attention_heads
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)  # one GEMM for q, k and v
         self.proj = nn.Linear(cfg.dim, cfg.dim)
-        self.norm_q = QKNorm(cfg.dim, QK_NORM_EPS)
-        self.norm_k = QKNorm(cfg.dim, QK_NORM_EPS)
+        self.norm_q = RMSNorm(cfg.dim, QK_NORM_EPS)
+        self.norm_k = RMSNorm(cfg.dim, QK_NORM_EPS)
         self.attn_op = AttentionOp()
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -150,8 +139,8 @@ class LTXCrossAttention(nn.Module):
         self.q = nn.Linear(cfg.dim, cfg.dim)
         self.kv = nn.Linear(cfg.dim, 2 * cfg.dim)  # one GEMM for k and v
         self.proj = nn.Linear(cfg.dim, cfg.dim)
-        self.norm_q = QKNorm(cfg.dim, QK_NORM_EPS)
-        self.norm_k = QKNorm(cfg.dim, QK_NORM_EPS)
+        self.norm_q = RMSNorm(cfg.dim, QK_NORM_EPS)
+        self.norm_k = RMSNorm(cfg.dim, QK_NORM_EPS)
         self.attn_op = AttentionOp()
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
@@ -245,9 +234,7 @@ class LTXDiT(nn.Module):
         """The kernel of the self-attention and, when given, a different one for the cross-attention
         (``runtime.attention.resolve_backends`` picks the fastest of each; the cross-attention needs a backend
         that takes a key mask when the text is padded)."""
-        for block in self.blocks:
-            block.attn.attn_op.backend = backend
-            block.cross_attn.attn_op.backend = cross_backend or backend
+        set_block_attention(self.blocks, backend, cross_backend)
 
     # --- packing (LTX's pipeline packs its latents once; the DiT sees tokens) ---------------------
     def patchify(self, latents: torch.Tensor) -> tuple[torch.Tensor, Grid]:

@@ -27,6 +27,7 @@ from torch import nn
 from vidport.runtime.attention import AttentionOp
 from vidport.runtime.kernels import fused
 from vidport.runtime.kernels.fused import apply_rope
+from vidport.runtime.layers import RMSNorm, set_block_attention
 from vidport.runtime.models.wan.config import WanDiTConfig
 
 
@@ -75,18 +76,6 @@ class LayerNormFP32(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return fused.norm_modulate(x, *self.affine(), self.eps)
-
-
-class RMSNorm(nn.Module):
-    """RMSNorm over the whole projection (across heads), computed in fp32."""
-
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fused.rms_norm(x, self.weight, self.eps)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,9 +260,7 @@ class WanDiT(nn.Module):
     def set_attention_backend(self, backend: str, cross_backend: str | None = None) -> None:
         """The kernel of the self-attention and, when given, a different one for the cross-attention
         (``runtime.attention.resolve_backends`` picks the fastest of each)."""
-        for block in self.blocks:
-            block.attn.attn_op.backend = backend
-            block.cross_attn.attn_op.backend = cross_backend or backend
+        set_block_attention(self.blocks, backend, cross_backend)
 
     # --- stages --------------------------------------------------------------------------------
     def patchify(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
