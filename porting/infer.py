@@ -339,6 +339,21 @@ class _Matcher:
         rows, cols = linear_sum_assignment(cost)
         base = base + W_INDEX * index  # what the swap test weighs: names, context, dtype and index
         pairs = sorted(zip(rows.tolist(), cols.tolist()), key=lambda rc: S[rc[0]].pos)
+        # an uneven class: a pair whose source (or target) a left-over one of the class would replace at the same
+        # cost is a guess between them (std-of-means vs mean-of-stds for latents_std): key order says little
+        # across classes of different sizes, so it is left to the user with every tied candidate
+        if len(S) != len(T):
+            free_r = sorted(set(range(len(S))) - set(rows.tolist()))
+            free_c = sorted(set(range(len(T))) - set(cols.tolist()))
+            kept = []
+            for r, c in pairs:
+                rivals_s = [S[f] for f in free_r if base[f, c] <= base[r, c] + EPS]
+                rivals_t = [T[f] for f in free_c if base[r, f] <= base[r, c] + EPS]
+                if rivals_s or rivals_t:
+                    self._tied(S[r], T[c], rivals_s, rivals_t)
+                else:
+                    kept.append((r, c))
+            pairs = kept
         # pairs whose swap costs the same without key order were decided by order alone
         by_order: dict[int, set[int]] = defaultdict(set)
         if len(pairs) > 1:
@@ -375,6 +390,20 @@ class _Matcher:
                 cands = [_key(t.path, leaf2) for t in tgts for leaf2, info in t.leaves.items()
                          if info.shape == s.leaves[leaf].shape]
                 self.unresolved.append(Unresolved(_key(s.path, leaf), "source", reason, cands))
+
+    def _tied(self, s: _Module, t: _Module, rivals_s: list[_Module], rivals_t: list[_Module]) -> None:
+        """``s`` -> ``t`` is no better than a left-over rival: both go to unresolved with every tied candidate
+        (the rivals stay free for later phases)."""
+        self.used_s.add(s.path)
+        self.used_t.add(t.path)
+        why = "tied with a left-over tensor of the same shape on names and context (key order is no evidence " \
+              "across classes of different sizes)"
+        for leaf, info in s.leaves.items():
+            cands = [_key(m.path, l2) for m in [t] + rivals_t for l2, i2 in m.leaves.items() if i2.shape == info.shape]
+            self.unresolved.append(Unresolved(_key(s.path, leaf), "source", why, cands))
+        for leaf, info in t.leaves.items():
+            cands = [_key(m.path, l2) for m in [s] + rivals_s for l2, i2 in m.leaves.items() if i2.shape == info.shape]
+            self.unresolved.append(Unresolved(_key(t.path, leaf), "target", why, cands))
 
     def _rename(self, s: _Module, t: _Module, *, by_order: bool = False) -> None:
         self.used_s.add(s.path)

@@ -316,6 +316,23 @@ def test_tie_merge_reshape_and_split_on_synthetic_layouts():
         torch.testing.assert_close(back[k], tensors[k])
 
 
+def test_a_tie_with_a_left_over_tensor_is_unresolved_not_guessed():
+    """LTX-Video v0.9.1's VAE file stores four per-channel statistics; Diffusers keeps two. ``latents_std`` is
+    ``std-of-means``, but ``mean-of-stds`` has the same name tokens and shape: key order must not pick one."""
+    src = infos([("vae.conv.weight", [8, 3]), ("vae.per_channel_statistics.channel", [8]),
+                 ("vae.per_channel_statistics.mean-of-means", [8]),
+                 ("vae.per_channel_statistics.std-of-means", [8]),
+                 ("vae.per_channel_statistics.mean-of-stds", [8])])
+    tgt = infos([("latents_mean", [8]), ("latents_std", [8]), ("conv.weight", [8, 3])])
+    inf = infer(src, tgt)
+    mapped = inf.mapped()
+    assert "vae.per_channel_statistics.mean-of-stds" not in mapped
+    u = {x.key: x for x in inf.unresolved}
+    assert sorted(u["latents_std"].candidates) == ["vae.per_channel_statistics.mean-of-stds",
+                                                     "vae.per_channel_statistics.std-of-means"]
+    assert mapped["vae.conv.weight"] == ["conv.weight"]
+
+
 def test_fused_name_may_carry_the_common_prefix():
     src = infos([(f"l.{i}.w{x}.weight", [4, 4]) for i in range(2) for x in "qkvo"])
     tgt = infos([(f"h.{i}.attn.{n}.weight", [12 if n == "wqkv" else 4, 4]) for i in range(2) for n in ("wqkv", "wo")])

@@ -25,6 +25,7 @@ FLOOR = {  # family: (correct, wrong, splits found, reorders flagged)
     "flux": (854, 0, 76, 2),
     "hunyuan_video": (942, 0, 84, 2),
     "ltx_vae": (190, 0, 0, 0),
+    "ltx_vae_091": (293, 0, 0, 0),
     "ltx_video": (715, 0, 0, 0),
     "lumina2": (459, 0, 30, 0),
     "mochi": (974, 0, 96, 97),

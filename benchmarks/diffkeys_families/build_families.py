@@ -184,6 +184,56 @@ def official_ltx_vae(root: Path):
                     "`unfilled` in truth.json")
 
 
+# The v0.9.1 VAE (ltx-video-2b-v0.9.1.safetensors): the official repository keeps no literal of it (the single file
+# carries it in its metadata); this is that metadata's "vae" entry as diffusers' scripts/convert_ltx_to_diffusers.py
+# quotes it. Its decoder is timestep-conditioned, injects noise and upsamples with residual depth-to-space.
+LTX_VAE_091_OFFICIAL = {
+    "_class_name": "CausalVideoAutoencoder", "dims": 3, "in_channels": 3, "out_channels": 3, "latent_channels": 128,
+    "encoder_blocks": [["res_x", {"num_layers": 4}], ["compress_all", {}], ["res_x_y", 1], ["res_x", {"num_layers": 3}],
+                       ["compress_all", {}], ["res_x_y", 1], ["res_x", {"num_layers": 3}], ["compress_all", {}],
+                       ["res_x", {"num_layers": 3}], ["res_x", {"num_layers": 4}]],
+    "decoder_blocks": [["res_x", {"num_layers": 5, "inject_noise": True}],
+                       ["compress_all", {"residual": True, "multiplier": 2}],
+                       ["res_x", {"num_layers": 6, "inject_noise": True}],
+                       ["compress_all", {"residual": True, "multiplier": 2}],
+                       ["res_x", {"num_layers": 7, "inject_noise": True}],
+                       ["compress_all", {"residual": True, "multiplier": 2}],
+                       ["res_x", {"num_layers": 8, "inject_noise": False}]],
+    "scaling_factor": 1.0, "norm_layer": "pixel_norm", "patch_size": 4, "latent_log_var": "uniform",
+    "use_quant_conv": False, "causal_decoder": False, "timestep_conditioning": True,
+}
+# diffusers' get_vae_config("0.9.1") in scripts/convert_ltx_to_diffusers.py (= diffusers/LTX-Video-0.9.1 vae/config)
+LTX_VAE_091_DIFFUSERS = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 128, "block_out_channels": [128, 256, 512, 512],
+    "decoder_block_out_channels": [256, 512, 1024], "layers_per_block": [4, 3, 3, 3, 4],
+    "decoder_layers_per_block": [5, 6, 7, 8], "spatio_temporal_scaling": [True, True, True, False],
+    "decoder_spatio_temporal_scaling": [True, True, True], "decoder_inject_noise": [True, True, True, False],
+    "upsample_residual": [True, True, True], "upsample_factor": [2, 2, 2], "timestep_conditioning": True,
+    "patch_size": 4, "patch_size_t": 1, "resnet_norm_eps": 1e-6, "scaling_factor": 1.0, "encoder_causal": True,
+    "decoder_causal": False,
+}
+# the per-channel latent statistics the single file stores beside the VAE's parameters (buffers the official class
+# registers while loading: CausalVideoAutoencoder.load_state_dict)
+LTX_VAE_STATISTICS = ("channel", "mean-of-means", "std-of-means", "mean-of-stds")
+
+
+def official_ltx_vae_091(root: Path):
+    with importable(root):
+        from ltx_video.models.autoencoders.causal_video_autoencoder import CausalVideoAutoencoder
+
+        with torch.device("meta"):
+            model = CausalVideoAutoencoder.from_config(json.loads(json.dumps(LTX_VAE_091_OFFICIAL)))
+        shapes = shapes_of(model, "vae.")
+    latent = LTX_VAE_091_OFFICIAL["latent_channels"]
+    shapes.update({f"vae.per_channel_statistics.{s}": (latent,) for s in LTX_VAE_STATISTICS})
+    return shapes, ("`ltx_video.models.autoencoders.causal_video_autoencoder.CausalVideoAutoencoder.from_config(cfg)` "
+                    "with cfg the v0.9.1 VAE config that ltx-video-2b-v0.9.1.safetensors carries in its metadata "
+                    "(as quoted by diffusers' scripts/convert_ltx_to_diffusers.py; LTX_VAE_091_OFFICIAL in "
+                    "build_families.py), under `vae.`, plus the file's four `vae.per_channel_statistics.*` "
+                    "vectors (channel, mean-of-means, std-of-means, mean-of-stds; buffers the class registers "
+                    "while loading)")
+
+
 def official_mochi(root: Path):
     # the model kwargs MochiSingleGPUPipeline's DiT factory passes (src/genmo/mochi_preview/pipelines.py);
     # attn_imports asks CUDA for the device properties at import, so it is faked (no attention runs here)
@@ -311,6 +361,15 @@ FAMILIES = [
            "convert_ltx_vae_checkpoint_to_diffusers",
            "a VAE whose flat official block lists are regrouped: up_blocks.2 -> up_blocks.1.upsamplers.0, "
            "down_blocks.2 -> down_blocks.0.conv_out, res_blocks -> resnets; the vae. prefix",
+           full_shapes=True),
+    Family("ltx_vae_091", "Lightricks/LTX-Video", official_ltx_vae_091, "diffusers.AutoencoderKLLTXVideo",
+           lambda root: dict(LTX_VAE_091_DIFFUSERS),
+           "get_vae_config('0.9.1') of diffusers' scripts/convert_ltx_to_diffusers.py (= diffusers/LTX-Video-0.9.1 "
+           "vae/config.json)",
+           "convert_ltx_vae_checkpoint_to_diffusers",
+           "the v0.9.1 VAE: the decoder's flat block list regrouped another way than v0.9's (up_blocks.1 -> "
+           "up_blocks.0.upsamplers.0), last_time_embedder/last_scale_shift_table renamed, per-channel latent "
+           "statistics kept (two of four) under new names",
            full_shapes=True),
     Family("mochi", "genmoai/mochi", official_mochi, "diffusers.MochiTransformer3DModel",
            lambda root: dict(patch_size=2, num_attention_heads=24, attention_head_dim=128, num_layers=48,
