@@ -296,9 +296,10 @@ def _common_prefix(a: str, b: str) -> str:
 # ----------------------------------------------------------------------------------------------
 class _Matcher:
     def __init__(self, source: Mapping[str, TensorInfo], target: Mapping[str, TensorInfo],
-                 all_target: Mapping[str, TensorInfo] | None = None):
+                 all_target: Mapping[str, TensorInfo] | None = None, all_source: Mapping[str, TensorInfo] | None = None):
         self.source, self.target = dict(source), dict(target)
         self.all_target = dict(all_target) if all_target is not None else self.target  # settled ones too
+        self.all_source = dict(all_source) if all_source is not None else self.source
         self.src_informative = order_is_informative(list(source))
         self.tgt_informative = order_is_informative(list(target))
         self.order_ok = self.src_informative and self.tgt_informative
@@ -667,12 +668,15 @@ class _Matcher:
     # --- ties -------------------------------------------------------------------------------------
     def _ties(self) -> None:
         renamed = {c.sources[0]: c for c in self.out if c.kind == "rename"}
+        # every source module, those settled by equal names too (transformers saves T5's tied embedding once, as
+        # shared.weight, which then matches by name; encoder.embed_tokens.weight is its tied copy)
+        smods = _modules(self.all_source, self.src_informative)
         for t in [m for m in self.tmods.values() if m.path not in self.used_t]:
-            cands = [s for s in self.smods.values() if s.signature == t.signature]
+            cands = [s for s in smods.values() if s.signature == t.signature]
             if len(cands) != 1:
                 continue
             s = cands[0]
-            if s.path not in self.used_s:
+            if s.path not in self.used_s and not all(_key(s.path, sl) in renamed for sl in s.leaves):
                 continue
             pairs = _pair_leaves(s, t)
             if not all(_key(s.path, sl) in renamed for sl, _ in pairs):
@@ -1004,7 +1008,7 @@ def infer(source: Mapping[str, TensorInfo], target: Mapping[str, TensorInfo],
     done_s |= set(exact)
     done_t |= set(exact.values())
     m = _Matcher({k: v for k, v in source.items() if k not in done_s},
-                 {k: v for k, v in target.items() if k not in done_t}, all_target=target)
+                 {k: v for k, v in target.items() if k not in done_t}, all_target=target, all_source=source)
     settled = list(decided) + [Correspondence("rename", (s,), (t,), exact=True) for s, t in exact.items()]
     for c in settled:  # context for what the evidence leaves open: where matched subtrees went
         for s in c.sources:

@@ -36,3 +36,63 @@ def test_the_map_does_what_diffusers_converter_does():
     assert made == {k: tuple(p[0] for p in v["pieces"]) for k, v in truth.items()}
     shapes, target = official.shapes(), KeysFileSource(DIFFUSERS).shapes()
     assert {op.target: tuple(op.target_shape(shapes)) for op in plan.ops} == target
+
+
+# --- the v0.9.1 VAE and the T5 text encoder ------------------------------------------------------------
+REF = FOLDER / "reference"
+VAE_MAP = FOLDER / "maps" / "official_to_diffusers_vae.map"
+VAE_TRUTH = ROOT / "tests" / "data" / "diffkeys_families" / "ltx_vae_091" / "truth.json"
+HAND_EDITED = [r"rename   ^vae\.per_channel_statistics\.std\-of\-means$  ->  latents_std",
+               r"drop     ^vae\.per_channel_statistics\.(channel|mean\-of\-stds)$"]
+
+
+def test_the_vae_map_is_what_diff_keys_infers_plus_its_two_declared_edits():
+    d = diff_keys(KeysFileSource(REF / "official_vae_2b_keys.txt"), KeysFileSource(REF / "diffusers_vae_2b_keys.txt"))
+    # the tied statistics are left to the user, not guessed; everything else is mapped
+    assert {u.key for u in d.inference.unresolved} == {
+        "latents_std", "vae.per_channel_statistics.mean-of-stds", "vae.per_channel_statistics.channel",
+        "vae.per_channel_statistics.std-of-means"}
+    committed = NameMap.load(VAE_MAP)
+    assert [r.to_line() for r in d.name_map.rules] + HAND_EDITED == [r.to_line() for r in committed.rules]
+    assert "Edited by hand" in VAE_MAP.read_text()
+
+
+def test_the_vae_map_does_what_diffusers_converter_does():
+    truth = json.loads(VAE_TRUTH.read_text())
+    official = KeysFileSource(REF / "official_vae_2b_keys.txt")
+    plan = NameMap.load(VAE_MAP).plan(official.keys())
+    assert not plan.unmatched and sorted(plan.dropped) == sorted(truth["dropped"])
+    made = {op.target: op.sources for op in plan.ops}
+    assert made == {k: tuple(p[0] for p in v["pieces"]) for k, v in truth["targets"].items()}
+
+
+def test_the_tiny_listings_follow_the_real_names():
+    """The tiny official release's keys are the real release's names (fewer resnets and blocks, nothing new)."""
+    real = set(KeysFileSource(REF / "official_vae_2b_keys.txt").keys())
+    tiny = set(KeysFileSource(REF / "official_vae_tiny_keys.txt").keys())
+    assert tiny < real
+    real_t = set(KeysFileSource(REF / "official_transformer_2b_keys.txt").keys())
+    tiny_t = set(KeysFileSource(REF / "official_transformer_tiny_keys.txt").keys())
+    assert tiny_t < real_t
+    plan = NameMap.load(VAE_MAP).plan(sorted(tiny))
+    assert not plan.unmatched
+    target = KeysFileSource(REF / "diffusers_vae_tiny_keys.txt").shapes()
+    shapes = KeysFileSource(REF / "official_vae_tiny_keys.txt").shapes()
+    assert {op.target: tuple(op.target_shape(shapes)) for op in plan.ops} == target
+
+
+def test_the_text_encoder_map_ties_the_embedding_saved_once():
+    """transformers saves T5's tied embedding once (shared.weight); the map feeds it to encoder.embed_tokens too."""
+    from vidport.families import native_meta_module
+
+    from vidport.porting.sources import open_source
+
+    d = diff_keys(KeysFileSource(REF / "t5_v1_1_xxl_keys.txt"), open_source("native:ltx-video-2b/text_encoder"))
+    assert d.complete and not d.inference.unresolved
+    m = NameMap.load(FOLDER / "maps" / "official_to_diffusers_text_encoder.map")
+    assert [r.to_line() for r in d.name_map.rules] == [r.to_line() for r in m.rules]
+    target = {k: tuple(v.shape) for k, v in native_meta_module("ltx-video-2b", "text_encoder").state_dict().items()}
+    plan = m.plan(KeysFileSource(REF / "t5_v1_1_xxl_keys.txt").keys())
+    assert not plan.unmatched and not plan.dropped
+    assert {op.target for op in plan.ops} == set(target)
+    assert [op.sources for op in plan.ops if op.target == "encoder.embed_tokens.weight"] == [("shared.weight",)]

@@ -26,6 +26,7 @@ from vidport.errors import UserError
 # family name -> "module:attribute" of its FamilySpec. Add a line to add a family.
 FAMILIES: dict[str, str] = {
     "wan2.1-t2v": "vidport.runtime.models.wan.family:SPEC",
+    "ltx-video": "vidport.runtime.models.ltx_video.family:SPEC",
 }
 
 

@@ -121,13 +121,15 @@ class LTXSelfAttention(nn.Module):
         self.norm_k = RMSNorm(cfg.dim, QK_NORM_EPS)
         self.attn_op = AttentionOp()
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        # key_mask [B, S]: only a sequence-parallel plan passes one (its padding at the end of the sequence)
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         # norm and RoPE over the full dim, then [B, S, dim] -> [B, S, heads, head_dim]
         q = rope_across_heads(self.norm_q(q), rope).unflatten(-1, (self.num_heads, -1))
         k = rope_across_heads(self.norm_k(k), rope).unflatten(-1, (self.num_heads, -1))
         v = v.unflatten(-1, (self.num_heads, -1))
-        return self.proj(self.attn_op(q, k, v).flatten(2))
+        return self.proj(self.attn_op(q, k, v, key_mask).flatten(2))
 
 
 class LTXCrossAttention(nn.Module):
@@ -171,12 +173,12 @@ class LTXBlock(nn.Module):
         self.cross_attn = LTXCrossAttention(cfg)
         self.ffn = LTXFeedForward(cfg)
 
-    def forward(self, x, mod, text, rope, text_mask=None):
+    def forward(self, x, mod, text, rope, text_mask=None, key_mask=None):
         # x [B, S, dim]; mod [B, 6, dim] the projected time embedding; each modulation row -> [B, 1, dim]
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation + mod).unsqueeze(2).unbind(1)
 
         # 1. self-attention on the modulated, RMS-normalized tokens; gated residual
-        x = x + self.attn(rms_norm(x, self.eps) * (1 + scale1) + shift1, rope) * gate1
+        x = x + self.attn(rms_norm(x, self.eps) * (1 + scale1) + shift1, rope, key_mask) * gate1
 
         # 2. cross-attention to the caption, from the residual stream itself (LTX has no norm here); plain residual
         x = x + self.cross_attn(x, text, text_mask)

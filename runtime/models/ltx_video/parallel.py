@@ -1,0 +1,88 @@
+"""LTX-Video's parallel plan (``FamilySpec.parallel_plan``): the sequence-parallel LTX DiT, applied from outside,
+so the model file holds no collectives.
+
+``parallelize_ltx(model, group)`` swaps every self-attention ``AttentionOp`` for a ``DistributedAttention``
+(Ulysses; or ring / Ulysses x ring through ``attention=``) and wraps the model's stages: every rank projects the
+(replicated) packed latents, keeps its shard of the token sequence with the matching rows of the RoPE tables, runs
+the blocks and the head on it, and the shards are gathered in sequence order. The cross-attention to the text
+stays local (the text and its mask are replicated). A token count not divisible by the ranks is padded at the end;
+the padded keys are dropped inside the attention and the padded tokens cut off after the gather.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from vidport.runtime.models.ltx_video.model import LTXDiT
+from vidport.runtime.parallel.ulysses import DistributedAttention, check_heads, shard_bounds
+
+
+class SequenceParallelLTXDiT(nn.Module):
+    """``forward`` like ``LTXDiT`` (packed tokens in, packed tokens out), with the tokens split over ``group``.
+    Every rank of ``group`` must call it with the same inputs; every rank gets the full output."""
+
+    def __init__(self, dit: LTXDiT, group: dist.ProcessGroup | None):
+        super().__init__()
+        self.dit = dit
+        self.group = group
+
+    @property
+    def cfg(self):
+        return self.dit.cfg
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.dit.dtype
+
+    def set_attention_backend(self, backend: str, cross_backend: str | None = None) -> None:
+        self.dit.set_attention_backend(backend, cross_backend)
+
+    def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, timestep: torch.Tensor,
+                encoder_attention_mask: torch.Tensor | None = None, num_frames: int | None = None,
+                height: int | None = None, width: int | None = None, rope_interpolation_scale=None) -> torch.Tensor:
+        dit, rank, world = self.dit, dist.get_rank(self.group), dist.get_world_size(self.group)
+        grid = (num_frames, height, width)
+        batch, seq_len = hidden_states.shape[:2]
+        if None in grid or math.prod(grid) != seq_len:
+            raise ValueError(f"num_frames x height x width = {grid} must give the {seq_len} tokens of hidden_states")
+
+        # 1. every rank keeps its shard of the tokens and of the RoPE tables
+        per_rank, padded = shard_bounds(seq_len, world)
+        cos, sin = dit.rope(grid, rope_interpolation_scale, hidden_states.device)
+        tokens, key_mask = hidden_states, None
+        if padded != seq_len:
+            pad = padded - seq_len
+            tokens = F.pad(tokens, (0, 0, 0, pad))
+            cos, sin = F.pad(cos, (0, 0, 0, pad), value=1.0), F.pad(sin, (0, 0, 0, pad))
+            key_mask = (torch.arange(padded, device=tokens.device) < seq_len).expand(batch, padded)
+        mine = slice(rank * per_rank, (rank + 1) * per_rank)
+        x = dit.proj_in(tokens[:, mine].to(dit.dtype))
+
+        # 2. the blocks and the head on the shard; self-attention exchanges shards inside
+        temb, mod = dit.embed_time(timestep)
+        text = dit.embed_text(encoder_hidden_states)
+        text_mask = dit.text_key_mask(encoder_attention_mask)
+        for block in dit.blocks:
+            x = block(x, mod, text, (cos[mine], sin[mine]), text_mask, key_mask)
+        out = dit.head(x, temb).contiguous()
+
+        # 3. gather the shards in rank (= sequence) order and drop the padding
+        shards = [torch.empty_like(out) for _ in range(world)]
+        dist.all_gather(shards, out, group=self.group)
+        return torch.cat(shards, dim=1)[:, :seq_len]
+
+
+def parallelize_ltx(model: LTXDiT, group: dist.ProcessGroup | None = None, *, attention=None) -> SequenceParallelLTXDiT:
+    """Shard ``model``'s token sequence over ``group`` (default: the whole world). ``attention``: None = Ulysses
+    (the head count must divide by the ranks), or a factory ``backend -> op`` from ``runtime.parallel.ring``.
+    Replaces the self-attention ops of ``model`` in place and returns the wrapper to call instead."""
+    if attention is None:
+        check_heads(model.cfg.num_attention_heads, dist.get_world_size(group))
+        attention = lambda backend: DistributedAttention(backend, group)  # noqa: E731
+    for block in model.blocks:
+        block.attn.attn_op = attention(block.attn.attn_op.backend)
+    return SequenceParallelLTXDiT(model, group)
