@@ -296,7 +296,8 @@ def _common_prefix(a: str, b: str) -> str:
 # ----------------------------------------------------------------------------------------------
 class _Matcher:
     def __init__(self, source: Mapping[str, TensorInfo], target: Mapping[str, TensorInfo],
-                 all_target: Mapping[str, TensorInfo] | None = None, all_source: Mapping[str, TensorInfo] | None = None):
+                 all_target: Mapping[str, TensorInfo] | None = None,
+                 all_source: Mapping[str, TensorInfo] | None = None):
         self.source, self.target = dict(source), dict(target)
         self.all_target = dict(all_target) if all_target is not None else self.target  # settled ones too
         self.all_source = dict(all_source) if all_source is not None else self.source

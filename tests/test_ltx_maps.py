@@ -83,9 +83,9 @@ def test_the_tiny_listings_follow_the_real_names():
 
 def test_the_text_encoder_map_ties_the_embedding_saved_once():
     """transformers saves T5's tied embedding once (shared.weight); the map feeds it to encoder.embed_tokens too."""
-    from vidport.families import native_meta_module
-
     from vidport.porting.sources import open_source
+
+    from vidport.families import native_meta_module
 
     d = diff_keys(KeysFileSource(REF / "t5_v1_1_xxl_keys.txt"), open_source("native:ltx-video-2b/text_encoder"))
     assert d.complete and not d.inference.unresolved

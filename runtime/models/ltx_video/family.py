@@ -101,8 +101,8 @@ def vae_config_from_official(cfg: dict) -> dict:
     output side): each ``res_x`` with the ``compress_all`` before it is an up stage (residual, multiplier = the
     upsampler's), the last ``res_x`` the mid block; the widths follow from ``decoder_base_channels`` times the
     multipliers. Supported: the block kinds of the v0.9 / v0.9.1 VAEs (res_x, res_x_y, compress_all)."""
-    if cfg.get("dims", 3) != 3 or cfg.get("use_quant_conv", False) or cfg.get("latent_log_var", "uniform") != "uniform" \
-            or cfg.get("norm_layer", "pixel_norm") != "pixel_norm":
+    if cfg.get("dims", 3) != 3 or cfg.get("use_quant_conv", False) or \
+            cfg.get("latent_log_var", "uniform") != "uniform" or cfg.get("norm_layer", "pixel_norm") != "pixel_norm":
         raise UserError("official VAE config: only dims=3, use_quant_conv=false, latent_log_var='uniform' and "
                         "norm_layer='pixel_norm' are supported (the released LTX-Video VAEs)")
     enc = _blocks(cfg.get("encoder_blocks") or cfg["blocks"])
@@ -122,7 +122,7 @@ def vae_config_from_official(cfg: dict) -> dict:
             width *= params.get("multiplier", 1)
         else:  # res_x_y
             width *= params.get("multiplier", 2)
-    down, mid = stages[:-1], stages[-1]
+    down = stages[:-1]  # the last stage is the mid block
 
     ups: list[dict] = []
     for name, params in dec:
