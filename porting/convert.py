@@ -75,10 +75,19 @@ def plan_release(release: str | Path, family_name: str, *, dtype: str = "keep", 
         raise ConvertError(f"--targets {targets_from!r}: choose one of {', '.join(TARGETS_FROM)}")
     if dtype not in DTYPES:
         raise ConvertError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    from vidport.families import family_for_release
+
     release = Path(release)
-    if not release.is_dir():
-        raise ConvertError(f"{release}: no such release folder")
+    if not release.exists():
+        raise ConvertError(f"{release}: no such release folder or file")
     fam = get_family(family_name)
+    if not fam.is_official_release(release):
+        looks = family_for_release(release)
+        if looks is not None:
+            raise ConvertError(f"{release} looks like a {looks.name} release, not {fam.name}; "
+                               f"pass --family {looks.name}")
+        if not release.is_dir():
+            raise ConvertError(f"{release}: a file that is no {fam.name} release; pass the release folder")
     unknown = sorted(set(maps or {}) - set(fam.components))
     if unknown:
         raise ConvertError(f"--map names unknown component(s) {', '.join(unknown)}; {family_name} has "
