@@ -285,6 +285,10 @@ def main(argv):
         if not os.path.isfile(path):
             fail(f"{release}: missing {comp['source']}")
         src = open_source(path)
+        if comp.get("prefix"):  # one component of a single-file release: the keys under its prefix
+            src.meta = {k: v for k, v in src.meta.items() if k.startswith(comp["prefix"])}
+            if not src.meta:
+                fail(f"{path}: no tensors under the key prefix {comp['prefix']!r}")
         ops, unmatched = plan(parse_map(MAPS[comp["name"]]), list(src.meta))
         if unmatched:
             fail(f"{comp['name']}: {len(unmatched)} source keys match no rule, e.g. {unmatched[:3]}")
@@ -334,11 +338,13 @@ def render_script(plan: ConversionPlan, out: str | Path, name: str = "convert.py
     """The standalone script's source for a planned conversion."""
     vidport_version = installed_version("vidport")
     release = plan.release.resolve()
+    release = release if release.is_dir() else release.parent  # a release given as its single file
     components, targets, maps = [], {}, []
     for c in plan.components:
         src = c.source.files()[0].resolve()
+        prefix = getattr(c.source, "prefix", None)
         components.append({"name": c.name, "source": src.relative_to(release).as_posix(), "stem": c.weights_stem,
-                           "keep_fp32": list(c.keep_fp32)})
+                           "keep_fp32": list(c.keep_fp32), **({"prefix": prefix} if prefix else {})})
         targets[c.name] = [[k, list(s)] for k, s in _tensor_table(c).items()]
         text = c.name_map.dumps()
         maps.append(f'    {c.name!r}: r"""\n{text}""",\n' if '"""' not in text and not text.endswith("\\")
@@ -355,7 +361,7 @@ def render_script(plan: ConversionPlan, out: str | Path, name: str = "convert.py
         "__TARGETS__": repr(json.dumps(targets, separators=(",", ":"))),
         "__FILES__": repr(json.dumps(plan.files, indent=1)),
         "__COPIES__": repr(json.dumps(copies, indent=1)),
-        "__SOURCE__": repr(str(plan.release)),
+        "__SOURCE__": repr(str(plan.release if plan.release.is_dir() else plan.release.parent)),
         "__OUT__": repr(str(out)),
     }
     text = TEMPLATE

@@ -7,7 +7,9 @@ shape-mismatched keys. Tensors are read one at a time from the source (safetenso
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -164,3 +166,47 @@ def load_transformer(folder: str | Path, family, *, dtype: torch.dtype = torch.f
 
     load_into(model, source, name_map, device=device, dtype_fn=pick)
     return model.eval().requires_grad_(False)
+
+
+# --- loading library models strictly and quietly (every family's pipeline) -----------------------------
+@contextlib.contextmanager
+def quiet_library_loading() -> Iterator[None]:
+    """No 'Loading weights' bars or info logs from transformers/diffusers while they load our components
+    (an API caller would see them on stderr; our loads are strict, so their notes add nothing). The
+    caller's bar and verbosity settings are restored afterwards."""
+    import diffusers.utils.logging as diffusers_logging
+    import huggingface_hub.utils as hub_utils
+    import transformers.utils.logging as transformers_logging
+
+    libraries = (transformers_logging, diffusers_logging)
+    saved = [(lib.is_progress_bar_enabled(), lib.get_verbosity()) for lib in libraries]
+    hub_bars_off = hub_utils.are_progress_bars_disabled()  # transformers' switch flips the hub's too
+    for lib in libraries:
+        lib.disable_progress_bar()
+        lib.set_verbosity_error()
+    try:
+        yield
+    finally:
+        for lib, (bar, verbosity) in zip(libraries, saved):
+            (lib.enable_progress_bar if bar else lib.disable_progress_bar)()
+            lib.set_verbosity(verbosity)
+        (hub_utils.disable_progress_bars if hub_bars_off else hub_utils.enable_progress_bars)()
+
+
+def load_or_fail(fn, what: Path):
+    """``fn()``, with a library's OSError/ValueError as one UserError line naming ``what``."""
+    try:
+        return fn()
+    except (OSError, ValueError) as e:
+        raise UserError(f"{what}: cannot load ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
+def strict_from_pretrained(cls, folder: Path, **kwargs):
+    """``cls.from_pretrained`` that fails on any missing, unexpected or mismatched tensor."""
+    model, info = load_or_fail(lambda: cls.from_pretrained(folder, output_loading_info=True, **kwargs), folder)
+    problems = {k: sorted(v) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")
+                if (v := info.get(k))}
+    if problems:
+        raise UserError(f"{folder}: strict load failed: " + "; ".join(
+            f"{len(v)} {k.replace('_', ' ')}: {', '.join(map(str, v[:20]))}" for k, v in problems.items()))
+    return model

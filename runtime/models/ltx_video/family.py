@@ -45,7 +45,7 @@ DIFFUSERS_TO_NATIVE = MAPS / "diffusers_to_native.map"
 
 # --- sampling (official configs/ltxv-2b-0.9.1.yaml and ltx_video/inference.py) ---------------------------
 SAMPLING = {
-    "2b": {"height": 512, "width": 704, "num_frames": 121, "num_inference_steps": 40, "guidance_scale": 3.0},
+    "2b": {"height": 480, "width": 704, "num_frames": 121, "num_inference_steps": 40, "guidance_scale": 3.0},
     "tiny": {"height": 64, "width": 96, "num_frames": 9, "num_inference_steps": 3, "guidance_scale": 3.0},
 }
 DECODE_TIMESTEP = 0.05  # the VAE decoder's timestep conditioning (ltxv-2b-0.9.1.yaml decode_timestep)

@@ -27,12 +27,13 @@ Parity target: diffusers' ``LTXPipeline`` (``pipelines/ltx/pipeline_ltx.py``). W
   which is what the official inference's ``seed_everething(seed)`` and ``torch.manual_seed(seed)`` before an
   ``LTXPipeline`` call give.
 
-Defaults (``SAMPLING``, ``NEGATIVE_PROMPT``, ``FRAME_RATE``, ``DECODE_TIMESTEP``, ``DECODE_NOISE_SCALE``) are the
-official release's for 2B v0.9.1: Lightricks/LTX-Video ``inference.py`` at the v0.9.1 release (commit 925516e,
-2024-12-19: 480x704, 121 frames, 40 steps, guidance 3, frame rate 25, negative prompt "worst quality, inconsistent
-motion, blurry, jittery, distorted", decode timestep 0.05, decode noise scale 0.025) and ``configs/ltxv-2b-0.9.1.yaml``
-(the same steps, guidance and decode settings). LTXPipeline's own defaults differ (512x704, 161 frames, 50 steps,
-decode timestep 0 and no decode noise).
+Defaults: ``sampling_defaults`` gives the family's ``SAMPLING`` per preset, ``DECODE_TIMESTEP`` /
+``DECODE_NOISE_SCALE``, and this module's ``NEGATIVE_PROMPT`` and ``FRAME_RATE`` (the mp4's fps). The official facts
+for 2B v0.9.1: Lightricks/LTX-Video ``inference.py`` at the v0.9.1 release (commit 925516e, 2024-12-19) defaults to
+height 480, width 704, 121 frames, 40 steps, guidance 3, frame rate 25, the negative prompt "worst quality,
+inconsistent motion, blurry, jittery, distorted", decode timestep 0.05 and decode noise scale 0.025;
+``configs/ltxv-2b-0.9.1.yaml`` (added later) has the same steps, guidance and decode settings. LTXPipeline's own
+defaults differ (512x704, 161 frames, 50 steps, decode timestep 0, no decode noise).
 
 What the runtime does NOT reproduce of the official 0.9.1 inference, because the parity target is diffusers'
 LTXPipeline, which lacks it:
@@ -44,7 +45,7 @@ LTXPipeline, which lacks it:
 - the official encode passes the attention mask to T5 itself (LTXPipeline does not), draws the noise on a generator
   on the run's device (LTXPipeline: a CPU one; ``noise="official"`` is refused), and runs the VAE in bf16 (here fp32).
 
-Request geometry (for the family registration, ``GEOMETRY``): frames ``8k + 1`` (the VAE's temporal compression),
+Request geometry (``family.SPEC.geometry``): frames ``8k + 1`` (the VAE's temporal compression),
 height and width multiples of 32 (its spatial compression; the DiT's patch is 1), ``text_len`` 128.
 """
 
@@ -58,27 +59,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from vidport.runtime.loading import load_or_fail, quiet_library_loading, strict_from_pretrained
+from vidport.runtime.models.ltx_video import family
 from vidport.runtime.models.ltx_video.config import PRESETS, LTXDiTConfig
-from vidport.runtime.models.wan.pipeline import _load, _strict, quiet_library_loading
 from vidport.runtime.pipeline import Conditioning, Denoise, PipelineState, PrepareLatents, Stage
 
 from vidport.errors import UserError
-from vidport.families import Geometry
 
-HERE = Path(__file__).parent
-DIFFUSERS_TO_NATIVE = HERE / "maps" / "diffusers_to_native.map"
-
-# --- official facts (module docstring) ------------------------------------------------------------
-TEXT_LEN = 128  # LTXPipeline's max_sequence_length (the official encode_prompt's max_length)
+# --- official facts (module docstring); the family's (``family.SAMPLING``, ``DECODE_*``, ``TEXT_LEN``) plus: -------
 FRAME_RATE = 25  # official inference.py --frame_rate at v0.9.1 (= LTXPipeline's default): the RoPE's and the mp4's
-DECODE_TIMESTEP = 0.05  # configs/ltxv-2b-0.9.1.yaml
-DECODE_NOISE_SCALE = 0.025
-NEGATIVE_PROMPT = "worst quality, inconsistent motion, blurry, jittery, distorted"
-SAMPLING = {
-    "2b": {"height": 480, "width": 704, "num_frames": 121, "num_inference_steps": 40, "guidance_scale": 3.0},
-    "tiny": {"height": 64, "width": 96, "num_frames": 9, "num_inference_steps": 3, "guidance_scale": 3.0},
-}
-GEOMETRY = Geometry(frame_stride=8, spatial_multiple=32, text_len=TEXT_LEN)
+NEGATIVE_PROMPT = "worst quality, inconsistent motion, blurry, jittery, distorted"  # official inference.py default
 
 # what LTX supports of the runtime's generic options (anything else is a one-line UserError)
 SCHEDULERS = ("euler",)  # flow-match Euler, as configured in scheduler/ (dynamic shifting)
@@ -103,9 +93,9 @@ class LTXComponents:
     dtype: torch.dtype  # the DiT's and the text encoder's compute dtype; the VAE stays fp32
     device: torch.device
     frame_rate: float = FRAME_RATE  # conditions the DiT's RoPE (and is the mp4's frame rate, ``fps``)
-    decode_timestep: float = DECODE_TIMESTEP  # used when the VAE is timestep-conditioned (v0.9.1)
-    decode_noise_scale: float = DECODE_NOISE_SCALE
-    text_len: int = TEXT_LEN
+    decode_timestep: float = family.DECODE_TIMESTEP  # used when the VAE is timestep-conditioned (v0.9.1)
+    decode_noise_scale: float = family.DECODE_NOISE_SCALE
+    text_len: int = family.TEXT_LEN
     sampler_grid: str = "diffusers"
     noise: str = "diffusers"
 
@@ -120,23 +110,20 @@ def preset_of(cfg: LTXDiTConfig) -> str | None:
 
 
 def sampling_defaults(cfg: LTXDiTConfig) -> dict:
-    """Per-preset defaults (official release facts, ``SAMPLING``); an unknown shape gets the defaults of the preset
-    with the nearest width, so tiny weights never get real-size defaults."""
-    name = preset_of(cfg) or min(SAMPLING, key=lambda p: abs(PRESETS[p].dim - cfg.dim))
-    return dict(SAMPLING[name], negative_prompt=NEGATIVE_PROMPT, fps=FRAME_RATE, decode_timestep=DECODE_TIMESTEP,
-                decode_noise_scale=DECODE_NOISE_SCALE)
+    """Per-preset defaults (official release facts, ``family.SAMPLING``); an unknown shape gets the defaults of the
+    preset with the nearest width, so tiny weights never get real-size defaults."""
+    name = preset_of(cfg) or min(family.SAMPLING, key=lambda p: abs(PRESETS[p].dim - cfg.dim))
+    return dict(family.SAMPLING[name], negative_prompt=NEGATIVE_PROMPT, fps=FRAME_RATE,
+                decode_timestep=family.DECODE_TIMESTEP, decode_noise_scale=family.DECODE_NOISE_SCALE)
 
 
 def repo_sampling_defaults(folder: Path) -> dict:
     """The sampling defaults of a Diffusers-format repo's preset (read from its transformer config)."""
     from vidport.runtime.loading import read_diffusers_config
 
-    return sampling_defaults(dit_config_of(Path(folder) / "transformer", read_diffusers_config))
-
-
-def dit_config_of(folder: Path, read) -> LTXDiTConfig:
+    folder = Path(folder) / "transformer"
     try:
-        return LTXDiTConfig.from_diffusers(read(folder))
+        return sampling_defaults(LTXDiTConfig.from_diffusers(read_diffusers_config(folder)))
     except (ValueError, TypeError) as e:
         raise UserError(f"{folder / 'config.json'}: not an LTX-Video transformer config ({e})") from None
 
@@ -172,16 +159,19 @@ def load_components(folder: Path, *, dtype: torch.dtype, device: torch.device, s
     without dynamic shifting. Anything else is a one-line UserError."""
     from diffusers import AutoencoderKLLTXVideo
     from transformers import AutoTokenizer, T5EncoderModel
+    from vidport.runtime.loading import load_transformer
 
     check_options(scheduler, flow_shift, sampler_grid, noise, precision)
     folder = Path(folder)
     sched = load_scheduler(folder / "scheduler", flow_shift)
-    transformer = load_native_transformer(folder / "transformer", dtype=dtype, device=device)
+    # the native LTXDiT, strictly through the family's Diffusers -> native map (every module in ``dtype``: the
+    # Diffusers class keeps none in fp32)
+    transformer = load_transformer(folder / "transformer", family.SPEC, dtype=dtype, device=device)
     with quiet_library_loading():
-        tokenizer = _load(lambda: AutoTokenizer.from_pretrained(folder / "tokenizer"), folder / "tokenizer")
-        text_encoder = _strict(T5EncoderModel, folder / "text_encoder", dtype=dtype).to(device)
+        tokenizer = load_or_fail(lambda: AutoTokenizer.from_pretrained(folder / "tokenizer"), folder / "tokenizer")
+        text_encoder = strict_from_pretrained(T5EncoderModel, folder / "text_encoder", dtype=dtype).to(device)
         # the VAE decodes in fp32 (as the Wan pipeline does; diffusers' recommendation against banding)
-        vae = _strict(AutoencoderKLLTXVideo, folder / "vae")
+        vae = strict_from_pretrained(AutoencoderKLLTXVideo, folder / "vae")
     vae = (vae if vae.dtype == torch.float32 else vae.float()).to(device)
     cfg = transformer.cfg
     patch = cfg.patch_size * cfg.patch_size * cfg.patch_size_t
@@ -190,28 +180,6 @@ def load_components(folder: Path, *, dtype: torch.dtype, device: torch.device, s
                         f"{patch} must be the DiT's in_channels {cfg.in_channels}")
     return LTXComponents(tokenizer=tokenizer, text_encoder=text_encoder.eval(), transformer=transformer,
                          vae=vae.eval(), scheduler=sched, dit_config=cfg, dtype=dtype, device=device)
-
-
-def load_native_transformer(folder: Path, *, dtype: torch.dtype, device: torch.device | str,
-                            name_map: Path = DIFFUSERS_TO_NATIVE) -> torch.nn.Module:
-    """A Diffusers ``transformer/`` folder -> the native LTXDiT, strictly through ``name_map``, tensors streamed to
-    ``device`` in ``dtype`` (those of modules the Diffusers class keeps in fp32 stay fp32, as
-    ``runtime.loading.load_transformer`` does for a registered family)."""
-    from vidport.porting.namemap import NameMap
-    from vidport.porting.sources import open_source
-    from vidport.runtime.loading import fp32_targets, keep_in_fp32_modules, load_into, read_diffusers_config
-    from vidport.runtime.models.ltx_video.model import LTXDiT
-
-    folder = Path(folder)
-    config = read_diffusers_config(folder)
-    with torch.device("meta"):
-        model = LTXDiT(dit_config_of(folder, lambda _: config))
-    source = open_source(str(folder))
-    source.stage_on(device)
-    rules = NameMap.load(name_map)
-    fp32 = fp32_targets(rules, source.keys(), keep_in_fp32_modules(config))
-    load_into(model, source, rules, device=device, dtype_fn=lambda name, _: torch.float32 if name in fp32 else dtype)
-    return model.eval().requires_grad_(False)
 
 
 def load_scheduler(folder: Path, flow_shift: float | None = None):
@@ -302,7 +270,7 @@ class EncodePrompt:
         return state
 
 
-class PrepareTimesteps:
+class ShiftedTimesteps:
     """LTXPipeline's schedule: ``sigmas = linspace(1, 1/N, N)`` shifted by ``mu`` for the latent video's length."""
 
     name = "timesteps"
@@ -429,7 +397,7 @@ def t2v_stages(c: LTXComponents, *, cfg, on_step=None) -> list[Stage]:
     return [
         EncodePrompt(c.tokenizer, c.text_encoder, c.text_len, c.dtype),
         PrepareTokens(c.vae, c.dit_config),
-        PrepareTimesteps(c.scheduler, c.vae),
+        ShiftedTimesteps(c.scheduler, c.vae),
         DenoiseTokens(c, cfg, on_step),
         DecodeVideo(c),
     ]

@@ -154,7 +154,7 @@ def vae_setup(repo: Path, official: Path, *, device="cpu", frames: int = 5, heig
 
     only_diffusers("vae", reference)
 
-    from vidport.runtime.models.wan.pipeline import _strict
+    from vidport.runtime.loading import strict_from_pretrained
 
     folder = check_repo(repo, "vae")
     official_file = Path(official) / family.OFFICIAL_FILES["vae"] if Path(official).is_dir() else Path(official)
@@ -163,7 +163,7 @@ def vae_setup(repo: Path, official: Path, *, device="cpu", frames: int = 5, heig
     from diffusers import AutoencoderKLWan
 
     # the runtime loads the VAE strictly, in fp32 (runtime.models.wan.pipeline.load_components)
-    nat = _strict(AutoencoderKLWan, folder, torch_dtype=torch.float32).to(device).eval()
+    nat = strict_from_pretrained(AutoencoderKLWan, folder, torch_dtype=torch.float32).to(device).eval()
     ref = reference_vae(official_file, json.loads((folder / "config.json").read_text()), device=device)
     g = torch.Generator().manual_seed(2)
     video = (torch.rand(1, 3, frames, height, width, generator=g) * 2 - 1).to(device)
@@ -186,12 +186,13 @@ def text_encoder_setup(repo: Path, *, dtype=torch.float32, device="cpu", referen
     only_diffusers("text_encoder", reference)
     from diffusers import WanPipeline
     from transformers import AutoTokenizer, UMT5EncoderModel
-    from vidport.runtime.models.wan.pipeline import EncodePrompt, _strict
+    from vidport.runtime.loading import strict_from_pretrained
+    from vidport.runtime.models.wan.pipeline import EncodePrompt
 
     folder = check_repo(repo, "text_encoder")
     tok_folder = Path(repo) / "tokenizer"
     tokenizer = AutoTokenizer.from_pretrained(tok_folder)
-    nat = _strict(UMT5EncoderModel, folder, dtype=dtype).to(device).eval()
+    nat = strict_from_pretrained(UMT5EncoderModel, folder, dtype=dtype).to(device).eval()
     ref = UMT5EncoderModel.from_pretrained(folder, dtype=dtype).to(device).eval()
     text_len = _text_len(repo)
     encode = EncodePrompt(tokenizer, nat, text_len, dtype)

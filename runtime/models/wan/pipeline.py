@@ -9,10 +9,8 @@ encoded with its attention mask, and every position after the real tokens is set
 
 from __future__ import annotations
 
-import contextlib
 import html
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,7 +75,7 @@ def load_components(folder: Path, *, dtype: torch.dtype, device: torch.device, s
     sampler; diffusers' for Euler, which the official code lacks). ``noise``: "diffusers" or "official"
     (``PrepareLatents``). ``precision``: the native DiT's bf16 recipe, "fast" or "official" (``WanDiT``)."""
     from transformers import AutoTokenizer, UMT5EncoderModel
-    from vidport.runtime.loading import load_transformer
+    from vidport.runtime.loading import load_or_fail, load_transformer, quiet_library_loading, strict_from_pretrained
     from vidport.runtime.models.wan.model import WanDiT
 
     if noise not in NOISE:
@@ -94,10 +92,10 @@ def load_components(folder: Path, *, dtype: torch.dtype, device: torch.device, s
     from diffusers import AutoencoderKLWan
 
     with quiet_library_loading():
-        tokenizer = _load(lambda: AutoTokenizer.from_pretrained(folder / "tokenizer"), folder / "tokenizer")
-        text_encoder = _strict(UMT5EncoderModel, folder / "text_encoder", dtype=dtype).to(device)
+        tokenizer = load_or_fail(lambda: AutoTokenizer.from_pretrained(folder / "tokenizer"), folder / "tokenizer")
+        text_encoder = strict_from_pretrained(UMT5EncoderModel, folder / "text_encoder", dtype=dtype).to(device)
         # the VAE decodes in fp32 (diffusers' and the official recommendation: bf16 decoding bands colours)
-        vae = _strict(AutoencoderKLWan, folder / "vae")
+        vae = strict_from_pretrained(AutoencoderKLWan, folder / "vae")
     vae = (vae if vae.dtype == torch.float32 else vae.float()).to(device)
     return WanComponents(tokenizer=tokenizer, text_encoder=text_encoder.eval(), transformer=transformer, vae=vae.eval(),
                          scheduler=sched, dit_config=transformer.cfg, dtype=dtype, device=device,
@@ -134,30 +132,6 @@ def resolve_sampler_grid(grid: str | None, scheduler, where: Path) -> str:
     return grid
 
 
-@contextlib.contextmanager
-def quiet_library_loading() -> Iterator[None]:
-    """No 'Loading weights' bars or info logs from transformers/diffusers while they load our components
-    (an API caller would see them on stderr; our loads are strict, so their notes add nothing). The
-    caller's bar and verbosity settings are restored afterwards."""
-    import diffusers.utils.logging as diffusers_logging
-    import huggingface_hub.utils as hub_utils
-    import transformers.utils.logging as transformers_logging
-
-    libraries = (transformers_logging, diffusers_logging)
-    saved = [(lib.is_progress_bar_enabled(), lib.get_verbosity()) for lib in libraries]
-    hub_bars_off = hub_utils.are_progress_bars_disabled()  # transformers' switch flips the hub's too
-    for lib in libraries:
-        lib.disable_progress_bar()
-        lib.set_verbosity_error()
-    try:
-        yield
-    finally:
-        for lib, (bar, verbosity) in zip(libraries, saved):
-            (lib.enable_progress_bar if bar else lib.disable_progress_bar)()
-            lib.set_verbosity(verbosity)
-        (hub_utils.disable_progress_bars if hub_bars_off else hub_utils.enable_progress_bars)()
-
-
 def load_scheduler(folder: Path, kind: str | None = None, flow_shift: float | None = None):
     """The scheduler as configured in ``scheduler/`` (Wan: flow-matching UniPC), or ``kind`` ('unipc',
     'euler' = flow-match Euler) with the configured flow shift; ``flow_shift`` overrides the shift."""
@@ -184,24 +158,6 @@ def load_scheduler(folder: Path, kind: str | None = None, flow_shift: float | No
     if configured == "euler":
         return FlowMatchEulerDiscreteScheduler.from_config(cfg, **({"shift": shift} if shift is not None else {}))
     return FlowMatchEulerDiscreteScheduler(num_train_timesteps=num_train, shift=shift or 1.0)
-
-
-def _load(fn, what: Path):
-    try:
-        return fn()
-    except (OSError, ValueError) as e:
-        raise UserError(f"{what}: cannot load ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-
-
-def _strict(cls, folder: Path, **kwargs):
-    """``cls.from_pretrained`` that fails on any missing, unexpected or mismatched tensor."""
-    model, info = _load(lambda: cls.from_pretrained(folder, output_loading_info=True, **kwargs), folder)
-    problems = {k: sorted(v) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")
-                if (v := info.get(k))}
-    if problems:
-        raise UserError(f"{folder}: strict load failed: " + "; ".join(
-            f"{len(v)} {k.replace('_', ' ')}: {', '.join(map(str, v[:20]))}" for k, v in problems.items()))
-    return model
 
 
 # ----------------------------------------------------------------------------------------------
