@@ -21,8 +21,9 @@ from vidport.errors import UserError
 
 
 class CUDAGraphed(nn.Module):
-    """``CUDAGraphed(module)(*tensors)`` equals ``module(*tensors)``, replayed from a CUDA graph captured
-    per signature (shape and dtype of each positional tensor). ``warmup`` eager calls precede a capture
+    """``CUDAGraphed(module)(*args, **kwargs)`` equals ``module(*args, **kwargs)``, replayed from a CUDA graph
+    captured per signature (shape and dtype of each tensor argument, the value of every other one). ``warmup``
+    eager calls precede a capture
     (JIT kernels, cuDNN plans and cached tables are built outside the graph)."""
 
     def __init__(self, module: nn.Module, warmup: int = 1):
@@ -50,37 +51,57 @@ class CUDAGraphed(nn.Module):
         self._graphs.clear()
         self._pool = None
 
-    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+    def forward(self, *args, **kwargs) -> torch.Tensor:
         device = next(self.module.parameters()).device
         if device.type != "cuda":
             raise UserError(f"CUDA graphs need the model on a CUDA device, it is on {device}; "
                             "drop the CUDA-graph option on this device")
-        for i, a in enumerate(args):
-            if not isinstance(a, torch.Tensor):
-                raise TypeError(f"CUDAGraphed takes tensors only; argument {i} is {type(a).__name__}")
-        key = tuple((tuple(a.shape), a.dtype) for a in args) + (torch.is_grad_enabled(),)
+        names = list(range(len(args))) + sorted(kwargs)
+        values = list(args) + [kwargs[k] for k in sorted(kwargs)]
+        # tensors are copied into the graph's buffers; anything else (grid sizes, RoPE scales) is frozen into the
+        # capture, so it is part of the signature
+        key = (len(args), tuple(sorted(kwargs)), tuple(
+            (tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else ("static", _frozen(n, v))
+            for n, v in zip(names, values)), torch.is_grad_enabled())
         entry = self._graphs.get(key)
         if entry is None:
-            entry = self._graphs[key] = self._capture(args, device)
+            entry = self._graphs[key] = self._capture(names, values, len(args), device)
         graph, inputs, output = entry
-        for dst, src in zip(inputs, args):
+        for dst, src in zip(inputs, [v for v in values if isinstance(v, torch.Tensor)]):
             dst.copy_(src, non_blocking=True)
         graph.replay()
         return output.clone()
 
-    def _capture(self, args, device):
-        inputs = [torch.empty(a.shape, dtype=a.dtype, device=device) for a in args]
-        for dst, src in zip(inputs, args):
+    def _capture(self, names, values, n_args, device):
+        inputs = [torch.empty(v.shape, dtype=v.dtype, device=device) for v in values if isinstance(v, torch.Tensor)]
+        buffers = iter(inputs)
+        call = [next(buffers) if isinstance(v, torch.Tensor) else v for v in values]
+        for dst, src in zip(inputs, [v for v in values if isinstance(v, torch.Tensor)]):
             dst.copy_(src)
+        args, kwargs = call[:n_args], dict(zip(names[n_args:], call[n_args:]))
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
             for _ in range(self.warmup):
-                self.module(*inputs)
+                self.module(*args, **kwargs)
         torch.cuda.current_stream(device).wait_stream(side)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            output = self.module(*inputs)
+            output = self.module(*args, **kwargs)
         return graph, inputs, output
+
+
+def _frozen(name, value):
+    """A hashable form of a non-tensor argument (lists become tuples); a TypeError naming it otherwise."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(name, v) for v in value)
+    if isinstance(value, torch.Tensor):
+        raise TypeError(f"CUDAGraphed: argument {name!r} holds a tensor inside a sequence; pass tensors directly")
+    try:
+        hash(value)
+    except TypeError:
+        raise TypeError(f"CUDAGraphed: argument {name!r} ({type(value).__name__}) is neither a tensor nor "
+                        "hashable") from None
+    return value
