@@ -165,12 +165,21 @@ def bench_dit(args, out: dict) -> None:
                 times[label] = before
     for name in ("sdpa-cudnn", "flash-attn-4", "sdpa-flash"):
         if (name, name) != tuple(auto) and name in attention.available_backends(DEV):
-            native.set_attention_backend(name)
+            native.set_attention_backend(name, auto[1])  # the cross-attention keeps a backend that takes the mask
             with torch.no_grad():
                 p = compare(run_native().float(), y_ref)
             print(f"{name}: rel_l2 vs diffusers bf16 {p['rel_l2']:.3e}", flush=True)
-            measure(f"vidport eager ({name})", run_native)
+            measure(f"vidport eager ({name} + {auto[1]})", run_native)
     native.set_attention_backend(*auto)
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        for title, fn in (("vidport", run_native), ("diffusers", run_ref)):
+            with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+                fn()
+                cuda_sync()
+            print(f"profile of {title} eager")
+            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60))
     if args.compile:
         ref.compile_repeated_blocks(fullgraph=True)
         measure("diffusers compiled", run_ref)
@@ -234,7 +243,7 @@ def bench_generate(args, out: dict) -> None:
     comps = ltx.LTXComponents(tokenizer=tokenizer, text_encoder=t5, transformer=native, vae=vae,
                               scheduler=FlowMatchEulerDiscreteScheduler(**sched_cfg), dit_config=CFG,
                               dtype=DTYPE, device=torch.device(DEV))
-    gen = VideoGenerator(comps, ltx, family=family.SPEC, source="random 2B")
+    gen = VideoGenerator(comps, ltx, family=family.SPEC, cfg=args.cfg, source="random 2B")
     pipe = LTXPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**sched_cfg), vae=vae, text_encoder=t5,
                        tokenizer=tokenizer, transformer=ref)
     pipe.set_progress_bar_config(disable=True)
@@ -255,7 +264,8 @@ def bench_generate(args, out: dict) -> None:
         return (r.frames[0] * 255).round().clip(0, 255).astype("uint8")
 
     results = {}
-    for label, fn in (("diffusers LTXPipeline", run_theirs), (f"vidport ({auto[0]} + {auto[1]})", run_ours)):
+    for label, fn in (("diffusers LTXPipeline", run_theirs), (f"vidport ({auto[0]} + {auto[1]}, {args.cfg} CFG)",
+                                                                run_ours)):
         with torch.no_grad():
             fn()  # warm-up
             cuda_sync()
@@ -287,6 +297,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=("dit", "generate"))
     ap.add_argument("--compile", action="store_true", help="dit: also time both models compiled")
+    ap.add_argument("--profile", action="store_true", help="dit: print both eager forwards' top CUDA kernels")
+    ap.add_argument("--cfg", default="batched", choices=("serial", "batched"),
+                    help="generate: vidport's CFG strategy (LTXPipeline batches the two branches)")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--steps", type=int, default=family.SAMPLING["2b"]["num_inference_steps"])
     ap.add_argument("--json", type=Path, help="write all numbers here")

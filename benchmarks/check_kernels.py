@@ -50,10 +50,13 @@ def main() -> None:
     bias = 0.02 * torch.randn(8960, device=dev).to(bf)
     results = {
         "norm_modulate": against_reference(fused.norm_modulate, x, mul, add, 1e-6),
+        "norm_modulate[rms]": against_reference(fused.norm_modulate, x, mul, add, 1e-6, rms=True),
         "gated_residual": against_reference(fused.gated_residual, x, y, add),
         "rms_norm": against_reference(fused.rms_norm, x, w, 1e-6),
         **{f"residual_norm[gated={g}, {part}]": err for g in (True, False) for part, err in
            zip(("stream", "normed"), against_reference(fused.residual_norm, x, y, add if g else None, mul, add, 1e-6))},
+        **{f"residual_norm[rms, {part}]": err for part, err in
+           zip(("stream", "normed"), against_reference(fused.residual_norm, x, y, None, mul, add, 1e-6, rms=True))},
         "linear_gelu_tanh": against_reference(fused.linear_gelu_tanh, x, W, bias),
     }
     for heads_first, v_view in ((True, False), (False, False), (False, True)):
@@ -61,6 +64,15 @@ def main() -> None:
                                    v_view=v_view)
         for name, err in zip("qkv", errors):
             results[f"qkv_norm_rope[{name}, heads_first={heads_first}, v_view={v_view}]"] = err
+    # RoPE across heads (LTX-Video): one table row rotates the whole dim, cos/sin [S, C/2]
+    from vidport.runtime.models.ltx_video.config import LTXDiTConfig
+    from vidport.runtime.models.ltx_video.model import rope_tables as ltx_rope
+
+    ltx = LTXDiTConfig(num_attention_heads=H, attention_head_dim=C // H)
+    lcos, lsin = ltx_rope((3, 20, 50), ltx, (8 / 25, 32, 32), torch.device(dev))
+    errors = against_reference(fused.qkv_norm_rope, qkv, w, wk, lcos, lsin, 1e-5, H, heads_first=True, rope_dim=C)
+    for name, err in zip("qkv", errors):
+        results[f"qkv_norm_rope[{name}, across heads]"] = err
     ok = True
     for k, v in results.items():
         flag = v < 1e-2 and v == v

@@ -46,8 +46,9 @@ def _use_triton(x: torch.Tensor, other: torch.dtype | None = None) -> bool:
 # ----------------------------------------------------------------------------------------------
 # reference paths (the math, exactly as the model defines it)
 # ----------------------------------------------------------------------------------------------
-def _norm_modulate_ref(x, mul, add, eps, out_dtype=None):
-    return (F.layer_norm(x.float(), (x.shape[-1],), eps=eps) * mul + add).to(out_dtype or x.dtype)
+def _norm_modulate_ref(x, mul, add, eps, out_dtype=None, rms=False):
+    norm = F.rms_norm if rms else F.layer_norm
+    return (norm(x.float(), (x.shape[-1],), eps=eps) * mul + add).to(out_dtype or x.dtype)
 
 
 def _gated_residual_ref(x, y, gate):
@@ -58,13 +59,13 @@ def _gated_residual_ref(x, y, gate):
 # public API
 # ----------------------------------------------------------------------------------------------
 def norm_modulate(x: torch.Tensor, mul: torch.Tensor, add: torch.Tensor, eps: float,
-                  out_dtype: torch.dtype | None = None) -> torch.Tensor:
+                  out_dtype: torch.dtype | None = None, rms: bool = False) -> torch.Tensor:
     """(LayerNorm(x) * mul + add) in fp32, returned in ``out_dtype`` (default x's). x [B, S, C]; mul, add
-    [B|1, 1, C] fp32."""
+    [B|1, 1, C] fp32. ``rms``: RMSNorm (no centering) instead of LayerNorm."""
     out_dtype = out_dtype or x.dtype
     if not _use_triton(x, out_dtype):
-        return _norm_modulate_ref(x, mul, add, eps, out_dtype)
-    return _norm_modulate_op(x, mul, add, eps, out_dtype)
+        return _norm_modulate_ref(x, mul, add, eps, out_dtype, rms)
+    return _norm_modulate_op(x, mul, add, eps, out_dtype, rms)
 
 
 def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
@@ -75,40 +76,47 @@ def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torc
 
 
 def residual_norm(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, mul: torch.Tensor,
-                  add: torch.Tensor, eps: float, out_dtype: torch.dtype | None = None
+                  add: torch.Tensor, eps: float, out_dtype: torch.dtype | None = None, rms: bool = False
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x', norm_modulate(x', mul, add, eps, out_dtype)) with x' = x + y * gate (fp32 math) or, when ``gate``
     is None, x' = x + y (rounded to x's dtype, as a plain residual add). x, y [B, S, C]; gate, mul, add
-    [B|1, 1, C] fp32. x' keeps x's dtype; the normalized tokens are in ``out_dtype`` (default x's)."""
+    [B|1, 1, C] fp32. x' keeps x's dtype; the normalized tokens are in ``out_dtype`` (default x's). ``rms``:
+    RMSNorm instead of LayerNorm."""
     out_dtype = out_dtype or x.dtype
     if not _use_triton(x, out_dtype):
         x = (x + y).to(x.dtype) if gate is None else _gated_residual_ref(x, y, gate)
-        return x, _norm_modulate_ref(x, mul, add, eps, out_dtype)
-    return _residual_norm_op(x, y, gate, mul, add, eps, out_dtype)
+        return x, _norm_modulate_ref(x, mul, add, eps, out_dtype, rms)
+    return _residual_norm_op(x, y, gate, mul, add, eps, out_dtype, rms)
 
 
 def qkv_norm_rope(qkv: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                  eps: float, num_heads: int, heads_first: bool = True, v_view: bool = False):
+                  eps: float, num_heads: int, heads_first: bool = True, v_view: bool = False,
+                  rope_dim: int | None = None):
     """Split a fused projection [B, S, 3C] into q, k, v, each [B, S, H, D]; RMSNorm across heads then RoPE
     on interleaved pairs for q and k (cos/sin [S, D/2] fp32).
 
     The Triton path does it in one launch and, with ``heads_first``, stores [B, H, S, D] memory (returned
     as [B, S, H, D] views): cuDNN attention runs faster on that layout than on views of the projection.
     With ``v_view`` the kernel writes only q and k, and v is a strided view of the projection (saves a
-    copy of v; sequence-first only).
+    copy of v; sequence-first only). ``rope_dim``: the channels one RoPE table row rotates: the head dim D
+    (default: cos/sin [S, D/2], each head rotated alike) or the full dim C (cos/sin [S, C/2]: RoPE across
+    heads, as LTX-Video applies it before splitting them).
     """
     if v_view and heads_first:
         raise ValueError("qkv_norm_rope: v_view returns v as a view of the projection, which is sequence-first; "
                          "use heads_first=False with it")
+    C = qkv.shape[-1] // 3
+    rope_dim = rope_dim or C // num_heads
     if not _use_triton(qkv):
         q, k, v = qkv.chunk(3, dim=-1)
-        q = apply_rope(rms_norm(q, w_q, eps).unflatten(-1, (num_heads, -1)), cos, sin)
-        k = apply_rope(rms_norm(k, w_k, eps).unflatten(-1, (num_heads, -1)), cos, sin)
-        return q, k, v.unflatten(-1, (num_heads, -1))
-    out = _qkv_norm_rope_op(qkv, w_q, w_k, cos, sin, eps, num_heads, heads_first, 2 if v_view else 3)
+        heads = num_heads if rope_dim != C else 1  # RoPE across heads: rotate the whole row, then split
+        q = apply_rope(rms_norm(q, w_q, eps).unflatten(-1, (heads, -1)), cos, sin)
+        k = apply_rope(rms_norm(k, w_k, eps).unflatten(-1, (heads, -1)), cos, sin)
+        return q.flatten(2).unflatten(-1, (num_heads, -1)), k.flatten(2).unflatten(-1, (num_heads, -1)), \
+            v.unflatten(-1, (num_heads, -1))
+    out = _qkv_norm_rope_op(qkv, w_q, w_k, cos, sin, eps, num_heads, heads_first, 2 if v_view else 3, rope_dim)
     if heads_first:
         out = out.transpose(2, 3)
-    C = qkv.shape[-1] // 3
     return out[0], out[1], (qkv[..., 2 * C:].unflatten(-1, (num_heads, -1)) if v_view else out[2])
 
 
@@ -124,11 +132,12 @@ def _rows(x: torch.Tensor, *vectors: torch.Tensor):
 
 @torch.library.custom_op("vidport::norm_modulate", mutates_args=())
 def _norm_modulate_op(x: torch.Tensor, mul: torch.Tensor, add: torch.Tensor, eps: float,
-                      out_dtype: torch.dtype) -> torch.Tensor:
+                      out_dtype: torch.dtype, rms: bool = False) -> torch.Tensor:
     B, S, C = x.shape
     x, mul, add = _rows(x, mul, add)
     out = torch.empty_like(x, dtype=out_dtype)
-    _norm_modulate_kernel[(B * S,)](x, mul, add, out, S, C, eps, BLOCK=triton.next_power_of_2(C), num_warps=8)
+    _norm_modulate_kernel[(B * S,)](x, mul, add, out, S, C, eps, RMS=rms, BLOCK=triton.next_power_of_2(C),
+                                    num_warps=8)
     return out
 
 
@@ -144,20 +153,22 @@ def _gated_residual_op(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> 
 
 @torch.library.custom_op("vidport::residual_norm", mutates_args=())
 def _residual_norm_op(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, mul: torch.Tensor,
-                      add: torch.Tensor, eps: float, out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+                      add: torch.Tensor, eps: float, out_dtype: torch.dtype,
+                      rms: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     B, S, C = x.shape
     x, mul, add = _rows(x, mul, add)
     g = mul if gate is None else _rows(x, gate)[1]
     y = y.contiguous()
     new_x, out = torch.empty_like(x), torch.empty_like(x, dtype=out_dtype)
-    _residual_norm_kernel[(B * S,)](x, y, g, mul, add, new_x, out, S, C, eps, HAS_GATE=gate is not None,
+    _residual_norm_kernel[(B * S,)](x, y, g, mul, add, new_x, out, S, C, eps, HAS_GATE=gate is not None, RMS=rms,
                                     BLOCK=triton.next_power_of_2(C), num_warps=8)
     return new_x, out
 
 
 @torch.library.custom_op("vidport::qkv_norm_rope", mutates_args=())
 def _qkv_norm_rope_op(qkv: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor, cos: torch.Tensor,
-                      sin: torch.Tensor, eps: float, num_heads: int, heads_first: bool, segments: int) -> torch.Tensor:
+                      sin: torch.Tensor, eps: float, num_heads: int, heads_first: bool, segments: int,
+                      rope_dim: int = 0) -> torch.Tensor:
     """One [segments, B, S, H, D] (or [segments, B, H, S, D] heads-first) buffer: q, k and (segments 3) v."""
     B, S, C3 = qkv.shape
     C = C3 // 3
@@ -167,7 +178,7 @@ def _qkv_norm_rope_op(qkv: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor, c
     out = torch.empty(_qkv_shape(qkv, num_heads, heads_first, segments), dtype=qkv.dtype, device=qkv.device)
     w = torch.stack([w_q.float(), w_k.float()]).contiguous()
     _qkv_norm_rope_kernel[(B * S, segments)](
-        qkv, qkv.stride(0), qkv.stride(1), w, cos.contiguous(), sin.contiguous(), out, B, S, C, D, eps,
+        qkv, qkv.stride(0), qkv.stride(1), w, cos.contiguous(), sin.contiguous(), out, B, S, C, D, rope_dim or D, eps,
         HEADS_FIRST=heads_first, BLOCK=triton.next_power_of_2(C), num_warps=8)
     return out
 
@@ -179,7 +190,7 @@ def _qkv_shape(qkv, num_heads, heads_first, segments):
 
 
 @_norm_modulate_op.register_fake
-def _(x, mul, add, eps, out_dtype):
+def _(x, mul, add, eps, out_dtype, rms=False):
     return torch.empty_like(x, dtype=out_dtype, memory_format=torch.contiguous_format)
 
 
@@ -189,13 +200,13 @@ def _(x, y, gate):
 
 
 @_residual_norm_op.register_fake
-def _(x, y, gate, mul, add, eps, out_dtype):
+def _(x, y, gate, mul, add, eps, out_dtype, rms=False):
     return (torch.empty_like(x, memory_format=torch.contiguous_format),
             torch.empty_like(x, dtype=out_dtype, memory_format=torch.contiguous_format))
 
 
 @_qkv_norm_rope_op.register_fake
-def _(qkv, w_q, w_k, cos, sin, eps, num_heads, heads_first, segments):
+def _(qkv, w_q, w_k, cos, sin, eps, num_heads, heads_first, segments, rope_dim=0):
     return qkv.new_empty(_qkv_shape(qkv, num_heads, heads_first, segments))
 
 
@@ -257,10 +268,14 @@ def _(bias, x, weight):
 if triton is not None:
 
     @triton.jit
-    def _store_norm_modulate(x, m, mul_ptrs, add_ptrs, out_ptrs, C, eps):
-        """One fp32 row x (masked by m): LayerNorm statistics in fp32, then * mul + add, stored."""
-        mean = tl.sum(x, axis=0) / C
-        xc = tl.where(m, x - mean, 0.0)
+    def _store_norm_modulate(x, m, mul_ptrs, add_ptrs, out_ptrs, C, eps, RMS: tl.constexpr):
+        """One fp32 row x (masked by m): LayerNorm (or, with RMS, RMSNorm) statistics in fp32, then * mul + add,
+        stored."""
+        if RMS:
+            xc = x
+        else:
+            mean = tl.sum(x, axis=0) / C
+            xc = tl.where(m, x - mean, 0.0)
         var = tl.sum(xc * xc, axis=0) / C
         y = xc * tl.rsqrt(var + eps)
         mul = tl.load(mul_ptrs, mask=m, other=0.0)
@@ -268,13 +283,14 @@ if triton is not None:
         tl.store(out_ptrs, (y * mul + add).to(out_ptrs.dtype.element_ty), mask=m)
 
     @triton.jit
-    def _norm_modulate_kernel(x_ptr, mul_ptr, add_ptr, out_ptr, S, C, eps, BLOCK: tl.constexpr):
+    def _norm_modulate_kernel(x_ptr, mul_ptr, add_ptr, out_ptr, S, C, eps, RMS: tl.constexpr, BLOCK: tl.constexpr):
         row = tl.program_id(0)
         b = row // S
         cols = tl.arange(0, BLOCK)
         m = cols < C
         x = tl.load(x_ptr + row * C + cols, mask=m, other=0.0).to(tl.float32)
-        _store_norm_modulate(x, m, mul_ptr + b * C + cols, add_ptr + b * C + cols, out_ptr + row * C + cols, C, eps)
+        _store_norm_modulate(x, m, mul_ptr + b * C + cols, add_ptr + b * C + cols, out_ptr + row * C + cols, C, eps,
+                             RMS)
 
     @triton.jit
     def _gated_residual_kernel(x_ptr, y_ptr, g_ptr, out_ptr, S, C, BLOCK: tl.constexpr):
@@ -289,7 +305,7 @@ if triton is not None:
 
     @triton.jit
     def _residual_norm_kernel(x_ptr, y_ptr, g_ptr, mul_ptr, add_ptr, new_x_ptr, out_ptr, S, C, eps,
-                              HAS_GATE: tl.constexpr, BLOCK: tl.constexpr):
+                              HAS_GATE: tl.constexpr, RMS: tl.constexpr, BLOCK: tl.constexpr):
         row = tl.program_id(0)
         b = row // S
         cols = tl.arange(0, BLOCK)
@@ -304,10 +320,10 @@ if triton is not None:
         tl.store(new_x_ptr + row * C + cols, x, mask=m)
         # the norm reads the rounded stream, as the reference does
         _store_norm_modulate(x.to(tl.float32), m, mul_ptr + b * C + cols, add_ptr + b * C + cols,
-                             out_ptr + row * C + cols, C, eps)
+                             out_ptr + row * C + cols, C, eps, RMS)
 
     @triton.jit
-    def _qkv_norm_rope_kernel(t_ptr, stride_b, stride_s, w_ptr, cos_ptr, sin_ptr, out_ptr, B, S, C, D, eps,
+    def _qkv_norm_rope_kernel(t_ptr, stride_b, stride_s, w_ptr, cos_ptr, sin_ptr, out_ptr, B, S, C, D, R, eps,
                               HEADS_FIRST: tl.constexpr, BLOCK: tl.constexpr):
         row = tl.program_id(0)
         seg = tl.program_id(1)  # 0: q, 1: k, 2: v
@@ -323,10 +339,10 @@ if triton is not None:
             x = (x * r * w).to(out_ptr.dtype.element_ty).to(tl.float32)
             x1, x2 = tl.split(tl.reshape(x, (BLOCK // 2, 2)))  # interleaved pairs
             i = tl.arange(0, BLOCK // 2)
-            p = i % (D // 2)
+            p = i % (R // 2)  # R: the channels one table row rotates (D per head, or C across heads)
             pm = i < C // 2
-            c = tl.load(cos_ptr + s * (D // 2) + p, mask=pm, other=0.0)
-            sn = tl.load(sin_ptr + s * (D // 2) + p, mask=pm, other=0.0)
+            c = tl.load(cos_ptr + s * (R // 2) + p, mask=pm, other=0.0)
+            sn = tl.load(sin_ptr + s * (R // 2) + p, mask=pm, other=0.0)
             x = tl.reshape(tl.join(x1 * c - x2 * sn, x1 * sn + x2 * c), (BLOCK,))
         H = C // D
         base = out_ptr + seg * B * S * C

@@ -21,7 +21,10 @@ Numerics follow diffusers' ``LTXVideoTransformer3DModel`` (``transformer_ltx.py`
 - feed-forward GELU(tanh), 4 * dim; the head: LayerNorm (no affine), modulation, ``proj``.
 
 dtype: everything computes in the model's dtype as diffusers does (no module is kept in fp32; the norms' statistics
-and the RoPE rotation run in fp32 and are cast back, as in the reference).
+and the RoPE rotation run in fp32 and are cast back, as in the reference). On CUDA in bf16/fp16 the elementwise work
+runs in the fused Triton kernels of ``runtime.kernels.fused`` (norm + modulation, gated residual, residual + next
+norm, q/k norm + RoPE): the same math with fp32 inside each kernel and one rounding at its end, where the reference
+rounds after every op.
 
 Layout differences from the Diffusers checkpoint (resolved by the name map ``maps/diffusers_to_native.map``, not
 here): self-attention q/k/v is one fused projection ``attn.qkv`` and cross-attention k/v one fused
@@ -124,7 +127,12 @@ class LTXSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 key_mask: torch.Tensor | None = None) -> torch.Tensor:
         # key_mask [B, S]: only a sequence-parallel plan passes one (its padding at the end of the sequence)
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        qkv = self.qkv(x)
+        if fused.enabled_for(qkv):  # one launch: split, RMSNorm across heads, RoPE across heads, heads-first q/k/v
+            q, k, v = fused.qkv_norm_rope(qkv, self.norm_q.weight, self.norm_k.weight, *rope, self.norm_q.eps,
+                                          self.num_heads, heads_first=True, rope_dim=qkv.shape[-1] // 3)
+            return self.proj(self.attn_op(q, k, v, key_mask).flatten(2))
+        q, k, v = qkv.chunk(3, dim=-1)
         # norm and RoPE over the full dim, then [B, S, dim] -> [B, S, heads, head_dim]
         q = rope_across_heads(self.norm_q(q), rope).unflatten(-1, (self.num_heads, -1))
         k = rope_across_heads(self.norm_k(k), rope).unflatten(-1, (self.num_heads, -1))
@@ -176,6 +184,12 @@ class LTXBlock(nn.Module):
     def forward(self, x, mod, text, rope, text_mask=None, key_mask=None):
         # x [B, S, dim]; mod [B, 6, dim] the projected time embedding; each modulation row -> [B, 1, dim]
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation + mod).unsqueeze(2).unbind(1)
+        if fused.enabled_for(x):  # the same math in five passes over the tokens (fp32 inside each, one rounding)
+            h = fused.norm_modulate(x, 1 + scale1, shift1, self.eps, rms=True)
+            x = fused.gated_residual(x, self.attn(h, rope, key_mask), gate1)
+            x, h = fused.residual_norm(x, self.cross_attn(x, text, text_mask), None, 1 + scale2, shift2, self.eps,
+                                       rms=True)
+            return fused.gated_residual(x, self.ffn(h), gate2)
 
         # 1. self-attention on the modulated, RMS-normalized tokens; gated residual
         x = x + self.attn(rms_norm(x, self.eps) * (1 + scale1) + shift1, rope, key_mask) * gate1
