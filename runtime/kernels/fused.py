@@ -38,8 +38,21 @@ def enabled_for(x: torch.Tensor, dtype: torch.dtype | None = None) -> bool:
     return _use_triton(x, dtype)
 
 
+def _launcher(op, launch):
+    """The custom op under torch.compile (which calls it as it is), the plain Triton launch in eager mode: the
+    op's dispatch costs more host time than its kernel takes on a GPU at a few thousand tokens, and a DiT forward
+    makes ~150 such calls (LTX-Video 2B at 5280 tokens went host-bound: 93 ms of wall for 46 ms of kernels)."""
+    return op if torch.compiler.is_compiling() else launch
+
+
+# Under torch.compile: True runs the kernels as opaque custom ops; False lets inductor trace and fuse the
+# reference math itself (benchmarks/bench_ltx.py times both).
+KERNELS_UNDER_COMPILE = True
+
+
 def _use_triton(x: torch.Tensor, other: torch.dtype | None = None) -> bool:
-    # torch.compile traces user Triton kernels too, so the same path runs compiled or eager
+    if not KERNELS_UNDER_COMPILE and torch.compiler.is_compiling():
+        return False
     return triton is not None and x.is_cuda and (x.dtype in HALF or other in HALF)
 
 
@@ -65,14 +78,14 @@ def norm_modulate(x: torch.Tensor, mul: torch.Tensor, add: torch.Tensor, eps: fl
     out_dtype = out_dtype or x.dtype
     if not _use_triton(x, out_dtype):
         return _norm_modulate_ref(x, mul, add, eps, out_dtype, rms)
-    return _norm_modulate_op(x, mul, add, eps, out_dtype, rms)
+    return _launcher(_norm_modulate_op, _norm_modulate_launch)(x, mul, add, eps, out_dtype, rms)
 
 
 def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """x + y * gate computed in fp32, in x's dtype. x, y [B, S, C]; gate [B, 1, C] fp32."""
     if not _use_triton(x, y.dtype):
         return _gated_residual_ref(x, y, gate)
-    return _gated_residual_op(x, y, gate)
+    return _launcher(_gated_residual_op, _gated_residual_launch)(x, y, gate)
 
 
 def residual_norm(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, mul: torch.Tensor,
@@ -86,7 +99,7 @@ def residual_norm(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, m
     if not _use_triton(x, out_dtype):
         x = (x + y).to(x.dtype) if gate is None else _gated_residual_ref(x, y, gate)
         return x, _norm_modulate_ref(x, mul, add, eps, out_dtype, rms)
-    return _residual_norm_op(x, y, gate, mul, add, eps, out_dtype, rms)
+    return _launcher(_residual_norm_op, _residual_norm_launch)(x, y, gate, mul, add, eps, out_dtype, rms)
 
 
 def qkv_norm_rope(qkv: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -114,7 +127,8 @@ def qkv_norm_rope(qkv: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor, cos: 
         k = apply_rope(rms_norm(k, w_k, eps).unflatten(-1, (heads, -1)), cos, sin)
         return q.flatten(2).unflatten(-1, (num_heads, -1)), k.flatten(2).unflatten(-1, (num_heads, -1)), \
             v.unflatten(-1, (num_heads, -1))
-    out = _qkv_norm_rope_op(qkv, w_q, w_k, cos, sin, eps, num_heads, heads_first, 2 if v_view else 3, rope_dim)
+    out = _launcher(_qkv_norm_rope_op, _qkv_norm_rope_launch)(qkv, w_q, w_k, cos, sin, eps, num_heads, heads_first,
+                                                               2 if v_view else 3, rope_dim)
     if heads_first:
         out = out.transpose(2, 3)
     return out[0], out[1], (qkv[..., 2 * C:].unflatten(-1, (num_heads, -1)) if v_view else out[2])
@@ -130,9 +144,8 @@ def _rows(x: torch.Tensor, *vectors: torch.Tensor):
     return (x.contiguous(), *(v.float().expand(B, 1, C).contiguous() for v in vectors))
 
 
-@torch.library.custom_op("vidport::norm_modulate", mutates_args=())
-def _norm_modulate_op(x: torch.Tensor, mul: torch.Tensor, add: torch.Tensor, eps: float,
-                      out_dtype: torch.dtype, rms: bool = False) -> torch.Tensor:
+def _norm_modulate_launch(x: torch.Tensor, mul: torch.Tensor, add: torch.Tensor, eps: float,
+                          out_dtype: torch.dtype, rms: bool = False) -> torch.Tensor:
     B, S, C = x.shape
     x, mul, add = _rows(x, mul, add)
     out = torch.empty_like(x, dtype=out_dtype)
@@ -141,8 +154,10 @@ def _norm_modulate_op(x: torch.Tensor, mul: torch.Tensor, add: torch.Tensor, eps
     return out
 
 
-@torch.library.custom_op("vidport::gated_residual", mutates_args=())
-def _gated_residual_op(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+_norm_modulate_op = torch.library.custom_op("vidport::norm_modulate", mutates_args=())(_norm_modulate_launch)
+
+
+def _gated_residual_launch(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     B, S, C = x.shape
     x, gate = _rows(x, gate)
     y = y.contiguous()
@@ -151,10 +166,12 @@ def _gated_residual_op(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> 
     return out
 
 
-@torch.library.custom_op("vidport::residual_norm", mutates_args=())
-def _residual_norm_op(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, mul: torch.Tensor,
-                      add: torch.Tensor, eps: float, out_dtype: torch.dtype,
-                      rms: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+_gated_residual_op = torch.library.custom_op("vidport::gated_residual", mutates_args=())(_gated_residual_launch)
+
+
+def _residual_norm_launch(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, mul: torch.Tensor,
+                          add: torch.Tensor, eps: float, out_dtype: torch.dtype,
+                          rms: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     B, S, C = x.shape
     x, mul, add = _rows(x, mul, add)
     g = mul if gate is None else _rows(x, gate)[1]
@@ -165,10 +182,12 @@ def _residual_norm_op(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | Non
     return new_x, out
 
 
-@torch.library.custom_op("vidport::qkv_norm_rope", mutates_args=())
-def _qkv_norm_rope_op(qkv: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor, cos: torch.Tensor,
-                      sin: torch.Tensor, eps: float, num_heads: int, heads_first: bool, segments: int,
-                      rope_dim: int = 0) -> torch.Tensor:
+_residual_norm_op = torch.library.custom_op("vidport::residual_norm", mutates_args=())(_residual_norm_launch)
+
+
+def _qkv_norm_rope_launch(qkv: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor, cos: torch.Tensor,
+                          sin: torch.Tensor, eps: float, num_heads: int, heads_first: bool, segments: int,
+                          rope_dim: int = 0) -> torch.Tensor:
     """One [segments, B, S, H, D] (or [segments, B, H, S, D] heads-first) buffer: q, k and (segments 3) v."""
     B, S, C3 = qkv.shape
     C = C3 // 3
@@ -181,6 +200,9 @@ def _qkv_norm_rope_op(qkv: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor, c
         qkv, qkv.stride(0), qkv.stride(1), w, cos.contiguous(), sin.contiguous(), out, B, S, C, D, rope_dim or D, eps,
         HEADS_FIRST=heads_first, BLOCK=triton.next_power_of_2(C), num_warps=8)
     return out
+
+
+_qkv_norm_rope_op = torch.library.custom_op("vidport::qkv_norm_rope", mutates_args=())(_qkv_norm_rope_launch)
 
 
 def _qkv_shape(qkv, num_heads, heads_first, segments):
@@ -214,11 +236,10 @@ def rms_norm(t: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm with fp32 statistics over the last dim, output in t's dtype (one pass on CUDA)."""
     if not _use_triton(t):
         return F.rms_norm(t.float(), (t.shape[-1],), weight.float(), eps).type_as(t)
-    return _rms_norm_op(t, weight, eps)
+    return _launcher(_rms_norm_op, _rms_norm_launch)(t, weight, eps)
 
 
-@torch.library.custom_op("vidport::rms_norm", mutates_args=())
-def _rms_norm_op(t: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def _rms_norm_launch(t: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     C = t.shape[-1]
     t2 = t.reshape(-1, C)
     if t2.stride(-1) != 1 or t2.stride(0) != C:
@@ -227,6 +248,9 @@ def _rms_norm_op(t: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Ten
     _rms_norm_kernel[(t2.shape[0],)](t2, weight.float().contiguous(), out, C, eps,
                                      BLOCK=triton.next_power_of_2(C), num_warps=8)
     return out
+
+
+_rms_norm_op = torch.library.custom_op("vidport::rms_norm", mutates_args=())(_rms_norm_launch)
 
 
 @_rms_norm_op.register_fake
@@ -246,8 +270,12 @@ def linear_gelu_tanh(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) 
     """GELU(tanh)(x @ W^T + b); on CUDA the activation runs in the cuBLASLt epilogue."""
     if not _use_triton(x):
         return F.gelu(F.linear(x, weight, bias), approximate="tanh")
-    out = _addmm_gelu(bias, x.reshape(-1, x.shape[-1]), weight)
+    out = _launcher(_addmm_gelu, _addmm_gelu_eager)(bias, x.reshape(-1, x.shape[-1]), weight)
     return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def _addmm_gelu_eager(bias: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return torch._addmm_activation(bias, x, weight.t(), use_gelu=True)
 
 
 # A custom op: torch.compile would otherwise decompose _addmm_activation into a GEMM and a separate GELU
