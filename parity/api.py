@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -63,10 +64,13 @@ def parity(family: str, *, component: str = "transformer", weights: str | Path |
         kwargs = {"device": device}
         if reference != "diffusers" or official_root is not None:
             kwargs.update(reference=reference, official_root=Path(official_root) if official_root else None)
-        if component == "pipeline" and reference != "diffusers":  # the official DiT loads the release's tensors
+        takes_official = "official" in inspect.signature(setups[component]).parameters
+        if component == "pipeline" and reference != "diffusers" and takes_official:
+            # the official DiT loads the release's tensors
             kwargs["official"] = official or (tiny_release(fam) if weights is None else None)
-        if component in ("transformer", "vae"):
-            # the reference converts the official release itself (diffusers' single-file converters)
+        if component != "pipeline" and takes_official:
+            # the reference converts (or loads) the official release itself (diffusers' single-file converters;
+            # a family whose text encoder ships in the Diffusers layout loads the release's own folder)
             kwargs["official"] = official or (tiny_release(fam) if weights is None else None)
             if kwargs["official"] is None and component == "vae":
                 raise UserError("--component vae with --weights needs --official RELEASE (the official VAE file "

@@ -27,7 +27,8 @@ from vidport.porting.options import device_option, dtype_option, json_option
                    "converted into a temporary folder.")
 @click.option("--official", type=click.Path(path_type=Path), default=None,
               help="Official release folder: the reference DiT/VAE are converted from it by diffusers' own "
-                   "converters (default with no --weights: the embedded tiny release).")
+                   "converters, and a text encoder it ships in the Diffusers layout is the reference's; "
+                   "default with no --weights: the embedded tiny release.")
 @dtype_option("fp32", "Dtype both sides run in")
 @device_option("cpu", "Device both sides run on")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")

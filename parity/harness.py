@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,9 +26,37 @@ from vidport.parity.capture import Recorder, Trace, first_tensor
 from vidport.parity.metrics import compare
 from vidport.parity.report import Report, Row
 from vidport.parity.tolerances import dtype_key, tolerance
-from vidport.porting.namemap import NameMap
+from vidport.porting.namemap import NameMap, Rule
 
 IDENTITY_MAP = NameMap.loads("rename ^(.*)$ -> \\1", origin="identity")
+
+
+@dataclass
+class Setup:
+    """What one parity comparison runs, as a family's parity setup returns it (``FamilySpec.parity_setups``):
+    the two modules to hook, the two callables that run them on identical inputs, the map from the reference's
+    parameter names to the native's (which aligns their modules) and the two sides' descriptions."""
+
+    component: str
+    reference: nn.Module
+    run_reference: Any
+    native: nn.Module
+    run_native: Any
+    name_map: NameMap
+    reference_name: str
+    native_name: str
+
+
+def prefixed(maps: dict[str, NameMap]) -> NameMap:
+    """One map over a ModuleDict of components: each component's rules under its prefix."""
+    rules = []
+    for prefix, m in maps.items():
+        for r in m.rules:
+            body = r.pattern[1:] if r.pattern.startswith("^") else r.pattern
+            reps = tuple(f"{prefix}.{rep}" for rep in r.replacements)
+            rules.append(Rule(r.kind, f"^{prefix}\\.{body}", reps, parts=r.parts, dim=r.dim, shape=r.shape,
+                              from_shape=r.from_shape, sizes=r.sizes, perm=r.perm))
+    return NameMap(rules, source="components", target="components")
 
 
 def force_math_attention(model: nn.Module) -> None:

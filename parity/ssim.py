@@ -289,23 +289,48 @@ def default_settings(repo: Path, prompt: str, seed: int, **overrides) -> RenderS
     return RenderSettings(prompt=prompt, seed=seed, **kw)
 
 
+def pipeline_call_settings(repo: Path) -> dict:
+    """The runtime's sampling defaults for the repo that the diffusers pipeline it names takes under the same name,
+    beyond the render settings (e.g. a VAE decode timestep and decode noise scale): the reference render gets them
+    so that it samples as the runtime does, and the metadata records them. Empty when the pipeline takes none."""
+    import inspect
+
+    import diffusers
+
+    from vidport.families import family_for_pipeline
+
+    name = _pipeline_class(repo)
+    fam = family_for_pipeline(name)
+    defaults = fam.load(fam.pipeline).repo_sampling_defaults(Path(repo))
+    accepted = inspect.signature(getattr(diffusers, name).__call__).parameters
+    given = set(RenderSettings.__dataclass_fields__) | {"prompt", "generator", "output_type"}
+    return {k: v for k, v in defaults.items() if k in accepted and k not in given}
+
+
 def render_reference(repo: Path, s: RenderSettings, *, device: str, dtype: str, backend: str) -> np.ndarray:
     """The diffusers pipeline the repo's model_index.json names (e.g. ``WanPipeline``) -> uint8 [F, H, W, 3],
-    rounded as the runtime rounds."""
+    rounded as the runtime rounds. The pipeline also gets ``pipeline_call_settings``, and torch's global RNG is
+    seeded with the seed for the call (restored afterwards): a model that draws from it (a VAE decoder injecting
+    noise) then draws what the runtime, which seeds it so, draws."""
     import torch
     from diffusers import DiffusionPipeline
+    from vidport.runtime.loading import quiet_library_loading
 
     from vidport.dtypes import torch_dtype
 
-    pipe = DiffusionPipeline.from_pretrained(repo, dtype=torch_dtype(dtype))
-    pipe.vae.to(torch.float32)  # decode in fp32, as the runtime does
+    with quiet_library_loading():
+        pipe = DiffusionPipeline.from_pretrained(repo, dtype=torch_dtype(dtype))
+        pipe.vae.to(torch.float32)  # decode in fp32, as the runtime does
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     pipe.transformer.set_attention_backend(DIFFUSERS_BACKENDS[backend])
-    with torch.no_grad():
+    dev = torch.device(device)
+    with torch.no_grad(), torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(s.seed)
         video = pipe(s.prompt, negative_prompt=s.negative_prompt, num_frames=s.num_frames, height=s.height,
                      width=s.width, num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
-                     generator=torch.Generator("cpu").manual_seed(s.seed), output_type="np").frames[0]
+                     generator=torch.Generator("cpu").manual_seed(s.seed), output_type="np",
+                     **pipeline_call_settings(repo)).frames[0]
     return (np.asarray(video, dtype=np.float64) * 255).round().clip(0, 255).astype(np.uint8)
 
 
@@ -340,12 +365,19 @@ def metadata(repo: Path, s: RenderSettings, *, family: str, device: str, dtype: 
         "attention_backend": backend,
         "weights": weights_identity(repo, weights_label),
         "reference_implementation": {"name": f"diffusers.{_pipeline_class(repo)}", "version": diffusers.__version__,
-                                     "attention_backend": DIFFUSERS_BACKENDS[backend]},
+                                     "attention_backend": DIFFUSERS_BACKENDS[backend], **_call_settings(repo)},
         "torch_version": torch.__version__, "device": device, "device_class": device_class(device),
         "device_name": device_name(device),
         "encoding": "H.264 libx264rgb qp=0 (lossless RGB); frames also in the .npz",
         "ssim": {"function": "skimage.metrics.structural_similarity", "channel_axis": -1, "data_range": DATA_RANGE},
     }
+
+
+def _call_settings(repo: Path) -> dict:
+    """The metadata's record of what the reference call got beyond the settings: ``call_settings`` when the pipeline
+    takes any of the runtime's other defaults (``pipeline_call_settings``), and the global RNG's seeding."""
+    extra = pipeline_call_settings(repo)
+    return {**({"call_settings": extra} if extra else {}), "global_rng": "torch.manual_seed(seed) for the call"}
 
 
 def _pipeline_class(repo: Path) -> str:

@@ -23,6 +23,8 @@ from vidport.runtime.models.wan.config import WanDiTConfig
 from vidport.runtime.models.wan.model import WanDiT
 from vidport.runtime.models.wan.parity import diffusers_to_native, transformer_setup
 
+FAMILY = "wan2.1-t2v"  # the parity fixtures' family (tiny_repo)
+
 
 def native_from(folder, name_map: NameMap, cls=WanDiT, edit=None) -> WanDiT:
     cfg = WanDiTConfig.from_diffusers(read_diffusers_config(folder))

@@ -16,6 +16,7 @@ import pytest
 import torch
 from vidport.parity.harness import run_parity
 
+FAMILY = "wan2.1-t2v"  # the parity fixtures' family (tiny_repo)
 ROOT_ENV = "VIDPORT_WAN_OFFICIAL_ROOT"
 
 

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from vidport.parity.harness import IDENTITY_MAP
-from vidport.porting.namemap import NameMap, Rule
+from vidport.parity.harness import IDENTITY_MAP, Setup, prefixed
+from vidport.porting.namemap import NameMap
 from vidport.runtime.models.wan import family
 from vidport.runtime.models.wan.config import WanDiTConfig
 
@@ -28,35 +28,11 @@ PROMPT = "a cat walks on the grass in the sun"
 NEGATIVE = "static, blurry details, worst quality"
 
 
-@dataclass
-class Setup:
-    component: str
-    reference: nn.Module
-    run_reference: Any
-    native: nn.Module
-    run_native: Any
-    name_map: NameMap
-    reference_name: str
-    native_name: str
-
-
 def _versions() -> tuple[str, str]:
     import diffusers
     import transformers
 
     return diffusers.__version__, transformers.__version__
-
-
-def prefixed(maps: dict[str, NameMap]) -> NameMap:
-    """One map over a ModuleDict of components: each component's rules under its prefix."""
-    rules = []
-    for prefix, m in maps.items():
-        for r in m.rules:
-            body = r.pattern[1:] if r.pattern.startswith("^") else r.pattern
-            reps = tuple(f"{prefix}.{rep}" for rep in r.replacements)
-            rules.append(Rule(r.kind, f"^{prefix}\\.{body}", reps, parts=r.parts, dim=r.dim, shape=r.shape,
-                              from_shape=r.from_shape))
-    return NameMap(rules, source="components", target="components")
 
 
 def diffusers_to_native() -> NameMap:
