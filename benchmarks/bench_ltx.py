@@ -213,7 +213,7 @@ def bench_dit(args, out: dict) -> None:
                 with torch.no_grad():
                     p = compare(graphed(x, text, t, mask, **kw).float(), y_ref)
                 print(f"{label} + CUDA graph: rel_l2 vs diffusers bf16 eager {p['rel_l2']:.3e}", flush=True)
-                measure(f"{label} + CUDA graph", lambda: graphed(x, text, t, mask, **kw))
+                measure(f"{label} + CUDA graph", lambda g=graphed: g(x, text, t, mask, **kw))
                 del graphed
                 cuda_sync()
         fused.KERNELS_UNDER_COMPILE = True
