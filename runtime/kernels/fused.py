@@ -138,18 +138,22 @@ def qkv_norm_rope(qkv: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor, cos: 
 # the Triton launches, as custom ops: torch.compile calls them as they are. Traced as user Triton kernels
 # instead, they ran 15-40% slower inside a compiled block on an H100 (BENCHMARKS.md).
 # ----------------------------------------------------------------------------------------------
-def _rows(x: torch.Tensor, *vectors: torch.Tensor):
-    """x as contiguous [B, S, C] and each [B|1, 1, C] vector as contiguous fp32 [B, 1, C]."""
-    B, S, C = x.shape
-    return (x.contiguous(), *(v.float().expand(B, 1, C).contiguous() for v in vectors))
+def _vec(v: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """A [B|1, 1, C] vector as fp32 with unit channel stride, and its batch stride (0: one row for every sample).
+    Slices of a [B, k, C] modulation table pass as they are (no copy)."""
+    v = v.float()
+    if v.stride(-1) != 1:
+        v = v.contiguous()
+    return v, (v.stride(0) if v.shape[0] > 1 else 0)
 
 
 def _norm_modulate_launch(x: torch.Tensor, mul: torch.Tensor, add: torch.Tensor, eps: float,
                           out_dtype: torch.dtype, rms: bool = False) -> torch.Tensor:
     B, S, C = x.shape
-    x, mul, add = _rows(x, mul, add)
+    x = x.contiguous()
+    (mul, ms), (add, as_) = _vec(mul), _vec(add)
     out = torch.empty_like(x, dtype=out_dtype)
-    _norm_modulate_kernel[(B * S,)](x, mul, add, out, S, C, eps, RMS=rms, BLOCK=triton.next_power_of_2(C),
+    _norm_modulate_kernel[(B * S,)](x, mul, add, out, S, C, ms, as_, eps, RMS=rms, BLOCK=triton.next_power_of_2(C),
                                     num_warps=8)
     return out
 
@@ -159,10 +163,10 @@ _norm_modulate_op = torch.library.custom_op("vidport::norm_modulate", mutates_ar
 
 def _gated_residual_launch(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     B, S, C = x.shape
-    x, gate = _rows(x, gate)
-    y = y.contiguous()
+    x, y = x.contiguous(), y.contiguous()
+    gate, gs = _vec(gate)
     out = torch.empty_like(x)
-    _gated_residual_kernel[(B * S,)](x, y, gate, out, S, C, BLOCK=triton.next_power_of_2(C), num_warps=8)
+    _gated_residual_kernel[(B * S,)](x, y, gate, out, S, C, gs, BLOCK=triton.next_power_of_2(C), num_warps=8)
     return out
 
 
@@ -173,12 +177,12 @@ def _residual_norm_launch(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor |
                           add: torch.Tensor, eps: float, out_dtype: torch.dtype,
                           rms: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     B, S, C = x.shape
-    x, mul, add = _rows(x, mul, add)
-    g = mul if gate is None else _rows(x, gate)[1]
-    y = y.contiguous()
+    x, y = x.contiguous(), y.contiguous()
+    (mul, ms), (add, as_) = _vec(mul), _vec(add)
+    g, gs = (mul, ms) if gate is None else _vec(gate)
     new_x, out = torch.empty_like(x), torch.empty_like(x, dtype=out_dtype)
-    _residual_norm_kernel[(B * S,)](x, y, g, mul, add, new_x, out, S, C, eps, HAS_GATE=gate is not None, RMS=rms,
-                                    BLOCK=triton.next_power_of_2(C), num_warps=8)
+    _residual_norm_kernel[(B * S,)](x, y, g, mul, add, new_x, out, S, C, gs, ms, as_, eps, HAS_GATE=gate is not None,
+                                    RMS=rms, BLOCK=triton.next_power_of_2(C), num_warps=8)
     return new_x, out
 
 
@@ -311,28 +315,29 @@ if triton is not None:
         tl.store(out_ptrs, (y * mul + add).to(out_ptrs.dtype.element_ty), mask=m)
 
     @triton.jit
-    def _norm_modulate_kernel(x_ptr, mul_ptr, add_ptr, out_ptr, S, C, eps, RMS: tl.constexpr, BLOCK: tl.constexpr):
+    def _norm_modulate_kernel(x_ptr, mul_ptr, add_ptr, out_ptr, S, C, MS, AS, eps, RMS: tl.constexpr,
+                              BLOCK: tl.constexpr):
         row = tl.program_id(0)
         b = row // S
         cols = tl.arange(0, BLOCK)
         m = cols < C
         x = tl.load(x_ptr + row * C + cols, mask=m, other=0.0).to(tl.float32)
-        _store_norm_modulate(x, m, mul_ptr + b * C + cols, add_ptr + b * C + cols, out_ptr + row * C + cols, C, eps,
-                             RMS)
+        _store_norm_modulate(x, m, mul_ptr + b * MS + cols, add_ptr + b * AS + cols, out_ptr + row * C + cols, C,
+                             eps, RMS)
 
     @triton.jit
-    def _gated_residual_kernel(x_ptr, y_ptr, g_ptr, out_ptr, S, C, BLOCK: tl.constexpr):
+    def _gated_residual_kernel(x_ptr, y_ptr, g_ptr, out_ptr, S, C, GS, BLOCK: tl.constexpr):
         row = tl.program_id(0)
         b = row // S
         cols = tl.arange(0, BLOCK)
         m = cols < C
         x = tl.load(x_ptr + row * C + cols, mask=m, other=0.0).to(tl.float32)
         y = tl.load(y_ptr + row * C + cols, mask=m, other=0.0).to(tl.float32)
-        g = tl.load(g_ptr + b * C + cols, mask=m, other=0.0)
+        g = tl.load(g_ptr + b * GS + cols, mask=m, other=0.0)
         tl.store(out_ptr + row * C + cols, (x + y * g).to(out_ptr.dtype.element_ty), mask=m)
 
     @triton.jit
-    def _residual_norm_kernel(x_ptr, y_ptr, g_ptr, mul_ptr, add_ptr, new_x_ptr, out_ptr, S, C, eps,
+    def _residual_norm_kernel(x_ptr, y_ptr, g_ptr, mul_ptr, add_ptr, new_x_ptr, out_ptr, S, C, GS, MS, AS, eps,
                               HAS_GATE: tl.constexpr, RMS: tl.constexpr, BLOCK: tl.constexpr):
         row = tl.program_id(0)
         b = row // S
@@ -341,13 +346,13 @@ if triton is not None:
         x = tl.load(x_ptr + row * C + cols, mask=m, other=0.0)
         y = tl.load(y_ptr + row * C + cols, mask=m, other=0.0)
         if HAS_GATE:  # fp32 math, one rounding
-            g = tl.load(g_ptr + b * C + cols, mask=m, other=0.0)
+            g = tl.load(g_ptr + b * GS + cols, mask=m, other=0.0)
             x = (x.to(tl.float32) + y.to(tl.float32) * g).to(new_x_ptr.dtype.element_ty)
         else:  # a plain add in the tensor dtype, as the reference does
             x = (x.to(tl.float32) + y.to(tl.float32)).to(new_x_ptr.dtype.element_ty)
         tl.store(new_x_ptr + row * C + cols, x, mask=m)
         # the norm reads the rounded stream, as the reference does
-        _store_norm_modulate(x.to(tl.float32), m, mul_ptr + b * C + cols, add_ptr + b * C + cols,
+        _store_norm_modulate(x.to(tl.float32), m, mul_ptr + b * MS + cols, add_ptr + b * AS + cols,
                              out_ptr + row * C + cols, C, eps, RMS)
 
     @triton.jit

@@ -33,6 +33,7 @@ here): self-attention q/k/v is one fused projection ``attn.qkv`` and cross-atten
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -53,6 +54,13 @@ from vidport.runtime.models.ltx_video.config import (
 )
 
 Grid = tuple[int, int, int]  # tokens along (frames, height, width)
+
+
+@functools.lru_cache(maxsize=8)
+def _scale_ones(device: torch.device) -> torch.Tensor:
+    """[6, 1] adding 1 to the scale rows of a block's (shift, scale, gate) x 2 modulation table: (1 + scale) as the
+    fused kernels take it. Cached per device: made once, never copied from the host again."""
+    return torch.tensor([0.0, 1.0, 0.0, 0.0, 1.0, 0.0], device=device)[:, None]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,13 +191,16 @@ class LTXBlock(nn.Module):
 
     def forward(self, x, mod, text, rope, text_mask=None, key_mask=None):
         # x [B, S, dim]; mod [B, 6, dim] the projected time embedding; each modulation row -> [B, 1, dim]
-        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation + mod).unsqueeze(2).unbind(1)
         if fused.enabled_for(x):  # the same math in five passes over the tokens (fp32 inside each, one rounding)
-            h = fused.norm_modulate(x, 1 + scale1, shift1, self.eps, rms=True)
+            # one fp32 table [B, 6, dim] with 1 added to the scale rows; the kernels read its rows in place
+            ada = (self.modulation + mod).float() + _scale_ones(x.device)
+            shift1, scale1p, gate1, shift2, scale2p, gate2 = ada.unsqueeze(2).unbind(1)
+            h = fused.norm_modulate(x, scale1p, shift1, self.eps, rms=True)
             x = fused.gated_residual(x, self.attn(h, rope, key_mask), gate1)
-            x, h = fused.residual_norm(x, self.cross_attn(x, text, text_mask), None, 1 + scale2, shift2, self.eps,
+            x, h = fused.residual_norm(x, self.cross_attn(x, text, text_mask), None, scale2p, shift2, self.eps,
                                        rms=True)
             return fused.gated_residual(x, self.ffn(h), gate2)
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation + mod).unsqueeze(2).unbind(1)
 
         # 1. self-attention on the modulated, RMS-normalized tokens; gated residual
         x = x + self.attn(rms_norm(x, self.eps) * (1 + scale1) + shift1, rope, key_mask) * gate1
