@@ -33,7 +33,6 @@ here): self-attention q/k/v is one fused projection ``attn.qkv`` and cross-atten
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -56,11 +55,18 @@ from vidport.runtime.models.ltx_video.config import (
 Grid = tuple[int, int, int]  # tokens along (frames, height, width)
 
 
-@functools.lru_cache(maxsize=8)
+_SCALE_ONES: dict[torch.device, torch.Tensor] = {}
+
+
 def _scale_ones(device: torch.device) -> torch.Tensor:
     """[6, 1] adding 1 to the scale rows of a block's (shift, scale, gate) x 2 modulation table: (1 + scale) as the
-    fused kernels take it. Cached per device: made once, never copied from the host again."""
-    return torch.tensor([0.0, 1.0, 0.0, 0.0, 1.0, 0.0], device=device)[:, None]
+    fused kernels take it. Cached per device in eager mode (made once, never copied from the host again); a
+    constant of the graph under torch.compile."""
+    if torch.compiler.is_compiling():
+        return torch.tensor([0.0, 1.0, 0.0, 0.0, 1.0, 0.0], device=device)[:, None]
+    if device not in _SCALE_ONES:
+        _SCALE_ONES[device] = torch.tensor([0.0, 1.0, 0.0, 0.0, 1.0, 0.0], device=device)[:, None]
+    return _SCALE_ONES[device]
 
 
 # ----------------------------------------------------------------------------------------------
