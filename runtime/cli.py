@@ -53,8 +53,9 @@ DEFAULT_OUTPUT_DIR = Path("out")
 @sampler_grid_option()
 @noise_option()
 @precision_option()
-@click.option("--cfg", "cfg", type=click.Choice(["serial", "batched"]), default="serial", show_default=True,
-              help="How the two guidance branches run.")
+@click.option("--cfg", "cfg", type=click.Choice(["serial", "batched"]), default=None,
+              help="How the two guidance branches run: one forward each, or both in one batch [default: the "
+                   "family's choice, `port info`].")
 @click.option("--cfg-parallel", is_flag=True,
               help="With --num-gpus N (even): the two guidance branches on two halves of the GPUs.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the DiT blocks (first steps pay for it).")

@@ -61,16 +61,17 @@ class VideoGenerator:
     """Runs a family pipeline on loaded components. Build it with ``from_pretrained``.
 
     ``cfg`` picks the classifier-free-guidance strategy (``"serial"``, ``"batched"``, or a strategy
-    object such as runtime.parallel's CFG-parallel one); ``components.transformer`` may be any module
+    object such as runtime.parallel's CFG-parallel one; None: the family pipeline's ``DEFAULT_CFG``, else serial);
+    ``components.transformer`` may be any module
     with ``forward(x, timestep, context)`` (e.g. a sequence-parallel wrapper of the native DiT).
     """
 
-    def __init__(self, components, pipeline_module, *, family: FamilySpec, cfg: str | CFGStrategy = "serial",
+    def __init__(self, components, pipeline_module, *, family: FamilySpec, cfg: str | CFGStrategy | None = None,
                  source: str = "", load_seconds: float = 0.0):
         self.components = components
         self.pipeline = pipeline_module
         self.family = family
-        self.cfg = get_cfg_strategy(cfg)
+        self.cfg = get_cfg_strategy(cfg if cfg is not None else getattr(pipeline_module, "DEFAULT_CFG", "serial"))
         self.source = source
         self.load_seconds = load_seconds
         self.defaults = pipeline_module.sampling_defaults(components.dit_config)
@@ -102,7 +103,7 @@ class VideoGenerator:
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str | os.PathLike, *, num_gpus: int = 1,
                         attention_backend: str | None = None, dtype: str | torch.dtype | None = None,
-                        device: str | torch.device | None = None, cfg: str | CFGStrategy = "serial",
+                        device: str | torch.device | None = None, cfg: str | CFGStrategy | None = None,
                         scheduler: str | None = None, flow_shift: float | None = None,
                         sampler_grid: str | None = None, noise: str = "diffusers", precision: str | None = None,
                         compile: bool = False, cuda_graph: bool = False, **parallel_options) -> VideoGenerator:

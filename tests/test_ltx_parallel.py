@@ -123,9 +123,13 @@ def test_generation_on_two_ranks_equals_one(ltx_repo):
 
     options = dict(attention_backend="sdpa-math", dtype="fp32", device="cpu")
     request = dict(num_frames=9, height=64, width=96, num_inference_steps=3, guidance_scale=3.0, seed=3)
-    want = VideoGenerator.from_pretrained(ltx_repo, **options).generate_video("a red fox in the snow", **request)
-    for extra in ({}, {"cfg_parallel": True}):
+    # one process: the family's default (batched CFG) and serial CFG, which is what CFG-parallel ranks compute
+    want = {cfg: VideoGenerator.from_pretrained(ltx_repo, cfg=cfg, **options).generate_video("a red fox in the snow",
+                                                                                             **request)
+            for cfg in ("batched", "serial")}
+    for extra, same_as in (({}, "batched"), ({"cfg_parallel": True}, "serial")):
         with VideoGenerator.from_pretrained(ltx_repo, num_gpus=2, **options, **extra) as gen:
             got = gen.generate_video("a red fox in the snow", **request)
-        assert got.shape == want.shape == (9, 64, 96, 3)
-        assert (got == want).all(), f"{extra}: frames differ, max abs {abs(got.astype(int) - want).max()}"
+        ref = want[same_as]
+        assert got.shape == ref.shape == (9, 64, 96, 3)
+        assert (got == ref).all(), f"{extra}: frames differ, max abs {abs(got.astype(int) - ref).max()}"

@@ -277,6 +277,9 @@ def test_video_generator_runs_the_family_on_the_repo(repo, ours):
     from vidport.runtime import VideoGenerator
 
     with VideoGenerator.from_pretrained(repo, device="cpu", dtype="fp32", attention_backend="sdpa-math") as gen:
+        assert gen.cfg.name == ltx.DEFAULT_CFG == "batched"  # the family's default strategy, as LTXPipeline runs
+    with VideoGenerator.from_pretrained(repo, device="cpu", dtype="fp32", attention_backend="sdpa-math",
+                                        cfg="serial") as gen:
         assert gen.defaults["fps"] == ltx.FRAME_RATE and gen.components.preset == "tiny"
         frames = gen.generate_video(PROMPT, negative_prompt=NEGATIVE, seed=SEED, **SIZE, num_inference_steps=STEPS,
                                     guidance_scale=GUIDANCE)

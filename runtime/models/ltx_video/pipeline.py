@@ -75,6 +75,9 @@ SCHEDULERS = ("euler",)  # flow-match Euler, as configured in scheduler/ (dynami
 SAMPLER_GRIDS = ("diffusers",)
 NOISE = ("diffusers",)
 PRECISIONS = ("fast", "official")  # the same for LTX: the DiT computes in its dtype, as diffusers' does
+# both guidance branches in one batch (as LTXPipeline runs them): at LTX's few thousand tokens a batch-1 forward is
+# host-bound on a GPU, and batched CFG halves the launches (BENCHMARKS.md: 0.61x LTXPipeline end to end)
+DEFAULT_CFG = "batched"
 
 
 # ----------------------------------------------------------------------------------------------
