@@ -239,3 +239,20 @@ def test_official_transformer_equals_the_native_dit(converted: Path):
                         encoder_attention_mask=mask, return_dict=False)[0]
         got = native(x, text, t * 1000, mask, num_frames=f, height=h, width=w, rope_interpolation_scale=scale)
     assert (got - want).abs().max() <= 1e-5
+
+
+def test_bf16_conversion_keeps_the_libraries_fp32_modules(tmp_path: Path):
+    """--dtype bf16: every tensor bf16 but those the libraries keep in fp32 (T5's feed-forward output ``wo``);
+    LTXPipeline loads it in bf16."""
+    from diffusers import LTXPipeline
+
+    out = tmp_path / "bf16"
+    assert port(*convert_args(RELEASE, out, "--dtype", "bf16")) == 0
+    with safe_open(out / "transformer/diffusion_pytorch_model.safetensors", "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+    with safe_open(out / "text_encoder/model.safetensors", "pt") as f:
+        fp32 = {k for k in f.keys() if f.get_slice(k).get_dtype() == "F32"}
+    assert fp32 and all(".wo." in k for k in fp32)
+    with LoadLog() as log:
+        LTXPipeline.from_pretrained(out, dtype=torch.bfloat16)
+    assert not log.bad(), log.bad()
