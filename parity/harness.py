@@ -59,6 +59,25 @@ def prefixed(maps: dict[str, NameMap]) -> NameMap:
     return NameMap(rules, source="components", target="components")
 
 
+def library_versions() -> tuple[str, str]:
+    """(diffusers, transformers) versions, for a setup's reference name."""
+    import diffusers
+    import transformers
+
+    return diffusers.__version__, transformers.__version__
+
+
+def component_folder(repo: Path, component: str, what: str) -> Path:
+    """``repo/component`` of a Diffusers-format repo, or a one-line error naming the repo and what it should be."""
+    folder = Path(repo) / component
+    if not (folder / "config.json").is_file():
+        from vidport.errors import UserError
+
+        raise UserError(f"{repo}: no {component}/config.json; pass a Diffusers-format {what} repo "
+                        "(e.g. written by `port convert`)")
+    return folder
+
+
 def force_math_attention(model: nn.Module) -> None:
     """Select the exact SDPA math kernel in a model and in every model it contains (a ModuleDict of
     pipeline components): vidport models name their backend (``set_attention_backend("sdpa-math")``),

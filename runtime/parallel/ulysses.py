@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from vidport.runtime.attention import AttentionOp
 
 from vidport.errors import UserError
@@ -85,3 +86,26 @@ class DistributedAttention(AttentionOp):
             k, v = k[:, :n_keys], v[:, :n_keys]
         out = super().forward(q, k, v)
         return heads_to_seq(out, self.group)
+
+
+class SequenceParallelModel(nn.Module):
+    """Base of a family plan's sequence-parallel wrapper: it holds the model (``dit``) and the process group, and
+    answers for the model what the pipeline asks of a transformer (its config, dtype and attention backends). The
+    family's subclass writes ``forward``: shard the tokens, run the model's stages, gather."""
+
+    def __init__(self, dit: nn.Module, group: dist.ProcessGroup | None):
+        super().__init__()
+        self.dit = dit
+        self.group = group
+
+    @property
+    def cfg(self):
+        return self.dit.cfg
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.dit.dtype
+
+    def set_attention_backend(self, backend: str, cross_backend: str | None = None) -> None:
+        """The local kernel of the distributed self-attention, and of the cross-attention."""
+        self.dit.set_attention_backend(backend, cross_backend)

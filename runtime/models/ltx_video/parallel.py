@@ -16,30 +16,13 @@ import math
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
 from vidport.runtime.models.ltx_video.model import LTXDiT
-from vidport.runtime.parallel.ulysses import DistributedAttention, check_heads, shard_bounds
+from vidport.runtime.parallel.ulysses import DistributedAttention, SequenceParallelModel, check_heads, shard_bounds
 
 
-class SequenceParallelLTXDiT(nn.Module):
+class SequenceParallelLTXDiT(SequenceParallelModel):
     """``forward`` like ``LTXDiT`` (packed tokens in, packed tokens out), with the tokens split over ``group``.
     Every rank of ``group`` must call it with the same inputs; every rank gets the full output."""
-
-    def __init__(self, dit: LTXDiT, group: dist.ProcessGroup | None):
-        super().__init__()
-        self.dit = dit
-        self.group = group
-
-    @property
-    def cfg(self):
-        return self.dit.cfg
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.dit.dtype
-
-    def set_attention_backend(self, backend: str, cross_backend: str | None = None) -> None:
-        self.dit.set_attention_backend(backend, cross_backend)
 
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, timestep: torch.Tensor,
                 encoder_attention_mask: torch.Tensor | None = None, num_frames: int | None = None,

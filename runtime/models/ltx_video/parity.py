@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from vidport.parity.harness import IDENTITY_MAP, Setup, prefixed
+from vidport.parity.harness import IDENTITY_MAP, Setup, component_folder, library_versions, prefixed
 from vidport.porting.namemap import NameMap
 from vidport.runtime.models.ltx_video import family
 
@@ -38,23 +38,12 @@ NEGATIVE = "worst quality, inconsistent motion, blurry, jittery, distorted"
 REFERENCES = ("diffusers",)
 
 
-def _versions() -> tuple[str, str]:
-    import diffusers
-    import transformers
-
-    return diffusers.__version__, transformers.__version__
-
-
 def diffusers_to_native() -> NameMap:
     return NameMap.load(family.DIFFUSERS_TO_NATIVE)
 
 
 def check_repo(repo: Path, component: str) -> Path:
-    folder = Path(repo) / component
-    if not (folder / "config.json").is_file():
-        raise UserError(f"{repo}: no {component}/config.json; pass a Diffusers-format LTX-Video repo "
-                        "(e.g. written by `port convert`)")
-    return folder
+    return component_folder(repo, component, "LTX-Video")
 
 
 def check_reference(reference: str, official_root=None) -> None:
@@ -143,7 +132,7 @@ def transformer_setup(repo: Path, *, dtype=torch.float32, device="cpu", native: 
     def run_native():
         return nat(x, text, t, mask, num_frames=f, height=h, width=w, rope_interpolation_scale=scale)
 
-    dv, _ = _versions()
+    dv, _ = library_versions()
     return Setup("transformer", ref, run_ref, nat, run_native, diffusers_to_native(),
                  f"diffusers {dv} LTXVideoTransformer3DModel ({source})", "vidport LTXDiT")
 
@@ -194,7 +183,7 @@ def vae_setup(repo: Path, official: Path | None = None, *, device="cpu", frames:
         z = vae.encode(video).latent_dist.mode()
         return vae.decode(z, timestep if vae.config.timestep_conditioning else None, return_dict=False)[0]
 
-    dv, _ = _versions()
+    dv, _ = library_versions()
     name = family.official_checkpoint(official).name
     return Setup("vae", ref, lambda: run(ref), nat, lambda: run(nat), IDENTITY_MAP,
                  f"diffusers {dv} AutoencoderKLLTXVideo + convert_ltx_vae_checkpoint_to_diffusers({name})",
@@ -240,7 +229,7 @@ def text_encoder_setup(repo: Path, *, official: Path | None = None, dtype=torch.
         cond = encode.embed(PROMPT, torch.device(device)).kwargs
         return _embeddings_and_mask(cond["encoder_hidden_states"], cond["encoder_attention_mask"])
 
-    dv, tv = _versions()
+    dv, tv = library_versions()
     where = "the release's" if official is not None else "the repo's"
     return Setup("text_encoder", ref, run_ref, nat, run_native, IDENTITY_MAP,
                  f"diffusers {dv} LTXPipeline._get_t5_prompt_embeds + transformers {tv} T5EncoderModel "
@@ -317,7 +306,7 @@ def pipeline_setup(repo: Path, *, dtype=torch.float32, device="cpu", steps: int 
     if cfg == "uncond-first":
         ref["transformer"], nat["transformer"], maps["transformer"] = pipe.transformer, c.transformer, \
             diffusers_to_native()
-    dv, _ = _versions()
+    dv, _ = library_versions()
     return Setup("pipeline", nn.ModuleDict(ref), run_ref, nn.ModuleDict(nat), run_native, prefixed(maps),
                  f"diffusers {dv} LTXPipeline", f"vidport VideoGenerator (cfg={cfg})")
 

@@ -15,33 +15,15 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
 from vidport.runtime.models.wan.model import WanDiT, rope_tables
-from vidport.runtime.parallel.ulysses import DistributedAttention, check_heads, shard_bounds
+from vidport.runtime.parallel.ulysses import DistributedAttention, SequenceParallelModel, check_heads, shard_bounds
 
 
-class SequenceParallelWanDiT(nn.Module):
+class SequenceParallelWanDiT(SequenceParallelModel):
     """``forward(x, timestep, context)`` like ``WanDiT``, with the token sequence split over ``group``.
 
     Every rank of ``group`` must call it with the same inputs; every rank gets the full output.
     """
-
-    def __init__(self, dit: WanDiT, group: dist.ProcessGroup | None):
-        super().__init__()
-        self.dit = dit
-        self.group = group
-
-    @property
-    def cfg(self):
-        return self.dit.cfg
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.dit.dtype
-
-    def set_attention_backend(self, backend: str, cross_backend: str | None = None) -> None:
-        """The local kernel of the distributed self-attention, and of the cross-attention."""
-        self.dit.set_attention_backend(backend, cross_backend)
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         dit, rank, world = self.dit, dist.get_rank(self.group), dist.get_world_size(self.group)

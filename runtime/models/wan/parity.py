@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from vidport.parity.harness import IDENTITY_MAP, Setup, prefixed
+from vidport.parity.harness import IDENTITY_MAP, Setup, component_folder, library_versions, prefixed
 from vidport.porting.namemap import NameMap
 from vidport.runtime.models.wan import family
 from vidport.runtime.models.wan.config import WanDiTConfig
@@ -28,23 +28,12 @@ PROMPT = "a cat walks on the grass in the sun"
 NEGATIVE = "static, blurry details, worst quality"
 
 
-def _versions() -> tuple[str, str]:
-    import diffusers
-    import transformers
-
-    return diffusers.__version__, transformers.__version__
-
-
 def diffusers_to_native() -> NameMap:
     return NameMap.load(family.DIFFUSERS_TO_NATIVE)
 
 
 def check_repo(repo: Path, component: str) -> Path:
-    folder = Path(repo) / component
-    if not (folder / "config.json").is_file():
-        raise UserError(f"{repo}: no {component}/config.json; pass a Diffusers-format Wan repo "
-                        "(e.g. written by `port convert`)")
-    return folder
+    return component_folder(repo, component, "Wan")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -94,7 +83,7 @@ def transformer_setup(repo: Path, *, dtype=torch.float32, device="cpu", native: 
     x, t, ctx = transformer_inputs(cfg.text_dim, device, dtype, batch=2)
     # diffusers' pipeline hands the model a context zero-padded to text_len; the native model pads itself
     ctx_padded = F.pad(ctx, (0, 0, 0, cfg.text_len - ctx.shape[1]))
-    dv, _ = _versions()
+    dv, _ = library_versions()
     return Setup("transformer", ref, lambda: ref(x, t, ctx_padded, return_dict=False)[0], nat,
                  lambda: nat(x, t, ctx), diffusers_to_native(),
                  f"diffusers {dv} WanTransformer3DModel ({source})", "vidport WanDiT")
@@ -148,7 +137,7 @@ def vae_setup(repo: Path, official: Path, *, device="cpu", frames: int = 5, heig
         z = vae.encode(video).latent_dist.mode()
         return vae.decode(z, return_dict=False)[0]
 
-    dv, _ = _versions()
+    dv, _ = library_versions()
     return Setup("vae", ref, lambda: run(ref), nat, lambda: run(nat), IDENTITY_MAP,
                  f"diffusers {dv} AutoencoderKLWan + convert_wan_vae_to_diffusers({official_file.name})",
                  f"runtime AutoencoderKLWan ({folder})")
@@ -179,7 +168,7 @@ def text_encoder_setup(repo: Path, *, dtype=torch.float32, device="cpu", referen
         return pipe._get_t5_prompt_embeds(PROMPT, max_sequence_length=text_len, device=torch.device(device),
                                           dtype=dtype)
 
-    dv, tv = _versions()
+    dv, tv = library_versions()
     return Setup("text_encoder", ref, run_ref, nat, lambda: encode.embed(PROMPT, torch.device(device)),
                  IDENTITY_MAP, f"diffusers {dv} WanPipeline._get_t5_prompt_embeds + transformers {tv} "
                  "UMT5EncoderModel", "runtime EncodePrompt (UMT5EncoderModel)")
@@ -243,7 +232,7 @@ def pipeline_setup(repo: Path, *, dtype=torch.float32, device="cpu", steps: int 
     ref = nn.ModuleDict({"text_encoder": pipe.text_encoder, "transformer": pipe.transformer})
     nat = nn.ModuleDict({"text_encoder": c.text_encoder, "transformer": c.transformer})
     name_map = prefixed({"text_encoder": IDENTITY_MAP, "transformer": diffusers_to_native()})
-    dv, _ = _versions()
+    dv, _ = library_versions()
     return Setup("pipeline", ref, run_ref, nat, run_native, name_map, f"diffusers {dv} WanPipeline",
                  f"vidport VideoGenerator (cfg={cfg})")
 
