@@ -109,3 +109,22 @@ class SequenceParallelModel(nn.Module):
     def set_attention_backend(self, backend: str, cross_backend: str | None = None) -> None:
         """The local kernel of the distributed self-attention, and of the cross-attention."""
         self.dit.set_attention_backend(backend, cross_backend)
+
+
+def shard_tokens(tokens: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], rank: int, world: int):
+    """This rank's shard of a token sequence [B, S, ...] and of its RoPE tables (cos, sin) [S, ...]: -> (tokens,
+    (cos, sin), key_mask). A length that ``world`` does not divide is padded at the end (tables with angle 0); the
+    key mask [B, padded S] then marks the real keys for ``DistributedAttention`` (None when nothing is padded)."""
+    import torch.nn.functional as F
+
+    batch, seq_len = tokens.shape[:2]
+    per_rank, padded = shard_bounds(seq_len, world)
+    cos, sin = rope
+    key_mask = None
+    if padded != seq_len:
+        pad = padded - seq_len
+        tokens = F.pad(tokens, (0, 0) * (tokens.dim() - 2) + (0, pad))
+        cos, sin = F.pad(cos, (0, 0, 0, pad), value=1.0), F.pad(sin, (0, 0, 0, pad))
+        key_mask = (torch.arange(padded, device=tokens.device) < seq_len).expand(batch, padded)
+    mine = slice(rank * per_rank, (rank + 1) * per_rank)
+    return tokens[:, mine], (cos[mine], sin[mine]), key_mask

@@ -15,9 +15,8 @@ import math
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from vidport.runtime.models.ltx_video.model import LTXDiT
-from vidport.runtime.parallel.ulysses import DistributedAttention, SequenceParallelModel, check_heads, shard_bounds
+from vidport.runtime.parallel.ulysses import DistributedAttention, SequenceParallelModel, check_heads, shard_tokens
 
 
 class SequenceParallelLTXDiT(SequenceParallelModel):
@@ -29,28 +28,21 @@ class SequenceParallelLTXDiT(SequenceParallelModel):
                 height: int | None = None, width: int | None = None, rope_interpolation_scale=None) -> torch.Tensor:
         dit, rank, world = self.dit, dist.get_rank(self.group), dist.get_world_size(self.group)
         grid = (num_frames, height, width)
-        batch, seq_len = hidden_states.shape[:2]
+        seq_len = hidden_states.shape[1]
         if None in grid or math.prod(grid) != seq_len:
             raise ValueError(f"num_frames x height x width = {grid} must give the {seq_len} tokens of hidden_states")
 
         # 1. every rank keeps its shard of the tokens and of the RoPE tables
-        per_rank, padded = shard_bounds(seq_len, world)
-        cos, sin = dit.rope(grid, rope_interpolation_scale, hidden_states.device)
-        tokens, key_mask = hidden_states, None
-        if padded != seq_len:
-            pad = padded - seq_len
-            tokens = F.pad(tokens, (0, 0, 0, pad))
-            cos, sin = F.pad(cos, (0, 0, 0, pad), value=1.0), F.pad(sin, (0, 0, 0, pad))
-            key_mask = (torch.arange(padded, device=tokens.device) < seq_len).expand(batch, padded)
-        mine = slice(rank * per_rank, (rank + 1) * per_rank)
-        x = dit.proj_in(tokens[:, mine].to(dit.dtype))
+        rope = dit.rope(grid, rope_interpolation_scale, hidden_states.device)
+        tokens, rope, key_mask = shard_tokens(hidden_states, rope, rank, world)
+        x = dit.proj_in(tokens.to(dit.dtype))
 
         # 2. the blocks and the head on the shard; self-attention exchanges shards inside
         temb, mod = dit.embed_time(timestep)
         text = dit.embed_text(encoder_hidden_states)
         text_mask = dit.text_key_mask(encoder_attention_mask)
         for block in dit.blocks:
-            x = block(x, mod, text, (cos[mine], sin[mine]), text_mask, key_mask)
+            x = block(x, mod, text, rope, text_mask, key_mask)
         out = dit.head(x, temb).contiguous()
 
         # 3. gather the shards in rank (= sequence) order and drop the padding

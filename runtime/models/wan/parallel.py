@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from vidport.runtime.models.wan.model import WanDiT, rope_tables
-from vidport.runtime.parallel.ulysses import DistributedAttention, SequenceParallelModel, check_heads, shard_bounds
+from vidport.runtime.parallel.ulysses import DistributedAttention, SequenceParallelModel, check_heads, shard_tokens
 
 
 class SequenceParallelWanDiT(SequenceParallelModel):
@@ -30,17 +29,8 @@ class SequenceParallelWanDiT(SequenceParallelModel):
 
         # 1. every rank embeds the full input (cheap), then keeps its shard of the tokens
         tokens, grid = dit.patchify(x)
-        batch, seq_len = tokens.shape[:2]
-        per_rank, padded = shard_bounds(seq_len, world)
-        cos, sin = rope_tables(grid, dit.cfg, tokens.device)
-        key_mask = None
-        if padded != seq_len:
-            pad = padded - seq_len
-            tokens = F.pad(tokens, (0, 0, 0, pad))
-            cos, sin = F.pad(cos, (0, 0, 0, pad), value=1.0), F.pad(sin, (0, 0, 0, pad))
-            key_mask = (torch.arange(padded, device=tokens.device) < seq_len).expand(batch, padded)
-        mine = slice(rank * per_rank, (rank + 1) * per_rank)
-        tokens, rope = tokens[:, mine], (cos[mine], sin[mine])
+        seq_len = tokens.shape[1]
+        tokens, rope, key_mask = shard_tokens(tokens, rope_tables(grid, dit.cfg, tokens.device), rank, world)
 
         # 2. the blocks and the head on the shard; self-attention exchanges shards inside
         temb, mod = dit.embed_time(timestep)
