@@ -96,3 +96,36 @@ def test_the_text_encoder_map_ties_the_embedding_saved_once():
     assert not plan.unmatched and not plan.dropped
     assert {op.target for op in plan.ops} == set(target)
     assert [op.sources for op in plan.ops if op.target == "encoder.embed_tokens.weight"] == [("shared.weight",)]
+
+
+# --- the maps re-inferred from the embedded single file, by component prefix ---------------------------
+def _ops(name_map: NameMap, keys) -> dict:
+    plan = name_map.plan(keys)
+    return {op.target: op.sources for op in plan.ops}
+
+
+def test_maps_inferred_from_the_single_file_by_component_do_what_the_committed_ones_do(tmp_path):
+    """`port diff-keys RELEASE REPO --component transformer|vae` on the tiny single file (alphabetical keys): the
+    transformer map by names alone, the VAE map with value evidence (--match-values) against the converted repo,
+    which also decides latents_std = std-of-means by content: the committed edit, confirmed by values."""
+    from test_convert import port
+    from vidport.porting.sources import open_source
+
+    release = ROOT / "official_weights" / "ltx-video-tiny"
+    repo = tmp_path / "repo"
+    assert port("convert", str(release), "--family", "ltx-video", "--out", str(repo), "--no-progress") == 0
+    ckpt = release / "ltx-video-tiny.safetensors"
+    dit = open_source(f"{ckpt}#model.diffusion_model.")
+    d = diff_keys(dit, open_source(str(repo / "transformer")))
+    assert d.complete and not d.inference.unresolved
+    assert _ops(d.name_map, dit.keys()) == _ops(NameMap.load(MAP), dit.keys())
+
+    vae = open_source(f"{ckpt}#vae.")
+    by_names = diff_keys(vae, open_source(str(repo / "vae")))
+    assert not by_names.complete  # alphabetical keys: names and order cannot place every block
+    d = diff_keys(vae, open_source(str(repo / "vae")), match_values=True)
+    assert {u.key for u in d.inference.unresolved if u.side == "source"} == {
+        "vae.per_channel_statistics.channel", "vae.per_channel_statistics.mean-of-stds"}
+    inferred, committed = _ops(d.name_map, vae.keys()), _ops(NameMap.load(VAE_MAP), vae.keys())
+    assert inferred == committed
+    assert inferred["latents_std"] == ("vae.per_channel_statistics.std-of-means",)
