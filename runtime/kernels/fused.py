@@ -199,9 +199,10 @@ def _qkv_norm_rope_launch(qkv: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tenso
     if qkv.stride(-1) != 1:
         qkv = qkv.contiguous()
     out = torch.empty(_qkv_shape(qkv, num_heads, heads_first, segments), dtype=qkv.dtype, device=qkv.device)
-    w = torch.stack([w_q.float(), w_k.float()]).contiguous()
+    # q's and k's norm weights are read in their own dtype by the kernel (no host-side casts or stacking)
     _qkv_norm_rope_kernel[(B * S, segments)](
-        qkv, qkv.stride(0), qkv.stride(1), w, cos.contiguous(), sin.contiguous(), out, B, S, C, D, rope_dim or D, eps,
+        qkv, qkv.stride(0), qkv.stride(1), w_q.contiguous(), w_k.contiguous(), cos.contiguous(), sin.contiguous(), out,
+        B, S, C, D, rope_dim or D, eps,
         HEADS_FIRST=heads_first, BLOCK=triton.next_power_of_2(C), num_warps=8)
     return out
 
@@ -249,7 +250,7 @@ def _rms_norm_launch(t: torch.Tensor, weight: torch.Tensor, eps: float) -> torch
     if t2.stride(-1) != 1 or t2.stride(0) != C:
         t2 = t2.contiguous()
     out = torch.empty(t.shape, dtype=t.dtype, device=t.device)  # contiguous: rows of C, as t2
-    _rms_norm_kernel[(t2.shape[0],)](t2, weight.float().contiguous(), out, C, eps,
+    _rms_norm_kernel[(t2.shape[0],)](t2, weight.contiguous(), out, C, eps,  # the kernel reads w in its dtype
                                      BLOCK=triton.next_power_of_2(C), num_warps=8)
     return out
 
@@ -356,7 +357,7 @@ if triton is not None:
                              out_ptr + row * C + cols, C, eps, RMS)
 
     @triton.jit
-    def _qkv_norm_rope_kernel(t_ptr, stride_b, stride_s, w_ptr, cos_ptr, sin_ptr, out_ptr, B, S, C, D, R, eps,
+    def _qkv_norm_rope_kernel(t_ptr, stride_b, stride_s, wq_ptr, wk_ptr, cos_ptr, sin_ptr, out_ptr, B, S, C, D, R, eps,
                               HEADS_FIRST: tl.constexpr, BLOCK: tl.constexpr):
         row = tl.program_id(0)
         seg = tl.program_id(1)  # 0: q, 1: k, 2: v
@@ -367,7 +368,10 @@ if triton is not None:
         x = tl.load(t_ptr + b * stride_b + s * stride_s + seg * C + cols, mask=m, other=0.0).to(tl.float32)
         if seg < 2:
             r = tl.rsqrt(tl.sum(x * x, axis=0) / C + eps)
-            w = tl.load(w_ptr + seg * C + cols, mask=m, other=0.0)
+            if seg == 0:
+                w = tl.load(wq_ptr + cols, mask=m, other=0.0).to(tl.float32)
+            else:
+                w = tl.load(wk_ptr + cols, mask=m, other=0.0).to(tl.float32)
             # round to the tensor dtype after the norm, as the reference path does
             x = (x * r * w).to(out_ptr.dtype.element_ty).to(tl.float32)
             x1, x2 = tl.split(tl.reshape(x, (BLOCK // 2, 2)))  # interleaved pairs
@@ -392,5 +396,5 @@ if triton is not None:
         m = cols < C
         x = tl.load(x_ptr + row * C + cols, mask=m, other=0.0).to(tl.float32)
         r = tl.rsqrt(tl.sum(x * x, axis=0) / C + eps)
-        w = tl.load(w_ptr + cols, mask=m, other=0.0)
+        w = tl.load(w_ptr + cols, mask=m, other=0.0).to(tl.float32)
         tl.store(out_ptr + row * C + cols, (x * r * w).to(out_ptr.dtype.element_ty), mask=m)

@@ -137,6 +137,9 @@ class LTXSelfAttention(nn.Module):
         self.norm_q = RMSNorm(cfg.dim, QK_NORM_EPS)
         self.norm_k = RMSNorm(cfg.dim, QK_NORM_EPS)
         self.attn_op = AttentionOp()
+        # the fused path's q/k/v memory: heads-first ([B, H, S, D], what cuDNN reads fastest) or sequence-first
+        # (the attention's output then needs no copy before the projection); a speed choice, the same numbers
+        self.heads_first = True
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 key_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -144,7 +147,7 @@ class LTXSelfAttention(nn.Module):
         qkv = self.qkv(x)
         if fused.enabled_for(qkv):  # one launch: split, RMSNorm across heads, RoPE across heads, heads-first q/k/v
             q, k, v = fused.qkv_norm_rope(qkv, self.norm_q.weight, self.norm_k.weight, *rope, self.norm_q.eps,
-                                          self.num_heads, heads_first=True, rope_dim=qkv.shape[-1] // 3)
+                                          self.num_heads, heads_first=self.heads_first, rope_dim=qkv.shape[-1] // 3)
             return self.proj(self.attn_op(q, k, v, key_mask).flatten(2))
         q, k, v = qkv.chunk(3, dim=-1)
         # norm and RoPE over the full dim, then [B, S, dim] -> [B, S, heads, head_dim]
