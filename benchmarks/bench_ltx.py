@@ -171,23 +171,23 @@ def bench_dit(args, out: dict) -> None:
             print(f"{name}: rel_l2 vs diffusers bf16 {p['rel_l2']:.3e}", flush=True)
             measure(f"vidport eager ({name} + {auto[1]})", run_native)
     native.set_attention_backend(*auto)
-    for blk in native.blocks:  # sequence-first q/k/v: no copy of the attention output, other cuDNN input layout
-        blk.attn.heads_first = False
+    for blk in native.blocks:  # the other q/k/v memory order (the default is sequence-first)
+        blk.attn.heads_first = True
     with torch.no_grad():
         p = compare(run_native().float(), y_ref)
-    print(f"sequence-first q/k/v: rel_l2 vs diffusers bf16 {p['rel_l2']:.3e}", flush=True)
-    measure(f"vidport eager, sequence-first q/k/v ({auto[0]} + {auto[1]})", run_native)
+    print(f"heads-first q/k/v: rel_l2 vs diffusers bf16 {p['rel_l2']:.3e}", flush=True)
+    measure(f"vidport eager, heads-first q/k/v ({auto[0]} + {auto[1]})", run_native)
     if args.cuda_graph:
         from vidport.runtime.cuda_graph import CUDAGraphed
 
         graphed = CUDAGraphed(native)
         with torch.no_grad():
             graphed(x, text, t, mask, **kw)
-        measure("vidport eager + CUDA graph, sequence-first q/k/v", lambda: graphed(x, text, t, mask, **kw))
+        measure("vidport eager + CUDA graph, heads-first q/k/v", lambda: graphed(x, text, t, mask, **kw))
         del graphed
         cuda_sync()
     for blk in native.blocks:
-        blk.attn.heads_first = True
+        blk.attn.heads_first = False
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 

@@ -137,9 +137,10 @@ class LTXSelfAttention(nn.Module):
         self.norm_q = RMSNorm(cfg.dim, QK_NORM_EPS)
         self.norm_k = RMSNorm(cfg.dim, QK_NORM_EPS)
         self.attn_op = AttentionOp()
-        # the fused path's q/k/v memory: heads-first ([B, H, S, D], what cuDNN reads fastest) or sequence-first
-        # (the attention's output then needs no copy before the projection); a speed choice, the same numbers
-        self.heads_first = True
+        # the fused path's q/k/v memory: sequence-first (the attention's output then needs no copy before the
+        # projection) or heads-first ([B, H, S, D], what cuDNN reads fastest at Wan's head_dim 128); the same numbers.
+        # At LTX's 32 heads of 64 sequence-first was faster on an H200 (50.5 vs 51.8 ms eager, BENCHMARKS.md)
+        self.heads_first = False
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 key_mask: torch.Tensor | None = None) -> torch.Tensor:
