@@ -87,6 +87,13 @@ def _fail_on_rank_1(worker):
     return "unreachable"
 
 
+def _fail_on_rank_1_after_rank_0_returned(worker):
+    if worker.rank == 1:  # rank 0 is done by now (as after an asynchronous NCCL collective)
+        time.sleep(0.5)
+        raise ValueError("late boom on rank 1")
+    return "rank 0 done"
+
+
 def _die_on_rank_1(worker):
     dist.barrier()
     if worker.rank == 1:
@@ -169,6 +176,15 @@ def test_failing_worker_stops_everything():
     assert time.monotonic() - start < 60
     assert "(raised on rank 1 of 2)" in info.value.__notes__
     assert "_fail_on_rank_1" in str(info.value.__cause__)  # the worker's traceback travels along
+    assert worker_pids() - before == set()
+
+
+def test_a_run_fails_when_any_rank_fails_even_after_rank_0_returned():
+    """A run succeeds only when every rank finished it: on NCCL, rank 0 can return before a peer fails (its
+    collectives are asynchronous), and that failure must still reach the caller (benchmarks/check_nccl_faults.py)."""
+    before = worker_pids()
+    with pytest.raises(ValueError, match="late boom on rank 1"):
+        launch(_fail_on_rank_1_after_rank_0_returned, 2, device="cpu")
     assert worker_pids() - before == set()
 
 

@@ -161,6 +161,9 @@ class WorkerPool:
             raise
 
     def _wait_for_result(self, on_progress) -> Any:
+        """Rank 0's result once every rank has finished the run; the first failure otherwise."""
+        done: set[int] = set()
+        result = None
         while True:
             if not self._messages.empty():
                 kind, rank, body = self._messages.get()
@@ -169,7 +172,12 @@ class WorkerPool:
                     continue
                 if kind == "error":
                     self._raise_first_cause(rank, body)
-                return pickle.loads(body)
+                if kind == "result":
+                    result = pickle.loads(body)
+                done.add(rank)
+                if len(done) == self.num_procs:
+                    return result
+                continue
             if any(p.exitcode is not None for p in self._procs):
                 time.sleep(0.2)  # an error message may still be on its way
                 if self._messages.empty():
@@ -288,9 +296,13 @@ def _worker_main(rank, world, device_type, init_method, timeout, inbox, messages
             fn, args, wants_progress = job
             progress = (lambda *values: messages.put(("progress", rank, values))) if wants_progress else None
             result = fn(dataclasses.replace(worker, progress=progress), *args)
-            if rank == 0:
-                # pickled here (tensors by value), so nothing refers to this process once it exits
-                messages.put(("result", rank, pickle.dumps(result)))
+            if device_type == "cuda":
+                # NCCL collectives return before they complete: a rank is done when its GPU work is (a peer that
+                # failed leaves this rank waiting here, where the caller sees the peer's failure)
+                torch.cuda.synchronize()
+            # every rank reports: a run succeeds only when all of them did. Rank 0's result is pickled here
+            # (tensors by value), so nothing refers to this process once it exits
+            messages.put(("result", rank, pickle.dumps(result)) if rank == 0 else ("done", rank, None))
         worker.state.clear()
         dist.destroy_process_group()
     except BaseException as exc:  # noqa: B036 - report every failure, then exit non-zero
