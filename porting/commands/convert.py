@@ -15,7 +15,8 @@ from vidport.porting.options import json_option, progress_option, show_progress
 
 @click.command("convert")
 @click.argument("source", type=click.Path(path_type=Path))
-@click.option("--family", required=True, help="Model family of the release, e.g. wan2.1-t2v.")
+@click.option("--family", required=True, help="Model family of the release (`port info` lists them), e.g. "
+              "wan2.1-t2v or ltx-video.")
 @click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path),
               help="Target folder, e.g. converted_weights/NAME (created atomically).")
 @click.option("--dtype", default="keep", show_default=True, metavar="|".join(DTYPES),
@@ -50,8 +51,9 @@ def convert(source: Path, family: str, out: Path, dtype: str, max_shard_size: st
     ~/.cache/vidport; empty: off), so converting that model again skips importing them.
 
     \b
-    Example:
+    Examples:
       port convert official_weights/wan2.1-t2v-tiny --family wan2.1-t2v --out converted_weights/wan2.1-t2v-tiny
+      port convert official_weights/ltx-video-tiny --family ltx-video --out converted_weights/ltx-video-tiny
     """
     maps = {}
     for item in map_overrides:
