@@ -95,6 +95,15 @@ def precision_option() -> Callable:
                              "5x closer to fp32; BENCHMARKS.md]. No effect in fp32.")
 
 
+def vae_tiling_option() -> Callable:
+    return click.option("--vae-tiling/--no-vae-tiling", "vae_tiling", default=None,
+                        help="Decode the video in overlapping 256-pixel tiles blended across their 64-pixel overlaps "
+                             "(bounded VAE memory; with --num-gpus N the GPUs share the tiles). Close to the plain "
+                             "decode but not bit-equal to it [default: on for frames larger than 480x832, e.g. 720p, "
+                             "whatever --num-gpus, so N GPUs give 1 GPU's video; off for a family whose decoder "
+                             "cannot be tiled].")
+
+
 def json_option(what: str = "the result") -> Callable:
     return click.option("--json", "as_json", is_flag=True, help=f"Print {what} as JSON on stdout (for machines).")
 

@@ -20,6 +20,7 @@ from vidport.porting.options import (
     progress_option,
     sampler_grid_option,
     show_progress,
+    vae_tiling_option,
 )
 
 from vidport.errors import UserError
@@ -61,11 +62,12 @@ DEFAULT_OUTPUT_DIR = Path("out")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the DiT blocks (first steps pay for it).")
 @click.option("--cuda-graph", is_flag=True,
               help="Replay each DiT forward as one CUDA graph (one GPU; the first step captures it).")
+@vae_tiling_option()
 @progress_option()
 @json_option("the result and timings")
 def generate(model, prompt, negative_prompt, output, output_deprecated, num_frames, height, width, steps, guidance,
              seed, num_gpus, attention_backend, dtype, device, scheduler, flow_shift, sampler_grid, noise, precision,
-             cfg, cfg_parallel, compile_, cuda_graph, progress, as_json):
+             cfg, cfg_parallel, compile_, cuda_graph, vae_tiling, progress, as_json):
     """Generate a video with MODEL: a Diffusers-format folder (e.g. written by `port convert`) or a
     hub id such as Wan-AI/Wan2.1-T2V-1.3B-Diffusers."""
     from vidport.runtime.pipeline.validate import validate_output_path, validate_request
@@ -104,7 +106,7 @@ def generate(model, prompt, negative_prompt, output, output_deprecated, num_fram
                                          dtype=dtype, device=device, cfg=cfg, scheduler=scheduler,
                                          flow_shift=flow_shift, sampler_grid=sampler_grid, noise=noise,
                                          precision=precision, compile=compile_, cuda_graph=cuda_graph,
-                                         **parallel)
+                                         vae_tiling=vae_tiling, **parallel)
     total = steps if steps is not None else gen.defaults["num_inference_steps"]
     try:
         with tqdm(total=total, desc="denoise", unit="step", file=sys.stderr, leave=False,
@@ -124,9 +126,10 @@ def _print_report(report: dict, as_json: bool) -> None:
         click.echo(json.dumps(report, indent=2, ensure_ascii=False))
         return
     s = report["settings"]
+    tiles = f"; VAE decoded in {s['vae_tiles']} tiles" if s.get("vae_tiling") and s.get("vae_tiles", 1) > 1 else ""
     click.echo(f"wrote {report['output']}  ({s['num_frames']} frames {s['width']}x{s['height']}, "
                f"{s['num_inference_steps']} steps, guidance {s['guidance_scale']:g}, seed {s['seed']}, "
-               f"{s['dtype']} on {s['device']}; {s.get('sampler_grid')} grid, {s.get('noise')} noise)")
+               f"{s['dtype']} on {s['device']}; {s.get('sampler_grid')} grid, {s.get('noise')} noise{tiles})")
     click.echo(format_timings(report["timings_s"], report["denoise_step_s"]))
 
 

@@ -106,7 +106,8 @@ class VideoGenerator:
                         device: str | torch.device | None = None, cfg: str | CFGStrategy | None = None,
                         scheduler: str | None = None, flow_shift: float | None = None,
                         sampler_grid: str | None = None, noise: str = "diffusers", precision: str | None = None,
-                        compile: bool = False, cuda_graph: bool = False, **parallel_options) -> VideoGenerator:
+                        compile: bool = False, cuda_graph: bool = False, vae_tiling: bool | None = None,
+                        **parallel_options) -> VideoGenerator:
         """Load a Diffusers-format repo (folder or hub id).
 
         Fidelity to the official release (docs/generate.md): ``sampler_grid`` "official" (the official
@@ -124,6 +125,11 @@ class VideoGenerator:
         "euler"; ``flow_shift`` overrides the configured shift. ``compile``: ``torch.compile`` each DiT
         block (in place; the first steps pay the compile time). ``cuda_graph``: replay each DiT forward
         as one CUDA graph (``runtime.cuda_graph``; CUDA only, one GPU; the first step captures it).
+        ``vae_tiling``: decode the video in overlapping spatial tiles (``runtime.vae_tiling``; on several GPUs the ranks
+        share the tiles): None (auto: tiled for frames larger than 480x832, whatever the number of GPUs), True or
+        False. A family
+        whose decoder cannot be tiled (its pipeline module's ``TILED_DECODE`` is not True) never tiles, and
+        ``vae_tiling=True`` on it is a one-line error.
 
         ``num_gpus > 1`` delegates to ``runtime.parallel.launch.from_pretrained(path_or_hub_id,
         num_gpus=..., attention_backend=..., dtype=..., device=..., cfg=..., scheduler=...,
@@ -134,11 +140,13 @@ class VideoGenerator:
             raise UserError(f"num_gpus={num_gpus!r} must be an integer >= 1")
         if cuda_graph and num_gpus > 1:
             raise UserError(f"cuda_graph runs on one GPU; use num_gpus=1 or drop cuda_graph (num_gpus={num_gpus})")
+        if not (vae_tiling is None or isinstance(vae_tiling, bool)):
+            raise UserError(f"vae_tiling={vae_tiling!r} must be True, False or None (auto)")
         if num_gpus > 1:
             return _launcher(num_gpus).from_pretrained(
                 path_or_hub_id, num_gpus=num_gpus, attention_backend=attention_backend, dtype=dtype, device=device,
                 cfg=cfg, scheduler=scheduler, flow_shift=flow_shift, sampler_grid=sampler_grid, noise=noise,
-                precision=precision, compile=compile, **parallel_options)
+                precision=precision, compile=compile, vae_tiling=vae_tiling, **parallel_options)
         if parallel_options:
             raise UserError(f"unknown option(s) for num_gpus=1: {', '.join(sorted(parallel_options))}")
         precision = _check_fidelity_options(sampler_grid, noise, precision)
@@ -151,10 +159,11 @@ class VideoGenerator:
         folder = resolve_repo(path_or_hub_id)
         family = family_of_repo(folder)
         module = family.load(family.pipeline)
+        tiling = check_vae_tiling(vae_tiling, family, module)
         backends = _resolve_backends(attention_backend, device, torch_dtype)
         components = module.load_components(folder, dtype=torch_dtype, device=device, scheduler=scheduler,
                                             flow_shift=flow_shift, sampler_grid=sampler_grid, noise=noise,
-                                            precision=precision)
+                                            precision=precision, **tiling)
         components.transformer.set_attention_backend(*backends)
         _accelerate(components, compile=compile, cuda_graph=cuda_graph)
         if device.type == "cuda":
@@ -208,7 +217,10 @@ class VideoGenerator:
         settings.update(model=self.source, preset=c.preset, dtype=str(c.dtype).replace("torch.", ""),
                         device=str(c.device), cfg=self.cfg.name, scheduler=type(c.scheduler).__name__,
                         sampler_grid=getattr(c, "sampler_grid", None), noise=getattr(c, "noise", None),
-                        precision=getattr(_unwrapped(c.transformer), "precision", None), fps=d["fps"])
+                        precision=getattr(_unwrapped(c.transformer), "precision", None), fps=d["fps"],
+                        vae_tiling=bool(state.info.get("vae_tiling", False)))
+        if "vae_tiles" in state.info:
+            settings["vae_tiles"] = state.info["vae_tiles"]
         self.last_report = GenerationReport(settings=settings, timings=timings, step_seconds=state.step_seconds,
                                             output_path=None if out is None else str(out))
         self.last_state = state
@@ -237,6 +249,17 @@ def _check_fidelity_options(sampler_grid, noise, precision) -> str:
     precision = precision or DEFAULT_PRECISION
     _choice("precision", precision, PRECISIONS)
     return precision
+
+
+def check_vae_tiling(vae_tiling: bool | None, family: FamilySpec, module) -> dict:
+    """The keyword arguments that pass ``vae_tiling`` to the family's ``load_components``: none for a family whose
+    pipeline module does not declare ``TILED_DECODE = True`` (it never tiles), where ``vae_tiling=True`` is one line."""
+    if getattr(module, "TILED_DECODE", False) is True:
+        return {"vae_tiling": vae_tiling}
+    if vae_tiling:
+        raise UserError(f"vae_tiling=True is not supported by {family.name}: its VAE decode cannot be split into tiles "
+                        f"({module.__name__}.TILED_DECODE says why); use vae_tiling=False or None")
+    return {}
 
 
 def _launcher(num_gpus: int):

@@ -2,8 +2,9 @@
 
 Every rank loads the same repo on its own device, replaces its DiT by the sequence-parallel wrapper
 (and, with ``cfg_parallel``, its CFG strategy by the CFG-parallel one) and runs the same pipeline on
-the same seed, so every rank steps identical latents; rank 0's frames and report come back to the
-caller, which writes the mp4 (atomically) only once the run has succeeded.
+the same seed, so every rank steps identical latents; a tiled VAE decode (``runtime.vae_tiling``; on by default
+here for a family that can tile) splits its tiles over the ranks and gives every rank the whole video. Rank 0's
+frames and report come back to the caller, which writes the mp4 (atomically) only once the run has succeeded.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 # what VideoGenerator.from_pretrained passes on to each rank's own (single-device) from_pretrained
 LOAD_OPTIONS = ("attention_backend", "dtype", "cfg", "scheduler", "flow_shift", "sampler_grid", "noise", "precision",
-                "compile")
+                "compile", "vae_tiling")
 
 
 def resolve_backends_on_ranks(name: str | None, device: torch.device, dtype: torch.dtype) -> tuple[str, str]:
@@ -70,6 +71,8 @@ def _load(worker: Worker, source, load_kwargs: dict, cfg_parallel: bool) -> dict
     gen.components.transformer, cfg = parallelize(gen.components.transformer, plan, cfg_parallel=cfg_parallel)
     if cfg is not None:
         gen.cfg = cfg
+    if getattr(gen.pipeline, "TILED_DECODE", False) is True:
+        gen.components.decode_group = dist.group.WORLD  # a tiled VAE decode splits its tiles over all the ranks
     dist.barrier()
     worker.state["generator"] = gen
     return {"defaults": gen.defaults, "cfg": gen.cfg.name}
@@ -142,7 +145,7 @@ def from_pretrained(path_or_hub_id, *, num_gpus: int, device=None, cfg_parallel:
     present; one GPU per rank) or "cpu" (gloo; tests). ``cfg_parallel``: the conditional and
     unconditional branches on two halves of the ranks (needs an even ``num_gpus``). ``timeout``: seconds
     any collective may wait before the ranks give up."""
-    from vidport.runtime.generator import resolve_repo
+    from vidport.runtime.generator import check_vae_tiling, family_of_repo, resolve_repo
 
     device_type = default_device(device).type
     if cfg_parallel and num_gpus % 2:
@@ -153,6 +156,8 @@ def from_pretrained(path_or_hub_id, *, num_gpus: int, device=None, cfg_parallel:
         raise UserError(f"unknown option(s) for num_gpus={num_gpus}: {', '.join(unknown)}; "
                         f"parallel options are cfg_parallel and timeout")
     folder = resolve_repo(path_or_hub_id)  # download once, in the caller, before any rank starts
+    family = family_of_repo(folder)
+    check_vae_tiling(load_kwargs.get("vae_tiling"), family, family.load(family.pipeline))
     heads = _num_heads(folder)
     if heads is not None:  # fail before starting any rank, with the sizes that work
         check_heads(heads, num_gpus // 2 if cfg_parallel else num_gpus)

@@ -68,3 +68,4 @@ class PipelineState:
     frames: np.ndarray | None = None  # uint8 [F, H, W, 3]
     timings: dict[str, float] = field(default_factory=dict)  # stage name -> seconds
     step_seconds: list[float] = field(default_factory=list)  # per denoising step
+    info: dict[str, object] = field(default_factory=dict)  # how stages ran, for the report (e.g. vae_tiling)

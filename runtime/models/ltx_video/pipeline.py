@@ -78,6 +78,10 @@ PRECISIONS = ("fast", "official")  # the same for LTX: the DiT computes in its d
 # both guidance branches in one batch (as LTXPipeline runs them): at LTX's few thousand tokens a batch-1 forward is
 # host-bound on a GPU, and batched CFG halves the launches (BENCHMARKS.md: 0.61x LTXPipeline end to end)
 DEFAULT_CFG = "batched"
+# no tiled VAE decode (runtime.vae_tiling): the v0.9.1 decoder injects random noise inside its up blocks on every
+# call, so each tile would draw different noise than the same pixels get in the plain decode (vae_tiling=True is
+# refused; auto never tiles)
+TILED_DECODE = False
 
 
 # ----------------------------------------------------------------------------------------------

@@ -21,6 +21,9 @@ from vidport.runtime.pipeline import Conditioning, Denoise, PipelineState, Prepa
 
 from vidport.errors import UserError
 
+# the VAE decodes in spatial tiles when asked or when the frames are large (runtime.vae_tiling): the Wan VAE is
+# convolutional in space and causal in time, so a crop of the latents decodes to the matching crop of the video
+TILED_DECODE = True
 SCHEDULERS = ("unipc", "euler")
 SAMPLER_GRIDS = ("official", "diffusers")  # whose sigma grid the UniPC sampler steps on
 NOISE = ("diffusers", "official")  # CPU generator (diffusers) or a generator on the run's device (official)
@@ -44,6 +47,8 @@ class WanComponents:
     device: torch.device
     sampler_grid: str = "diffusers"  # "official": the official sampler's sigmas on the scheduler
     noise: str = "diffusers"  # "official": the initial noise drawn as the official sampler draws it
+    vae_tiling: bool | None = None  # tiled VAE decode: None = auto (runtime.vae_tiling.resolve_tiling)
+    decode_group: object = None  # the process group whose ranks share a tiled decode (multi-GPU); None: this process
 
     @property
     def preset(self) -> str | None:
@@ -67,19 +72,22 @@ def sampling_defaults(cfg: WanDiTConfig) -> dict:
 
 def load_components(folder: Path, *, dtype: torch.dtype, device: torch.device, scheduler: str | None = None,
                     flow_shift: float | None = None, sampler_grid: str | None = None, noise: str = "diffusers",
-                    precision: str = "fast") -> WanComponents:
+                    precision: str = "fast", vae_tiling: bool | None = None) -> WanComponents:
     """A Diffusers-format Wan T2V repo folder -> components on ``device``. Every load is strict.
 
     ``sampler_grid``: "official" (the official sampler's sigmas, ``family.official_sampling_grid``),
     "diffusers" (the installed diffusers scheduler's own) or None (official for UniPC, the official
     sampler; diffusers' for Euler, which the official code lacks). ``noise``: "diffusers" or "official"
-    (``PrepareLatents``). ``precision``: the native DiT's bf16 recipe, "fast" or "official" (``WanDiT``)."""
+    (``PrepareLatents``). ``precision``: the native DiT's bf16 recipe, "fast" or "official" (``WanDiT``).
+    ``vae_tiling``: decode in spatial tiles (``DecodeVideo``): True, False, or None (auto)."""
     from transformers import AutoTokenizer, UMT5EncoderModel
     from vidport.runtime.loading import load_or_fail, load_transformer, quiet_library_loading, strict_from_pretrained
     from vidport.runtime.models.wan.model import WanDiT
 
     if noise not in NOISE:
         raise UserError(f"noise={noise!r} is not one of {', '.join(NOISE)}")
+    if not (vae_tiling is None or isinstance(vae_tiling, bool)):
+        raise UserError(f"vae_tiling={vae_tiling!r} must be True, False or None (auto)")
     folder = Path(folder)
     sched = load_scheduler(folder / "scheduler", scheduler, flow_shift)
     grid = resolve_sampler_grid(sampler_grid, sched, folder / "scheduler")
@@ -99,7 +107,7 @@ def load_components(folder: Path, *, dtype: torch.dtype, device: torch.device, s
     vae = (vae if vae.dtype == torch.float32 else vae.float()).to(device)
     return WanComponents(tokenizer=tokenizer, text_encoder=text_encoder.eval(), transformer=transformer, vae=vae.eval(),
                          scheduler=sched, dit_config=transformer.cfg, dtype=dtype, device=device,
-                         sampler_grid=grid, noise=noise)
+                         sampler_grid=grid, noise=noise, vae_tiling=vae_tiling)
 
 
 # the settings of the official FlowUniPCMultistepScheduler (its defaults, as wan/text2video.py builds it) that a
@@ -207,23 +215,47 @@ def latent_shape(vae_config, in_channels: int, request) -> tuple[int, int, int, 
 
 class DecodeVideo:
     """Latents -> uint8 frames [F, H, W, 3]: undo the VAE's latent normalization, decode, map [-1, 1]
-    to [0, 255] (rounded)."""
+    to [0, 255] (rounded).
+
+    ``tiling``: decode in overlapping spatial tiles (``runtime.vae_tiling``): True, False, or None (auto: on several
+    ranks, or for frames larger than 480x832). ``group``: the process group whose ranks split the tiles (every rank
+    runs this stage on the same latents and ends with the whole video); None: this process decodes every tile.
+    ``state.info["vae_tiling"]`` / ``["vae_tiles"]`` say what ran."""
 
     name = "decode"
 
-    def __init__(self, vae):
-        self.vae = vae
+    def __init__(self, vae, tiling: bool | None = False, group=None):
+        self.vae, self.tiling, self.group = vae, tiling, group
 
     @torch.no_grad()
     def __call__(self, state: PipelineState) -> PipelineState:
+        import torch.distributed as dist
+        from vidport.runtime import vae_tiling
+
         cfg = self.vae.config
         z = state.latents.to(self.vae.dtype)
         mean = torch.tensor(cfg.latents_mean).view(1, cfg.z_dim, 1, 1, 1).to(z)
         inv_std = 1.0 / torch.tensor(cfg.latents_std).view(1, cfg.z_dim, 1, 1, 1).to(z)
-        video = self.vae.decode(z / inv_std + mean, return_dict=False)[0]  # [1, 3, F, H, W] in [-1, 1]
+        z = z / inv_std + mean
+        world = 1 if self.group is None else dist.get_world_size(self.group)
+        tiled = vae_tiling.resolve_tiling(self.tiling, height=state.request.height, width=state.request.width,
+                                          world=world)
+        decode = self.decode_crop
+        if tiled:  # [1, 3, F, H, W] in [-1, 1]
+            tile, stride = vae_tiling.default_tiling(cfg.scale_factor_spatial)
+            state.info.update(vae_tiles=len(vae_tiling.plan_tiles(z.shape[-2], z.shape[-1], tile, stride)))
+            video = vae_tiling.tiled_decode(decode, z, scale=cfg.scale_factor_spatial, tile=tile, stride=stride,
+                                            group=self.group)
+        else:
+            video = decode(z)
+        state.info.update(vae_tiling=tiled)
         pixels = ((video[0].float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
         state.frames = pixels.permute(1, 2, 3, 0).cpu().numpy()  # [F, H, W, 3]
         return state
+
+    def decode_crop(self, z: torch.Tensor) -> torch.Tensor:
+        """The VAE's own decode of (a spatial crop of) the denormalized latents: all frames, its causal cache."""
+        return self.vae.decode(z, return_dict=False)[0]
 
 
 class OfficialTimesteps:
@@ -263,7 +295,7 @@ def t2v_stages(c: WanComponents, *, cfg, on_step=None) -> list[Stage]:
         PrepareLatents(lambda request: latent_shape(c.vae.config, in_channels, request),
                        on_device=c.noise == "official"),
         Denoise(c.transformer, c.scheduler, cfg, c.dtype, on_step),
-        DecodeVideo(c.vae),
+        DecodeVideo(c.vae, tiling=c.vae_tiling, group=c.decode_group),
     ]
 
 
