@@ -109,13 +109,8 @@ def test_cfg_parallel_equals_serial_guidance(pool2):
 
 
 @pytest.fixture(scope="module")
-def ltx_repo(tmp_path_factory):
-    from test_convert import port
-
-    out = tmp_path_factory.mktemp("ltx-parallel") / "ltx-tiny"
-    assert port("convert", "official_weights/ltx-video-tiny", "--family", "ltx-video", "--out", str(out),
-                "--no-progress") == 0
-    return out
+def ltx_repo(converted_ltx_release):
+    return converted_ltx_release
 
 
 def test_generation_on_two_ranks_equals_one(ltx_repo):

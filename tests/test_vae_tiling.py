@@ -203,13 +203,8 @@ def test_bad_option_is_one_line(converted_tiny_release, value):
 
 
 @pytest.fixture(scope="module")
-def ltx_repo(tmp_path_factory):
-    from test_convert import port
-
-    out = tmp_path_factory.mktemp("ltx-tiling") / "ltx-tiny"
-    assert port("convert", "official_weights/ltx-video-tiny", "--family", "ltx-video", "--out", str(out),
-                "--no-progress") == 0
-    return out
+def ltx_repo(converted_ltx_release):
+    return converted_ltx_release
 
 
 @pytest.mark.parametrize("num_gpus", [1, 2])
