@@ -62,8 +62,8 @@ class VideoGenerator:
 
     ``cfg`` picks the classifier-free-guidance strategy (``"serial"``, ``"batched"``, or a strategy
     object such as runtime.parallel's CFG-parallel one; None: the family pipeline's ``DEFAULT_CFG``, else serial);
-    ``components.transformer`` may be any module
-    with ``forward(x, timestep, context)`` (e.g. a sequence-parallel wrapper of the native DiT).
+    ``components.transformer`` may be any module with the family's DiT forward signature (e.g. a sequence-parallel or
+    CUDA-graph wrapper of the native DiT): the family's pipeline stages are what call it.
     """
 
     def __init__(self, components, pipeline_module, *, family: FamilySpec, cfg: str | CFGStrategy | None = None,
