@@ -30,6 +30,7 @@ import torch
 from vidport.porting.options import NOISE_MODES, PRECISIONS, SAMPLER_GRIDS
 from vidport.runtime.pipeline import CFGStrategy, PipelineState, get_cfg_strategy, run_stages, validate_request
 from vidport.runtime.pipeline.validate import validate_output_path
+from vidport.runtime.vae_tiling import check_option as check_tiling_option
 
 from vidport.devices import default_device
 from vidport.errors import UserError
@@ -140,8 +141,7 @@ class VideoGenerator:
             raise UserError(f"num_gpus={num_gpus!r} must be an integer >= 1")
         if cuda_graph and num_gpus > 1:
             raise UserError(f"cuda_graph runs on one GPU; use num_gpus=1 or drop cuda_graph (num_gpus={num_gpus})")
-        if not (vae_tiling is None or isinstance(vae_tiling, bool)):
-            raise UserError(f"vae_tiling={vae_tiling!r} must be True, False or None (auto)")
+        check_tiling_option(vae_tiling)
         if num_gpus > 1:
             return _launcher(num_gpus).from_pretrained(
                 path_or_hub_id, num_gpus=num_gpus, attention_backend=attention_backend, dtype=dtype, device=device,

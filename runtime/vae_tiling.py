@@ -90,6 +90,12 @@ def default_tiling(scale: int) -> tuple[int, int]:
     return max(stride + 1, round(TILE_PIXELS / scale)), stride
 
 
+def check_option(option) -> None:
+    """One line for a ``vae_tiling`` option that is not True, False or None (auto)."""
+    if not (option is None or isinstance(option, bool)):
+        raise UserError(f"vae_tiling={option!r} must be True, False or None (auto)")
+
+
 def check_positive_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise UserError(f"VAE tiling: {name}={value!r} must be a positive integer")
@@ -139,7 +145,7 @@ def assign_tiles(tiles: Sequence[Tile], world: int) -> list[list[int]]:
 
 def resolve_tiling(option: bool | None, *, height: int, width: int, world: int = 1) -> bool:
     """``option`` if given; None (auto): tile when a ``height x width`` frame (pixels) is larger than
-    ``AUTO_TILE_PIXELS``, whatever the number of ranks (``world``, kept for callers), so that any number of ranks
+    ``AUTO_TILE_PIXELS``. ``world`` (the number of ranks) does not enter the rule, so that any number of ranks
     decodes a request to the same frames (module docstring)."""
     if option is not None:
         return bool(option)

@@ -2,8 +2,8 @@
 
 Every rank loads the same repo on its own device, replaces its DiT by the sequence-parallel wrapper
 (and, with ``cfg_parallel``, its CFG strategy by the CFG-parallel one) and runs the same pipeline on
-the same seed, so every rank steps identical latents; a tiled VAE decode (``runtime.vae_tiling``; on by default
-here for a family that can tile) splits its tiles over the ranks and gives every rank the whole video. Rank 0's
+the same seed, so every rank steps identical latents; a tiled VAE decode (``runtime.vae_tiling``, for a family
+that can tile) splits its tiles over the ranks and gives every rank the whole video. Rank 0's
 frames and report come back to the caller, which writes the mp4 (atomically) only once the run has succeeded.
 """
 

@@ -10,7 +10,8 @@ import importlib
 
 _WHERE = {
     **dict.fromkeys(("CFG_STRATEGIES", "BatchedCFG", "CFGStrategy", "SerialCFG", "get_cfg_strategy"), "guidance"),
-    **dict.fromkeys(("Denoise", "PrepareLatents", "PrepareTimesteps", "Stage", "run_stages"), "stages"),
+    **dict.fromkeys(("Denoise", "PrepareLatents", "PrepareTimesteps", "Stage", "run_stages", "uint8_frames"),
+                     "stages"),
     **dict.fromkeys(("Conditioning", "GenerationRequest", "PipelineState"), "state"),
     **dict.fromkeys(("validate_output_path", "validate_request"), "validate"),
 }

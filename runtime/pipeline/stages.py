@@ -112,3 +112,10 @@ class Denoise:
         state.latents = latents
         state.step_seconds = clock.seconds()
         return state
+
+
+def uint8_frames(video: torch.Tensor):
+    """A decoded video [3, F, H, W] in [-1, 1] -> uint8 numpy frames [F, H, W, 3]: ``(x + 1) / 2`` clamped to
+    [0, 1], times 255, rounded (diffusers' ``postprocess_video``, rounded rather than truncated)."""
+    pixels = ((video.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+    return pixels.permute(1, 2, 3, 0).cpu().numpy()

@@ -125,6 +125,26 @@ def mlp(in_dim: int, dim: int, act: nn.Module) -> nn.Sequential:
     return seq
 
 
+def pack_latents(latents: torch.Tensor, cfg: LTXDiTConfig) -> tuple[torch.Tensor, Grid]:
+    """[B, C, F, H, W] -> tokens [B, f*h*w, C*pt*p*p] in (frame, height, width) order, features channel-slowest
+    (diffusers' ``LTXPipeline._pack_latents``), and the grid (f, h, w)."""
+    p, pt = cfg.patch_size, cfg.patch_size_t
+    b, c, nf, nh, nw = latents.shape
+    grid = (nf // pt, nh // p, nw // p)
+    x = latents.reshape(b, c, grid[0], pt, grid[1], p, grid[2], p)
+    x = x.permute(0, 2, 4, 6, 1, 3, 5, 7)  # B, f, h, w, C, pt, p, p
+    return x.reshape(b, math.prod(grid), -1), grid
+
+
+def unpack_tokens(tokens: torch.Tensor, cfg: LTXDiTConfig, grid: Grid) -> torch.Tensor:
+    """The inverse of ``pack_latents``: [B, f*h*w, C*pt*p*p] -> [B, C, f*pt, h*p, w*p]."""
+    p, pt = cfg.patch_size, cfg.patch_size_t
+    f, h, w = grid
+    x = tokens.reshape(tokens.shape[0], f, h, w, -1, pt, p, p)
+    x = x.permute(0, 4, 1, 5, 2, 6, 3, 7)  # B, C, f, pt, h, p, w, p
+    return x.reshape(tokens.shape[0], -1, f * pt, h * p, w * p)
+
+
 # ----------------------------------------------------------------------------------------------
 # Attention and block
 # ----------------------------------------------------------------------------------------------
@@ -275,22 +295,12 @@ class LTXDiT(nn.Module):
 
     # --- packing (LTX's pipeline packs its latents once; the DiT sees tokens) ---------------------
     def patchify(self, latents: torch.Tensor) -> tuple[torch.Tensor, Grid]:
-        """[B, C, F, H, W] -> tokens [B, f*h*w, C*pt*p*p] in (frame, height, width) order, features
-        channel-slowest (diffusers' ``LTXPipeline._pack_latents``), and the grid (f, h, w)."""
-        p, pt = self.cfg.patch_size, self.cfg.patch_size_t
-        b, c, nf, nh, nw = latents.shape
-        grid = (nf // pt, nh // p, nw // p)
-        x = latents.reshape(b, c, grid[0], pt, grid[1], p, grid[2], p)
-        x = x.permute(0, 2, 4, 6, 1, 3, 5, 7)  # B, f, h, w, C, pt, p, p
-        return x.reshape(b, math.prod(grid), -1), grid
+        """[B, C, F, H, W] -> (tokens, grid): ``pack_latents``."""
+        return pack_latents(latents, self.cfg)
 
     def unpatchify(self, tokens: torch.Tensor, grid: Grid) -> torch.Tensor:
-        """The inverse of ``patchify``: [B, f*h*w, C*pt*p*p] -> [B, C, f*pt, h*p, w*p]."""
-        p, pt = self.cfg.patch_size, self.cfg.patch_size_t
-        f, h, w = grid
-        x = tokens.reshape(tokens.shape[0], f, h, w, -1, pt, p, p)
-        x = x.permute(0, 4, 1, 5, 2, 6, 3, 7)  # B, C, f, pt, h, p, w, p
-        return x.reshape(tokens.shape[0], -1, f * pt, h * p, w * p)
+        """The inverse of ``patchify``: ``unpack_tokens``."""
+        return unpack_tokens(tokens, self.cfg, grid)
 
     # --- stages --------------------------------------------------------------------------------
     def embed_time(self, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -62,7 +62,8 @@ import torch
 from vidport.runtime.loading import load_or_fail, quiet_library_loading, strict_from_pretrained
 from vidport.runtime.models.ltx_video import family
 from vidport.runtime.models.ltx_video.config import PRESETS, LTXDiTConfig
-from vidport.runtime.pipeline import Conditioning, Denoise, PipelineState, PrepareLatents, Stage
+from vidport.runtime.models.ltx_video.model import pack_latents, unpack_tokens
+from vidport.runtime.pipeline import Conditioning, Denoise, PipelineState, PrepareLatents, Stage, uint8_frames
 
 from vidport.errors import UserError
 
@@ -225,20 +226,13 @@ def token_grid(cfg: LTXDiTConfig, size: tuple[int, int, int]) -> tuple[int, int,
 
 
 def pack(latents: torch.Tensor, cfg: LTXDiTConfig) -> torch.Tensor:
-    """[B, C, F, H, W] -> tokens [B, f*h*w, C*pt*p*p], (frame, height, width) order, features channel-slowest
-    (LTXPipeline's packing; ``LTXDiT.patchify``)."""
-    p, pt = cfg.patch_size, cfg.patch_size_t
-    b, c, nf, nh, nw = latents.shape
-    x = latents.reshape(b, c, nf // pt, pt, nh // p, p, nw // p, p).permute(0, 2, 4, 6, 1, 3, 5, 7)
-    return x.reshape(b, (nf // pt) * (nh // p) * (nw // p), c * pt * p * p)
+    """[B, C, F, H, W] -> tokens [B, f*h*w, C*pt*p*p] (LTXPipeline's packing; the DiT's ``pack_latents``)."""
+    return pack_latents(latents, cfg)[0]
 
 
 def unpack(tokens: torch.Tensor, cfg: LTXDiTConfig, grid: tuple[int, int, int]) -> torch.Tensor:
     """The inverse of ``pack``: [B, f*h*w, C*pt*p*p] -> [B, C, f*pt, h*p, w*p]."""
-    p, pt = cfg.patch_size, cfg.patch_size_t
-    f, h, w = grid
-    x = tokens.reshape(tokens.shape[0], f, h, w, -1, pt, p, p).permute(0, 4, 1, 5, 2, 6, 3, 7)
-    return x.reshape(tokens.shape[0], -1, f * pt, h * p, w * p)
+    return unpack_tokens(tokens, cfg, grid)
 
 
 def calculate_shift(seq_len: int, base_seq_len: int, max_seq_len: int, base_shift: float, max_shift: float) -> float:
@@ -343,13 +337,6 @@ class DenoiseTokens:
         return Denoise(model, c.scheduler, self.cfg, c.dtype, self.on_step)(state)
 
 
-def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
-    """A decoded video [3, F, H, W] in [-1, 1] -> uint8 [F, H, W, 3]: ``postprocess_video``'s
-    ``clamp(x * 0.5 + 0.5, 0, 1)``, times 255, rounded."""
-    pixels = ((video.float() * 0.5 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-    return pixels.permute(1, 2, 3, 0).cpu().numpy()
-
-
 class DecodeVideo:
     """Tokens -> uint8 frames [F, H, W, 3]: unpack, undo the latent normalization (``latents_mean`` /
     ``latents_std`` / ``scaling_factor``), in the model's dtype add the decode noise (the seed's generator's next
@@ -380,7 +367,7 @@ class DecodeVideo:
             z = (1 - scale) * z + scale * noise
         with seeded_global_rng(request.seed, z.device):
             video = vae.decode(z.to(vae.dtype), timestep, return_dict=False)[0]  # [1, 3, F, H, W] in [-1, 1]
-        state.frames = to_uint8_frames(video[0])
+        state.frames = uint8_frames(video[0])
         return state
 
 

@@ -17,7 +17,15 @@ from pathlib import Path
 import torch
 from vidport.runtime.models.wan import family
 from vidport.runtime.models.wan.config import WanDiTConfig
-from vidport.runtime.pipeline import Conditioning, Denoise, PipelineState, PrepareLatents, PrepareTimesteps, Stage
+from vidport.runtime.pipeline import (
+    Conditioning,
+    Denoise,
+    PipelineState,
+    PrepareLatents,
+    PrepareTimesteps,
+    Stage,
+    uint8_frames,
+)
 
 from vidport.errors import UserError
 
@@ -83,11 +91,11 @@ def load_components(folder: Path, *, dtype: torch.dtype, device: torch.device, s
     from transformers import AutoTokenizer, UMT5EncoderModel
     from vidport.runtime.loading import load_or_fail, load_transformer, quiet_library_loading, strict_from_pretrained
     from vidport.runtime.models.wan.model import WanDiT
+    from vidport.runtime.vae_tiling import check_option as check_tiling_option
 
     if noise not in NOISE:
         raise UserError(f"noise={noise!r} is not one of {', '.join(NOISE)}")
-    if not (vae_tiling is None or isinstance(vae_tiling, bool)):
-        raise UserError(f"vae_tiling={vae_tiling!r} must be True, False or None (auto)")
+    check_tiling_option(vae_tiling)
     folder = Path(folder)
     sched = load_scheduler(folder / "scheduler", scheduler, flow_shift)
     grid = resolve_sampler_grid(sampler_grid, sched, folder / "scheduler")
@@ -217,8 +225,8 @@ class DecodeVideo:
     """Latents -> uint8 frames [F, H, W, 3]: undo the VAE's latent normalization, decode, map [-1, 1]
     to [0, 255] (rounded).
 
-    ``tiling``: decode in overlapping spatial tiles (``runtime.vae_tiling``): True, False, or None (auto: on several
-    ranks, or for frames larger than 480x832). ``group``: the process group whose ranks split the tiles (every rank
+    ``tiling``: decode in overlapping spatial tiles (``runtime.vae_tiling``): True, False, or None (auto: for frames
+    larger than 480x832, on any number of ranks). ``group``: the process group whose ranks split the tiles (every rank
     runs this stage on the same latents and ends with the whole video); None: this process decodes every tile.
     ``state.info["vae_tiling"]`` / ``["vae_tiles"]`` say what ran."""
 
@@ -229,7 +237,6 @@ class DecodeVideo:
 
     @torch.no_grad()
     def __call__(self, state: PipelineState) -> PipelineState:
-        import torch.distributed as dist
         from vidport.runtime import vae_tiling
 
         cfg = self.vae.config
@@ -237,9 +244,7 @@ class DecodeVideo:
         mean = torch.tensor(cfg.latents_mean).view(1, cfg.z_dim, 1, 1, 1).to(z)
         inv_std = 1.0 / torch.tensor(cfg.latents_std).view(1, cfg.z_dim, 1, 1, 1).to(z)
         z = z / inv_std + mean
-        world = 1 if self.group is None else dist.get_world_size(self.group)
-        tiled = vae_tiling.resolve_tiling(self.tiling, height=state.request.height, width=state.request.width,
-                                          world=world)
+        tiled = vae_tiling.resolve_tiling(self.tiling, height=state.request.height, width=state.request.width)
         decode = self.decode_crop
         if tiled:  # [1, 3, F, H, W] in [-1, 1]
             tile, stride = vae_tiling.default_tiling(cfg.scale_factor_spatial)
@@ -249,8 +254,7 @@ class DecodeVideo:
         else:
             video = decode(z)
         state.info.update(vae_tiling=tiled)
-        pixels = ((video[0].float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-        state.frames = pixels.permute(1, 2, 3, 0).cpu().numpy()  # [F, H, W, 3]
+        state.frames = uint8_frames(video[0])  # [F, H, W, 3]
         return state
 
     def decode_crop(self, z: torch.Tensor) -> torch.Tensor:
