@@ -128,3 +128,14 @@ def shard_tokens(tokens: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], 
         key_mask = (torch.arange(padded, device=tokens.device) < seq_len).expand(batch, padded)
     mine = slice(rank * per_rank, (rank + 1) * per_rank)
     return tokens[:, mine], (cos[mine], sin[mine]), key_mask
+
+
+def install_sequence_attention(attentions, num_heads: int, group: dist.ProcessGroup | None, attention=None) -> None:
+    """Give each self-attention module (``.attn_op``, as a family's blocks hold it) the op that runs it on a shard
+    of the sequence: Ulysses over ``group`` (``attention=None``; the head count must divide by the ranks), or
+    ``attention(backend)`` from ``runtime.parallel.ring`` (any head count). What a family's parallel plan calls."""
+    if attention is None:
+        check_heads(num_heads, dist.get_world_size(group))
+        attention = lambda backend: DistributedAttention(backend, group)  # noqa: E731
+    for attn in attentions:
+        attn.attn_op = attention(attn.attn_op.backend)

@@ -16,7 +16,7 @@ import math
 import torch
 import torch.distributed as dist
 from vidport.runtime.models.ltx_video.model import LTXDiT
-from vidport.runtime.parallel.ulysses import DistributedAttention, SequenceParallelModel, check_heads, shard_tokens
+from vidport.runtime.parallel.ulysses import SequenceParallelModel, install_sequence_attention, shard_tokens
 
 
 class SequenceParallelLTXDiT(SequenceParallelModel):
@@ -55,9 +55,5 @@ def parallelize_ltx(model: LTXDiT, group: dist.ProcessGroup | None = None, *, at
     """Shard ``model``'s token sequence over ``group`` (default: the whole world). ``attention``: None = Ulysses
     (the head count must divide by the ranks), or a factory ``backend -> op`` from ``runtime.parallel.ring``.
     Replaces the self-attention ops of ``model`` in place and returns the wrapper to call instead."""
-    if attention is None:
-        check_heads(model.cfg.num_attention_heads, dist.get_world_size(group))
-        attention = lambda backend: DistributedAttention(backend, group)  # noqa: E731
-    for block in model.blocks:
-        block.attn.attn_op = attention(block.attn.attn_op.backend)
+    install_sequence_attention((block.attn for block in model.blocks), model.cfg.num_attention_heads, group, attention)
     return SequenceParallelLTXDiT(model, group)

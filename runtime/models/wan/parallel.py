@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from vidport.runtime.models.wan.model import WanDiT, rope_tables
-from vidport.runtime.parallel.ulysses import DistributedAttention, SequenceParallelModel, check_heads, shard_tokens
+from vidport.runtime.parallel.ulysses import SequenceParallelModel, install_sequence_attention, shard_tokens
 
 
 class SequenceParallelWanDiT(SequenceParallelModel):
@@ -54,9 +54,5 @@ def parallelize_wan(model: WanDiT, group: dist.ProcessGroup | None = None, *,
     ``hybrid_attention_op``: any head count, e.g. Wan 1.3B's 12 heads on 8 ranks). Replaces the
     self-attention ops of ``model`` in place and returns the wrapper to call instead.
     """
-    if attention is None:
-        check_heads(model.cfg.num_heads, dist.get_world_size(group))
-        attention = lambda backend: DistributedAttention(backend, group)  # noqa: E731
-    for block in model.blocks:
-        block.attn.attn_op = attention(block.attn.attn_op.backend)
+    install_sequence_attention((block.attn for block in model.blocks), model.cfg.num_heads, group, attention)
     return SequenceParallelWanDiT(model, group)
