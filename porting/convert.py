@@ -87,6 +87,10 @@ def plan_release(release: str | Path, family_name: str, *, dtype: str = "keep", 
             raise ConvertError(f"{release} looks like a {looks.name} release, not {fam.name}; "
                                f"pass --family {looks.name}")
         if not release.is_dir():
+            if release.suffix == ".safetensors":  # a damaged checkpoint: say what is wrong with it, not only that
+                from vidport.porting.sources import read_safetensors_header
+
+                read_safetensors_header(release)
             raise ConvertError(f"{release}: a file that is no {fam.name} release; pass the release folder")
     unknown = sorted(set(maps or {}) - set(fam.components))
     if unknown:

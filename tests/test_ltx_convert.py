@@ -256,3 +256,17 @@ def test_bf16_conversion_keeps_the_libraries_fp32_modules(tmp_path: Path):
     with LoadLog() as log:
         LTXPipeline.from_pretrained(out, dtype=torch.bfloat16)
     assert not log.bad(), log.bad()
+
+
+def test_truncated_single_file_is_named_as_damaged(tmp_path: Path, capsys):
+    """A truncated checkpoint is not reported as a missing one: the error names the file and its damage, whether the
+    release is given as its folder or as the file."""
+    bad = _copy_release(tmp_path, lambda k: True)
+    ckpt = bad / CKPT.name
+    with open(ckpt, "r+b") as f:
+        f.truncate(ckpt.stat().st_size // 2)
+    out = tmp_path / "out"
+    for src in (bad, ckpt):
+        assert port(*convert_args(src, out)) == 2
+        line = _one_line_error(capsys, out)
+        assert CKPT.name in line and "truncated" in line

@@ -259,6 +259,11 @@ def official_checkpoint(path: Path) -> Path:
     path = Path(path)
     found = single_files(path)
     if not found:
+        from vidport.porting.sources import read_safetensors_header
+
+        # a damaged file is no checkpoint to the search above: name its damage (truncated, bad header) instead
+        for candidate in [path] if path.is_file() else sorted(path.glob(CHECKPOINT_GLOB)):
+            read_safetensors_header(candidate)
         raise UserError(f"{path}: no LTX-Video single-file checkpoint (a .safetensors holding the transformer "
                         f"under {PREFIXES['transformer']!r} and the VAE under {PREFIXES['vae']!r})")
     if len(found) > 1:
