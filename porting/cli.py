@@ -60,6 +60,7 @@ def cli(ctx: click.Context, quiet: bool, verbose: int) -> None:
       port convert official_weights/wan2.1-t2v-tiny --family wan2.1-t2v --out converted_weights/wan2.1-t2v-tiny
       port parity wan2.1-t2v --weights converted_weights/wan2.1-t2v-tiny
       port generate converted_weights/wan2.1-t2v-tiny --prompt "a cat walks on the grass"
+    The LTX-Video tiny release the same way (official_weights/ltx-video-tiny, --family ltx-video).
 
     `port info` lists the families, presets and attention backends; docs/cli.md the options.
     """
