@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from vidport.parity.harness import IDENTITY_MAP, Setup, component_folder, library_versions, prefixed
 from vidport.porting.namemap import NameMap
+from vidport.runtime.loading import read_diffusers_config
 from vidport.runtime.models.ltx_video import family
 
 from vidport.errors import UserError
@@ -61,19 +62,14 @@ def official_single_file(release: Path) -> dict[str, torch.Tensor]:
 
 
 def rope_interpolation_scale(vae_config: dict, frame_rate: float) -> tuple[float, float, float]:
-    """What the runtime's denoise stage (and LTXPipeline) gives the DiT: (temporal compression / frame rate, spatial
-    compression, spatial compression) of the repo's VAE."""
+    """What the runtime's denoise stage (and LTXPipeline) gives the DiT for the repo's VAE (the pipeline's
+    ``rope_interpolation_scale`` of the VAE built on the meta device)."""
     from diffusers import AutoencoderKLLTXVideo
+    from vidport.runtime.models.ltx_video.pipeline import rope_interpolation_scale as of_vae
 
     with torch.device("meta"):
         vae = AutoencoderKLLTXVideo(**{k: v for k, v in vae_config.items() if not k.startswith("_")})
-    return (vae.temporal_compression_ratio / frame_rate, vae.spatial_compression_ratio, vae.spatial_compression_ratio)
-
-
-def _read_config(folder: Path) -> dict:
-    from vidport.runtime.loading import read_diffusers_config
-
-    return read_diffusers_config(folder)
+    return of_vae(vae, frame_rate)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -122,7 +118,7 @@ def transformer_setup(repo: Path, *, dtype=torch.float32, device="cpu", native: 
     nat = native if native is not None else load_transformer(folder, family.SPEC, dtype=dtype, device=device)
     cfg = nat.cfg
     x, text, t, mask = transformer_inputs(cfg.in_channels, cfg.caption_channels, device, dtype)
-    scale = rope_interpolation_scale(_read_config(check_repo(repo, "vae")), FRAME_RATE)
+    scale = rope_interpolation_scale(read_diffusers_config(check_repo(repo, "vae")), FRAME_RATE)
     f, h, w = GRID
 
     def run_ref():
@@ -171,9 +167,9 @@ def vae_setup(repo: Path, official: Path | None = None, *, device="cpu", frames:
     with quiet_library_loading():
         nat = strict_from_pretrained(AutoencoderKLLTXVideo, folder)
     nat = nat.float().to(device).eval().requires_grad_(False)
-    config = _read_config(folder)
+    config = read_diffusers_config(folder)
     ref = reference_vae(official, config, device=device)
-    defaults = sampling_defaults(LTXDiTConfig.from_diffusers(_read_config(check_repo(repo, "transformer"))))
+    defaults = sampling_defaults(LTXDiTConfig.from_diffusers(read_diffusers_config(check_repo(repo, "transformer"))))
     decode_timestep = defaults["decode_timestep"]
     g = torch.Generator().manual_seed(2)
     video = (torch.rand(1, 3, frames, height, width, generator=g) * 2 - 1).to(device)

@@ -235,6 +235,12 @@ def unpack(tokens: torch.Tensor, cfg: LTXDiTConfig, grid: tuple[int, int, int]) 
     return unpack_tokens(tokens, cfg, grid)
 
 
+def rope_interpolation_scale(vae, frame_rate: float) -> tuple[float, float, float]:
+    """What LTXPipeline gives the DiT for its RoPE positions: (temporal compression / frame rate, spatial compression,
+    spatial compression) of the VAE."""
+    return (vae.temporal_compression_ratio / frame_rate, vae.spatial_compression_ratio, vae.spatial_compression_ratio)
+
+
 def calculate_shift(seq_len: int, base_seq_len: int, max_seq_len: int, base_shift: float, max_shift: float) -> float:
     """``mu`` of the scheduler's dynamic shifting: linear in the sequence length through (base_seq_len, base_shift)
     and (max_seq_len, max_shift) (LTXPipeline's, Flux's ``calculate_shift``)."""
@@ -320,8 +326,8 @@ class LTXDenoiser:
 
 
 class DenoiseTokens:
-    """The generic ``Denoise`` loop, on an ``LTXDenoiser`` made for the request's geometry:
-    ``rope_interpolation_scale = (temporal compression / frame_rate, spatial compression, spatial compression)``."""
+    """The generic ``Denoise`` loop, on an ``LTXDenoiser`` made for the request's geometry and
+    ``rope_interpolation_scale``."""
 
     name = "denoise"
 
@@ -331,9 +337,7 @@ class DenoiseTokens:
     def __call__(self, state: PipelineState) -> PipelineState:
         c, vae = self.c, self.c.vae
         grid = token_grid(c.dit_config, latent_size(vae, state.request))
-        scale = (vae.temporal_compression_ratio / c.frame_rate, vae.spatial_compression_ratio,
-                 vae.spatial_compression_ratio)
-        model = LTXDenoiser(c.transformer, grid, scale)
+        model = LTXDenoiser(c.transformer, grid, rope_interpolation_scale(vae, c.frame_rate))
         return Denoise(model, c.scheduler, self.cfg, c.dtype, self.on_step)(state)
 
 
