@@ -78,6 +78,29 @@ def component_folder(repo: Path, component: str, what: str) -> Path:
     return folder
 
 
+def pipelines_for_parity(repo: Path, pipeline_cls, *, dtype: torch.dtype, device, cfg, frames: int | None,
+                         height: int | None, width: int | None, steps: int | None):
+    """Both sides of a whole-pipeline parity run on one repo: the runtime's ``VideoGenerator`` (exact attention,
+    diffusers' sampler grid and noise, the fast precision: what diffusers' pipeline does) and the diffusers pipeline
+    ``pipeline_cls`` (its VAE in fp32, as the runtime decodes), plus the request's sampling keyword arguments (the
+    given sizes and steps, else the runtime's defaults) and those defaults. -> (generator, pipe, kwargs, defaults)"""
+    from vidport.runtime import VideoGenerator
+    from vidport.runtime.loading import quiet_library_loading
+
+    gen = VideoGenerator.from_pretrained(repo, dtype="fp32" if dtype == torch.float32 else "bf16", device=device,
+                                         attention_backend="sdpa-math", cfg=cfg, sampler_grid="diffusers",
+                                         noise="diffusers", precision="fast")
+    with quiet_library_loading():
+        pipe = pipeline_cls.from_pretrained(repo, dtype=dtype)
+        pipe.vae.to(torch.float32)  # the runtime decodes in fp32
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    d = dict(gen.defaults)
+    kw = dict(num_frames=frames or d["num_frames"], height=height or d["height"], width=width or d["width"],
+              num_inference_steps=steps or d["num_inference_steps"], guidance_scale=d["guidance_scale"])
+    return gen, pipe, kw, d
+
+
 def force_math_attention(model: nn.Module) -> None:
     """Select the exact SDPA math kernel in a model and in every model it contains (a ModuleDict of
     pipeline components): vidport models name their backend (``set_attention_backend("sdpa-math")``),

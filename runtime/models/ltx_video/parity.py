@@ -27,7 +27,14 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from vidport.parity.harness import IDENTITY_MAP, Setup, component_folder, library_versions, prefixed
+from vidport.parity.harness import (
+    IDENTITY_MAP,
+    Setup,
+    component_folder,
+    library_versions,
+    pipelines_for_parity,
+    prefixed,
+)
 from vidport.porting.namemap import NameMap
 from vidport.runtime.loading import read_diffusers_config
 from vidport.runtime.models.ltx_video import family
@@ -268,23 +275,12 @@ def pipeline_setup(repo: Path, *, dtype=torch.float32, device="cpu", steps: int 
     if cfg not in CFG_MODES:
         raise UserError(f"cfg={cfg!r}: choose one of {', '.join(CFG_MODES)}")
     from diffusers import LTXPipeline
-    from vidport.runtime.generator import VideoGenerator
-    from vidport.runtime.loading import quiet_library_loading
 
     repo = Path(repo)
     check_repo(repo, "transformer")
     strategy = UncondFirstBatchedCFG() if cfg == "uncond-first" else cfg
-    gen = VideoGenerator.from_pretrained(repo, dtype="fp32" if dtype == torch.float32 else "bf16", device=device,
-                                         attention_backend="sdpa-math", cfg=strategy, sampler_grid="diffusers",
-                                         noise="diffusers", precision="fast")
-    with quiet_library_loading():
-        pipe = LTXPipeline.from_pretrained(repo, dtype=dtype)
-        pipe.vae.to(torch.float32)  # the runtime decodes in fp32
-    pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    d = dict(gen.defaults)
-    kw = dict(num_frames=frames or d["num_frames"], height=height or d["height"], width=width or d["width"],
-              num_inference_steps=steps or d["num_inference_steps"], guidance_scale=d["guidance_scale"])
+    gen, pipe, kw, d = pipelines_for_parity(repo, LTXPipeline, dtype=dtype, device=device, cfg=strategy,
+                                            frames=frames, height=height, width=width, steps=steps)
 
     def run_ref():
         return pipe(PROMPT, negative_prompt=NEGATIVE, generator=torch.Generator("cpu").manual_seed(seed),

@@ -17,7 +17,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from vidport.parity.harness import IDENTITY_MAP, Setup, component_folder, library_versions, prefixed
+from vidport.parity.harness import (
+    IDENTITY_MAP,
+    Setup,
+    component_folder,
+    library_versions,
+    pipelines_for_parity,
+    prefixed,
+)
 from vidport.porting.namemap import NameMap
 from vidport.runtime.models.wan import family
 from vidport.runtime.models.wan.config import WanDiTConfig
@@ -196,20 +203,11 @@ def pipeline_setup(repo: Path, *, dtype=torch.float32, device="cpu", steps: int 
                                        device=device, steps=steps, seed=seed, cfg=cfg, frames=frames,
                                        height=height, width=width)
     from diffusers import WanPipeline
-    from vidport.runtime.generator import VideoGenerator
 
     repo = Path(repo)
     check_repo(repo, "transformer")
-    gen = VideoGenerator.from_pretrained(repo, dtype="fp32" if dtype == torch.float32 else "bf16",
-                                         device=device, attention_backend="sdpa-math", cfg=cfg,
-                                         sampler_grid="diffusers", noise="diffusers", precision="fast")
-    pipe = WanPipeline.from_pretrained(repo, dtype=dtype)
-    pipe.vae.to(torch.float32)
-    pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    d = dict(gen.defaults)
-    kw = dict(num_frames=frames or d["num_frames"], height=height or d["height"], width=width or d["width"],
-              num_inference_steps=steps or d["num_inference_steps"], guidance_scale=d["guidance_scale"])
+    gen, pipe, kw, d = pipelines_for_parity(repo, WanPipeline, dtype=dtype, device=device, cfg=cfg, frames=frames,
+                                            height=height, width=width, steps=steps)
 
     def run_ref():
         latents = []
