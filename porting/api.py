@@ -31,9 +31,22 @@ def write_map(result, path: Path, provenance: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         head, _, body = result.name_map.dumps().partition("\n")
-        path.write_text(f"{head}\n{provenance}\n{body}")
+        checks = "".join(f"# check part order: {', '.join(w['sources'])} -> {','.join(w['parts'])} is the attention "
+                         "convention (q, k, v, then the rest), not evidence; --match-values or parity decides\n"
+                         for w in _first_per_rule(result))
+        path.write_text(f"{head}\n{provenance}\n{checks}{body}")
     except OSError as e:
         raise UserError(f"{path}: cannot write the map ({e.strerror})") from None
+
+
+def _first_per_rule(result) -> list[dict]:
+    """One part-order warning per distinct set of parts (not one per block)."""
+    seen, out = set(), []
+    for w in result.part_order_warnings():
+        if tuple(w["parts"]) not in seen:
+            seen.add(tuple(w["parts"]))
+            out.append(w)
+    return out
 
 
 def convert(release: str | Path, out: str | Path, *, family: str, dtype: str = "keep",

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 
 from vidport.porting.generalize import build_map
-from vidport.porting.infer import Correspondence, Inference, infer
+from vidport.porting.infer import Correspondence, Inference, differing_span, infer
 from vidport.porting.namemap import NameMap
 from vidport.porting.sources import StateDictSource
 
@@ -37,6 +37,12 @@ class KeyDiff:
         return [{"source": c.sources[0], "target": c.targets[0], "chunks": c.row_order}
                 for c in self.inference.correspondences if c.row_order]
 
+    def part_order_warnings(self) -> list[dict]:
+        """Fusions across modules whose part order is the attention convention (q, k, v, then the other part),
+        not evidence: check them (--match-values, or parity, decides)."""
+        return [{"sources": list(c.sources), "targets": list(c.targets), "parts": list(c.parts)}
+                for c in self.inference.correspondences if c.by_convention]
+
     def evidence_counts(self) -> dict[str, int]:
         """How many target tensors each kind of evidence decided."""
         counts: dict[str, int] = {}
@@ -66,6 +72,7 @@ class KeyDiff:
             "evidence": {t: c.evidence for c in self.inference.correspondences for t in c.targets},
             "evidence_counts": self.evidence_counts(),
             "row_order_warnings": self.row_order_warnings(),
+            "part_order_warnings": self.part_order_warnings(),
             "unmapped_source": self.unmapped_source,
             "unfilled_target": self.unfilled_target,
             "complete": self.complete,
@@ -98,11 +105,17 @@ def value_correspondences(source: StateDictSource, target: StateDictSource) -> l
 
 
 def _differing_segment(keys) -> tuple[str, ...] | None:
+    """What tells the pieces of a split/merge apart: the one dotted segment they differ in (``to_q``, ``to_k``),
+    or, for pieces in different modules (``attn.to_q``, ``proj_mlp``), the segments between their common head
+    and tail."""
     segs = [k.split(".") for k in keys]
-    if len({len(s) for s in segs}) != 1:
-        return None
-    diff = [i for i in range(len(segs[0])) if len({s[i] for s in segs}) > 1]
-    return tuple(s[diff[0]] for s in segs) if len(diff) == 1 else None
+    if len({len(s) for s in segs}) == 1:
+        diff = [i for i in range(len(segs[0])) if len({s[i] for s in segs}) > 1]
+        if len(diff) == 1:
+            return tuple(s[diff[0]] for s in segs)
+    head, tail = differing_span(keys)
+    parts = tuple(".".join(s[head:len(s) - tail]) for s in segs)
+    return parts if all(parts) and len(set(parts)) == len(parts) else None
 
 
 def diff_keys(source: StateDictSource, target: StateDictSource, *, match_values: bool = False) -> KeyDiff:
@@ -175,6 +188,10 @@ def format_report(d: KeyDiff, *, limit: int = 12) -> str:
     warnings = d.row_order_warnings()
     lines += _listing("check row order (a modulation table's chunks may be swapped; --match-values decides)",
                       [f"{w['source']} -> {w['target']} ({w['chunks']} chunks)" for w in warnings], limit)
+    lines += _listing("check part order (fused across modules; q, k, v then the rest by convention; "
+                      "--match-values decides)",
+                      [f"{', '.join(w['sources'])} -> {', '.join(w['parts'])}" for w in d.part_order_warnings()],
+                      limit)
     if inf.unresolved:
         lines += ["", f"unresolved ({len(inf.unresolved)}):"]
         for u in inf.unresolved[:limit]:

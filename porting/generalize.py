@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from vidport.porting.infer import Correspondence
+from vidport.porting.infer import Correspondence, differing_span
 from vidport.porting.namemap import NameMap, NameMapError, Rule
 
 # a source segment: ("lit", text) | ("cap", values or None for \d+) | ("part", pre, parts, post)
@@ -50,23 +50,32 @@ def _split_part(seg: str, part: str) -> tuple[str, str]:
     return seg[:i], seg[i + len(part):]
 
 
+def _fused_segments(keys: Sequence[str], parts: Sequence[str]) -> tuple[list[str], int, int, str, str]:
+    """Where the pieces of a merge/split differ: (first key's segments, start, end, pre, post) such that each
+    key's segments [start:end] read ``pre + part + post``. Usually one segment (``to_q``); a fusion across
+    modules differs in several (``attn.to_q`` vs ``proj_mlp``), and then the part is those whole segments."""
+    segs = [k.split(".") for k in keys]
+    if len({len(s) for s in segs}) == 1:
+        diff = [i for i in range(len(segs[0])) if len({s[i] for s in segs}) > 1]
+        if len(diff) == 1:
+            pre, post = _split_part(segs[0][diff[0]], parts[0])
+            return segs[0], diff[0], diff[0] + 1, pre, post
+    head, tail = differing_span(keys)
+    if any(".".join(s[head:len(s) - tail]) != p for s, p in zip(segs, parts)):
+        raise ValueError(f"parts {list(parts)} do not spell where {list(keys)} differ")
+    return segs[0], head, len(segs[0]) - tail, "", ""
+
+
 def _literal_rule(c: Correspondence, first: int) -> _Rule:
     opts = (c.parts, c.dim, c.shape, c.from_shape, c.sizes, c.perm)
     if c.kind == "merge":
-        segs = [s.split(".") for s in c.sources]
-        diff = [i for i in range(len(segs[0])) if len({tuple(s[i] for s in segs)}) and len({s[i] for s in segs}) > 1]
-        i = diff[0]
-        pre, post = _split_part(segs[0][i], c.parts[0])
-        src = [("lit", x) for x in segs[0]]
-        src[i] = ("part", pre, c.parts, post)
+        segs, i, j, pre, post = _fused_segments(c.sources, c.parts)
+        src = [("lit", x) for x in segs[:i]] + [("part", pre, c.parts, post)] + [("lit", x) for x in segs[j:]]
         return _Rule(c.kind, opts, src, [[(x,) for x in c.targets[0].split(".")]], first)
     src = [("lit", x) for x in c.sources[0].split(".")]
     if c.kind == "split":
-        segs = [t.split(".") for t in c.targets]
-        i = [k for k in range(len(segs[0])) if len({s[k] for s in segs}) > 1][0]
-        pre, post = _split_part(segs[0][i], c.parts[0])
-        tgt = [(x,) for x in segs[0]]
-        tgt[i] = (pre, PART, post) if pre or post else (PART,)
+        segs, i, j, pre, post = _fused_segments(c.targets, c.parts)
+        tgt = [(x,) for x in segs[:i]] + [(pre, PART, post) if pre or post else (PART,)] + [(x,) for x in segs[j:]]
         return _Rule(c.kind, opts, src, [tgt], first)
     return _Rule(c.kind, opts, src, [[(x,) for x in t.split(".")] for t in c.targets], first)
 

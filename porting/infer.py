@@ -76,6 +76,7 @@ class Correspondence:
     perm: tuple[int, ...] | None = None  # rename with reordered rows (dim-0 chunks in this order)
     by_values: bool = False  # equal contents decided it (--match-values)
     row_order: int = 0  # a rename whose rows could be reordered chunks (names and shapes cannot see it)
+    by_convention: bool = False  # a fusion across modules whose part order is the attention convention (check)
 
     @property
     def evidence(self) -> str:
@@ -86,6 +87,8 @@ class Correspondence:
             return "exact name"
         if self.by_order:
             return "key order"
+        if self.by_convention:
+            return "fused parts (shape arithmetic; part order by convention)"
         if self.by_shapes:
             return "fused parts (shape arithmetic + context)"
         return {"merge": "fused parts (names + shapes)", "split": "fused parts (names + shapes)",
@@ -100,6 +103,8 @@ class Correspondence:
             out.update(sizes=list(self.sizes))
         if self.perm:
             out.update(perm=list(self.perm))
+        if self.by_convention:
+            out.update(part_order="convention")
         if self.shape is not None:
             out.update(shape=list(self.shape), from_shape=list(self.from_shape or ()))
         return out
@@ -589,10 +594,11 @@ class _Matcher:
         if len(found) > 1 and not final:
             return  # ambiguous now: the renames may settle it (tried again after them)
         cross = len(found) == 1 and len({parent(m.path) for m in found[0][0]}) > 1
-        if len(found) != 1 or cross:
+        convention = _attention_first(found[0][0]) if cross else None
+        if len(found) != 1 or (cross and convention is None):
             self._fusion_unresolved(whole, found, merge=merge, cross=cross)
             return
-        group, dim = found[0]
+        group, dim = (convention, found[0][1]) if cross else found[0]
         parts = _relative_parts([m.path for m in group])
         equal = all(len({m.leaves[leaf].shape[dim] for m in group}) == 1 for leaf in whole.leaves)
         for m in group:
@@ -603,7 +609,8 @@ class _Matcher:
             leaf_sizes = None if equal else tuple(m.leaves[leaf].shape[dim] for m in group)
             kind, srcs, tgts = ("merge", members, (_key(whole.path, leaf),)) if merge else \
                 ("split", (_key(whole.path, leaf),), members)
-            self.out.append(Correspondence(kind, srcs, tgts, parts=parts, dim=dim, sizes=leaf_sizes, by_shapes=True))
+            self.out.append(Correspondence(kind, srcs, tgts, parts=parts, dim=dim, sizes=leaf_sizes, by_shapes=True,
+                                           by_convention=cross))
         for m in group:
             if merge:
                 self.ctx.add(m.path, whole.path)
@@ -872,6 +879,18 @@ def _spell(members: list[tuple[str, _Module]], word: str) -> list[tuple[str, _Mo
     return None
 
 
+def differing_span(keys: Sequence[str]) -> tuple[int, int]:
+    """(head, tail): how many leading and trailing dotted segments all ``keys`` share (never overlapping)."""
+    segs = [k.split(".") for k in keys]
+    head = 0
+    while all(len(s) > head for s in segs) and len({s[head] for s in segs}) == 1:
+        head += 1
+    tail = 0
+    while all(len(s) - tail > head for s in segs) and len({s[len(s) - 1 - tail] for s in segs}) == 1:
+        tail += 1
+    return head, tail
+
+
 def _relative_parts(paths: list[str]) -> tuple[str, ...]:
     """What the paths say past their common leading segments (attn.to_q, ..., proj_mlp)."""
     segs = [p.split(".") for p in paths]
@@ -879,6 +898,33 @@ def _relative_parts(paths: list[str]) -> tuple[str, ...]:
     while all(len(s) > n + 1 for s in segs) and len({s[n] for s in segs}) == 1:
         n += 1
     return tuple(".".join(s[n:]) for s in segs)
+
+
+_ATTENTION_ROLES = {"q": "q", "query": "q", "k": "k", "key": "k", "v": "v", "value": "v"}
+
+
+def _attention_first(group: list[_Module]) -> list[_Module] | None:
+    """The parts of a fusion across modules in the attention convention, when their names allow exactly that:
+    one query, one key and one value projection (a name token ``q``/``query``, ``k``/``key``, ``v``/``value``
+    in the last segment: ``to_q``, ``q_proj``, ``query``) under one parent, plus at most one other part
+    (``proj_mlp``): q, k, v, then the other. A parallel block's fused input projection is laid out this way
+    wherever it exists (attention's q, k, v, then the MLP input); names cannot prove it, so the split says
+    "part order by convention" and the report asks for a check (``--match-values`` decides). Anything else
+    (two other parts, a role twice, no attention triple) stays unresolved."""
+    roles: dict[str, _Module] = {}
+    other: list[_Module] = []
+    for m in group:
+        tokens = m.path.rpartition(".")[2].lower().split("_")
+        found = {_ATTENTION_ROLES[t] for t in tokens if t in _ATTENTION_ROLES}
+        if len(found) > 1 or (found and next(iter(found)) in roles):
+            return None
+        if found:
+            roles[found.pop()] = m
+        else:
+            other.append(m)
+    if set(roles) != {"q", "k", "v"} or len(other) > 1 or len({parent(m.path) for m in roles.values()}) != 1:
+        return None
+    return [roles["q"], roles["k"], roles["v"]] + other
 
 
 def _could_concat(m: _Module, whole: _Module) -> bool:

@@ -604,6 +604,81 @@ def test_fused_tensor_found_by_shape_arithmetic():
     assert torch.equal(out["blocks.1.mix.b_mlp.weight"], w[d:])
 
 
+def _parallel_block(order: str, *, other=("ff_in",)) -> tuple[dict, dict]:
+    """A toy parallel block nobody wrote the inference around: one fused input projection ``in_proj`` whose rows
+    are laid out in ``order`` ("attention-first": q, k, v, then ``other``; else ``other`` first); the target keeps
+    q/k/v under ``mixer`` and lists ``other`` before it. Returns (source tensors, target tensors, slices)."""
+    g = torch.Generator().manual_seed(0)
+    d, m = 4, 12
+    src, tgt = {}, {}
+    for i in range(2):
+        q, k, v = (torch.randn(d, d, generator=g) for _ in range(3))
+        rest = [torch.randn(m, d, generator=g) for _ in other]
+        fused = torch.cat([q, k, v, *rest] if order == "attention-first" else [*rest, q, k, v])
+        src.update({f"layers.{i}.norm.weight": torch.randn(d, generator=g), f"layers.{i}.in_proj.weight": fused,
+                    f"layers.{i}.out_proj.weight": torch.randn(d, 3 * d, generator=g)})
+        tgt.update({f"blocks.{i}.norm.weight": src[f"layers.{i}.norm.weight"]})
+        tgt.update({f"blocks.{i}.{o}.weight": r for o, r in zip(other, rest)})
+        tgt.update({f"blocks.{i}.mixer.to_q.weight": q, f"blocks.{i}.mixer.to_k.weight": k,
+                    f"blocks.{i}.mixer.to_v.weight": v,
+                    f"blocks.{i}.proj_out.weight": src[f"layers.{i}.out_proj.weight"]})
+    return src, tgt
+
+
+def test_fused_across_modules_split_in_the_attention_convention(tmp_path):
+    """A fused projection whose parts live in different modules (q/k/v under the attention module, the MLP input
+    beside it) and whose name spells nothing: names cannot order the parts, so the split takes the attention
+    convention (q, k, v, then the other part), says so (evidence, ``part_order_warnings``, the report, a comment
+    in the written map) and the map and its reverse apply exactly."""
+    from vidport.porting.api import write_map
+
+    src, tgt = _parallel_block("attention-first")
+    d = diff_keys(TensorDictSource(src, "official"), TensorDictSource(tgt, "diffusers"))
+    assert d.complete, format_report(d)
+    (c,) = [c for c in d.inference.correspondences if c.sources == ("layers.1.in_proj.weight",)]
+    assert c.kind == "split" and c.parts == ("mixer.to_q", "mixer.to_k", "mixer.to_v", "ff_in")
+    assert c.sizes == (4, 4, 4, 12) and c.evidence == "fused parts (shape arithmetic; part order by convention)"
+    assert len(d.part_order_warnings()) == 2 and "check part order" in format_report(d)
+    out = d.name_map.apply(src)
+    assert set(out) == set(tgt) and all(torch.equal(out[k], tgt[k]) for k in tgt)
+    assert all(torch.equal(v, src[k]) for k, v in d.name_map.reverse().apply(tgt).items())
+    write_map(d, tmp_path / "m.map", "# written by: test")
+    text = (tmp_path / "m.map").read_text()
+    assert text.count("# check part order: layers.0.in_proj.weight") == 1
+    assert NameMap.loads(text).rules == d.name_map.rules
+    # seen from the other side: a merge across modules, in the same order
+    back = diff_keys(TensorDictSource(tgt, "diffusers"), TensorDictSource(src, "official"))
+    assert back.complete and len(back.part_order_warnings()) == 2, format_report(back)
+    assert all(torch.equal(v, src[k]) for k, v in back.name_map.apply(tgt).items())
+
+
+def test_values_overrule_the_attention_convention():
+    """The same block laid out MLP-first: names alone give the conventional (here wrong) order but flag it;
+    --match-values finds the real slices across modules and the map is exact."""
+    src, tgt = _parallel_block("mlp-first")
+    names_only = diff_keys(TensorDictSource(src, "official"), TensorDictSource(tgt, "diffusers"))
+    assert names_only.part_order_warnings()
+    by_values = diff_keys(TensorDictSource(src, "official"), TensorDictSource(tgt, "diffusers"), match_values=True)
+    assert by_values.complete and not by_values.part_order_warnings(), format_report(by_values)
+    out = by_values.name_map.apply(src)
+    assert set(out) == set(tgt) and all(torch.equal(out[k], tgt[k]) for k in tgt)
+
+
+@pytest.mark.parametrize("case", ["two other parts", "attention parts in two modules"])
+def test_fusions_across_modules_outside_the_convention_stay_unresolved(case):
+    """Two non-attention parts (their order is anyone's guess), or q/k/v that are not one attention module's:
+    reported with candidates, never guessed."""
+    if case == "two other parts":
+        src, tgt = _parallel_block("attention-first", other=("ff_in", "gate_in"))
+    else:
+        src, tgt = _parallel_block("attention-first")
+        tgt = {k.replace("mixer.to_v", "mixer2.to_v"): v for k, v in tgt.items()}
+    d = diff_keys(TensorDictSource(src, "official"), TensorDictSource(tgt, "diffusers"))
+    assert not d.part_order_warnings() and not any(c.sources == ("layers.0.in_proj.weight",)
+                                                   for c in d.inference.correspondences)
+    assert any(u.key == "layers.0.in_proj.weight" for u in d.inference.unresolved), format_report(d)
+
+
 # ----------------------------------------------------------------------------------------------
 # value evidence (--match-values)
 # ----------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ tests/data/diffkeys_families/<family>/SOURCE.md).
 
 Three kinds of test: the data is sound (listings parse, the truth covers every Diffusers key and uses every
 official row once); the scorer scores a perfect answer perfectly and a swapped one as wrong; and today's scores
-are a floor that must not drop. The issue's targets are xfail (strict=False) until the inference reaches them.
+are a floor that must not drop. The issue's targets (0 confident wrong keys, >= 90% per family, >= 95% overall, every
+split with its sizes) hold for every family and are tests too.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from benchmarks.bench_diff_keys import DATA, FamilyScore, families, main, run_fa
 FAMILIES = families()
 
 # today's scores (the inference of porting/infer.py as of this commit): correct, splits found and reorders flagged
-# may only rise, wrong may only fall. None: the inference fails on the family today (no floor until it runs).
+# may only rise, wrong may only fall.
 FLOOR = {  # family: (correct, wrong, splits found, reorders flagged)
-    "flux": (854, 0, 76, 2),
-    "hunyuan_video": (942, 0, 84, 2),
+    "flux": (1158, 0, 152, 2),
+    "hunyuan_video": (1262, 0, 164, 2),
     "ltx_vae": (190, 0, 0, 0),
     "ltx_vae_091": (293, 0, 0, 0),
     "ltx_video": (715, 0, 0, 0),
@@ -137,8 +138,6 @@ def scores() -> dict[str, FamilyScore]:
 def test_floor(family: str, scores):
     s = scores[family]
     assert s.correct + s.wrong + s.unresolved == s.keys
-    if FLOOR[family] is None:
-        return
     assert s.error is None, f"{family}: the inference failed: {s.error}"
     correct, wrong, splits_found, reorders_flagged = FLOOR[family]
     assert s.correct >= correct, f"{family}: {s.correct} keys correct, {correct} before; {s.wrong_keys[:5]}"
@@ -155,37 +154,22 @@ def test_the_script_times_a_port_process(capsys):
 
 
 # ----------------------------------------------------------------------------------------------
-# issue 18's targets: families that reach one today must keep it; the others are xfail (strict=False: they flip
-# to XPASS when the inference gets there)
+# issue 18's targets, reached by every family: they must hold
 # ----------------------------------------------------------------------------------------------
-TARGET = "issue 18 target, not reached by today's inference"
-
-
-def reached(*families_today: str) -> list:
-    return [f if f in families_today else pytest.param(f, marks=pytest.mark.xfail(strict=False, reason=TARGET))
-            for f in FAMILIES]
-
-
-@pytest.mark.parametrize("family", reached(*(f for f, floor in FLOOR.items() if floor is not None)))
-def test_target_the_inference_runs(family: str, scores):
-    assert scores[family].error is None
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_target_no_confident_wrong_key(family: str, scores):
     assert scores[family].error is None and scores[family].wrong == 0, scores[family].wrong_keys[:10]
 
 
-@pytest.mark.parametrize("family", reached("ltx_vae", "ltx_video", "lumina2", "mochi", "sd35"))
+@pytest.mark.parametrize("family", FAMILIES)
 def test_target_90_percent_per_family(family: str, scores):
-    assert scores[family].accuracy >= 0.90
+    assert scores[family].error is None and scores[family].accuracy >= 0.90, scores[family].unresolved_keys[:10]
 
 
-@pytest.mark.xfail(strict=False, reason=TARGET)
 def test_target_95_percent_overall(scores):
     assert sum(s.correct for s in scores.values()) >= 0.95 * sum(s.keys for s in scores.values())
 
 
-@pytest.mark.parametrize("family", reached("ltx_vae", "ltx_video", "lumina2", "mochi", "sd35"))
+@pytest.mark.parametrize("family", FAMILIES)
 def test_target_every_split_found_with_its_sizes(family: str, scores):
     assert scores[family].error is None and scores[family].splits_found == scores[family].splits
