@@ -1,7 +1,7 @@
 """Generalization benchmark of `port diff-keys` (issue 18): the inferred name map of model families other than
 Wan, scored against diffusers' own converters.
 
-    python benchmarks/bench_diff_keys.py [--family flux] [--in-process] [--show 10] [--json]
+    python benchmarks/bench_diff_keys.py [--family flux] [--in-process] [--reverse] [--show 10] [--json]
 
 Per family (tests/data/diffkeys_families/<family>/: the official class's keys, the Diffusers class's keys, and
 truth.json traced from diffusers' converter; SOURCE.md says how each was made) it runs
@@ -173,6 +173,48 @@ def score(truth: dict, result: dict, shapes: dict[str, tuple[int, ...]], seconds
     return s
 
 
+def reverse_truth(truth: dict, official: dict[str, tuple[int, ...]]) -> dict:
+    """The truth of the opposite direction (Diffusers -> official), derived row by row from the converter's:
+    each official key's rows in order, as pieces of Diffusers keys. One Diffusers source read whole in order
+    is a rename, out of order a reorder, in part a split (the converter's merges' inverse); several whole
+    sources are a merge. Keys the converter drops are made by nothing; Diffusers keys it leaves unfilled
+    feed nothing."""
+    rows: dict[str, list[tuple[int, str, int, int]]] = {}
+    for key, e in truth["targets"].items():
+        off = 0
+        for src, a, b in e["pieces"]:
+            rows.setdefault(src, []).append((a, key, off, off + b - a))
+            off += b - a
+    targets, splits, reorders = {}, {}, []
+    for o in official:
+        if o in truth["dropped"] or o not in rows:
+            continue
+        pieces = [[d, a, b] for _, d, a, b in sorted(rows[o])]
+        sources = list(dict.fromkeys(d for d, _, _ in pieces))
+        if len(sources) > 1:
+            kind = "merge"
+        elif len(pieces) > 1 and [a for _, a, _ in pieces] != sorted(a for _, a, _ in pieces):
+            kind = "reorder"
+            reorders.append({"source": sources[0], "target": o, "blocks": [[a, b] for _, a, b in pieces]})
+        elif pieces[0][1] == 0 and sum(b - a for _, a, b in pieces) == truth_rows(truth, sources[0]):
+            kind = "rename"
+        else:
+            kind = "split"
+            splits.setdefault(sources[0], []).append((pieces[0][1], o, sum(b - a for _, a, b in pieces)))
+        targets[o] = {"kind": kind, "pieces": pieces}
+    return {"family": truth["family"], "targets": targets, "unfilled": sorted(truth["dropped"]),
+            "splits": [{"source": d, "targets": [o for _, o, _ in sorted(parts)],
+                        "sizes": [n for _, _, n in sorted(parts)], "dim": 0} for d, parts in splits.items()],
+            "merges": [{"sources": list(dict.fromkeys(d for d, _, _ in e["pieces"])), "target": o}
+                       for o, e in targets.items() if e["kind"] == "merge"],
+            "reorders": reorders}
+
+
+def truth_rows(truth: dict, diffusers_key: str) -> int:
+    """A Diffusers key's row count, from the converter's pieces."""
+    return sum(b - a for _, a, b in truth["targets"][diffusers_key]["pieces"])
+
+
 # ----------------------------------------------------------------------------------------------
 # running
 # ----------------------------------------------------------------------------------------------
@@ -181,12 +223,17 @@ def listings(family: str) -> tuple[str, str]:
     return f"keys:{folder / 'official_keys.txt'}", f"keys:{folder / 'diffusers_keys.txt'}"
 
 
-def run_family(family: str, *, in_process: bool = False) -> FamilyScore:
+def run_family(family: str, *, in_process: bool = False, reverse: bool = False) -> FamilyScore:
+    """Score one family; ``reverse``: Diffusers -> official (the listings swapped, the truth inverted)."""
     from vidport.porting.sources import KeysFileSource
 
     source, target = listings(family)
     truth = json.loads((DATA / family / "truth.json").read_text())
     shapes = KeysFileSource(DATA / family / "diffusers_keys.txt").shapes()
+    if reverse:
+        source, target = target, source
+        shapes = KeysFileSource(DATA / family / "official_keys.txt").shapes()
+        truth = reverse_truth(truth, shapes)
     t0 = time.perf_counter()
     if in_process:
         from vidport.porting.api import diff_keys
@@ -241,12 +288,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="call vidport.porting.api.diff_keys here instead of timing a `port diff-keys` process")
     ap.add_argument("--show", type=int, default=0, metavar="N",
                     help="also list up to N wrong and N unresolved keys per family")
+    ap.add_argument("--reverse", action="store_true",
+                    help="the opposite direction: Diffusers -> official, against the inverted converter truth")
     ap.add_argument("--json", action="store_true", help="print the scores as JSON")
     args = ap.parse_args(argv)
     names = families()
     if unknown := set(args.family) - set(names):
         ap.error(f"unknown families {sorted(unknown)}; known: {names}")
-    scores = [run_family(f, in_process=args.in_process) for f in names if not args.family or f in args.family]
+    scores = [run_family(f, in_process=args.in_process, reverse=args.reverse)
+              for f in names if not args.family or f in args.family]
     if args.json:
         print(json.dumps([{**asdict(s), "wrong_keys": s.wrong_keys[:args.show],
                            "unresolved_keys": s.unresolved_keys[:args.show]} for s in scores], indent=1))

@@ -267,23 +267,34 @@ def _key(path: str, leaf: str) -> str:
 class _Context:
     def __init__(self) -> None:
         self.image: dict[str, str] = {}  # source ancestor -> deepest common target ancestor
+        self.back: dict[str, str] = {}  # target ancestor -> deepest common source ancestor
 
     def add(self, src_module: str, tgt_module: str) -> None:
         """Record a matched pair of modules: each source ancestor maps into the common prefix of the
-        targets of everything matched below it."""
-        for anc in [src_module] + ancestors(src_module):
-            old = self.image.get(anc)
-            self.image[anc] = tgt_module if old is None else _common_prefix(old, tgt_module)
+        targets of everything matched below it (and each target ancestor likewise back)."""
+        for image, a, b in ((self.image, src_module, tgt_module), (self.back, tgt_module, src_module)):
+            for anc in [a] + ancestors(a):
+                old = image.get(anc)
+                image[anc] = b if old is None else _common_prefix(old, b)
 
     def score(self, src_path: str, tgt_path: str) -> float:
         """1 if the target lies where the deepest matched ancestor of the source went, 0 if not,
         0.5 when nothing is known."""
-        for anc in ancestors(src_path):
-            img = self.image.get(anc)
+        return self._score(self.image, src_path, tgt_path)
+
+    def score_back(self, tgt_path: str, src_path: str) -> float:
+        """``score`` seen from the target: 1 if the source lies where the target's deepest matched ancestor
+        came from (a merge's whole places its parts as a split's whole does)."""
+        return self._score(self.back, tgt_path, src_path)
+
+    @staticmethod
+    def _score(image: dict[str, str], path: str, other: str) -> float:
+        for anc in ancestors(path):
+            img = image.get(anc)
             if img is not None:
                 if img == "":
                     return 0.5
-                return 1.0 if tgt_path == img or tgt_path.startswith(img + ".") else 0.0
+                return 1.0 if other == img or other.startswith(img + ".") else 0.0
         return 0.5
 
 
@@ -507,7 +518,7 @@ class _Matcher:
         group) when both listings are in module order and the counts agree; otherwise unresolved."""
         groups = sorted(tied[0][1], key=lambda b: b[2][0].pos)
         rivals = [w for w, _ in tied]
-        wholes = sorted(tied, key=lambda wt: wt[0].pos if merge else self._anchored_rank(wt[0], rivals))
+        wholes = sorted(tied, key=lambda wt: self._anchored_rank(wt[0], rivals, side="target" if merge else "source"))
         free = [b for b in groups if not any(g.path in (self.used_s if merge else self.used_t) for g in b[2])]
         # paired in the order their subtrees' name-decided anchors went (_anchored_rank), else key order
         if self.order_ok and len(wholes) == len(free):
@@ -525,32 +536,39 @@ class _Matcher:
     def _reorder_by_anchors(self) -> None:
         for group in self.order_groups:
             srcs = [s for s, _ in group]
-            ranks = {s.path: self._anchored_rank(s, srcs, strict=True) for s in srcs}
-            if any(r is None for r in ranks.values()):
-                continue
-            by_anchor = sorted(srcs, key=lambda s: ranks[s.path])
-            if by_anchor == sorted(srcs, key=lambda s: s.pos):
-                continue  # the anchors agree with the key order
             tgts = sorted((t for _, t in group), key=lambda t: t.pos)
+            ranks = {s.path: self._anchored_rank(s, srcs, strict=True) for s in srcs}
+            if all(r is not None for r in ranks.values()):
+                pairs = zip(sorted(srcs, key=lambda s: ranks[s.path]), tgts)
+            else:  # the targets' subtrees may have the anchors (where each came from on the source side)
+                tranks = {t.path: self._anchored_rank(t, tgts, strict=True, side="target") for t in tgts}
+                if any(r is None for r in tranks.values()):
+                    continue
+                pairs = zip(sorted(srcs, key=lambda s: s.pos), sorted(tgts, key=lambda t: tranks[t.path]))
+            pairs = list(pairs)
+            if {(s.path, t.path) for s, t in pairs} == {(s.path, t.path) for s, t in group}:
+                continue  # the anchors agree with the key order
             keys = {_key(s.path, leaf) for s in srcs for leaf in s.leaves}
             self.out = [c for c in self.out if not (c.kind == "rename" and c.sources[0] in keys)]
-            for s, t in zip(by_anchor, tgts):
+            for s, t in pairs:
                 for sl, tl in _pair_leaves(s, t):
                     self.out.append(Correspondence("rename", (_key(s.path, sl),), (_key(t.path, tl),),
                                                    by_order=True))
 
-    def _anchored_rank(self, whole: _Module, rivals: list[_Module], *, strict: bool = False):
-        """Where a (source) whole's own subtree went: the first target position of the name-decided
+    def _anchored_rank(self, whole: _Module, rivals: list[_Module], *, strict: bool = False, side: str = "source"):
+        """Where a whole's own subtree went: the first position on the other side of the name-decided
         correspondences under the segment that tells it from its rivals (``context_block`` vs ``x_block``).
-        Subtrees may be listed in another order on the two sides (an official block's context stream first,
-        the Diffusers block's second); without anchors, key order."""
+        ``side``: the side ``whole`` is on. Subtrees may be listed in another order on the two sides (an official
+        block's context stream first, the Diffusers block's second); without anchors, key order."""
         segs = whole.path.split(".")
         others = [r.path.split(".") for r in rivals if r is not whole]
         n = next((i for i in range(len(segs)) if any(i >= len(o) or o[i] != segs[i] for o in others)), len(segs))
         subtree = ".".join(segs[:n + 1]) + "."
-        pos_t = {k: i for i, k in enumerate(self.all_target)}
-        anchors = [pos_t[t] for c in self.out if not c.by_order and c.kind in ("rename", "tie")
-                   if c.sources[0].startswith(subtree) for t in c.targets if t in pos_t]
+        mine, theirs, listing = ((lambda c: c.sources, lambda c: c.targets, self.all_target) if side == "source"
+                                 else (lambda c: c.targets, lambda c: c.sources, self.all_source))
+        pos = {k: i for i, k in enumerate(listing)}
+        anchors = [pos[t] for c in self.out if not c.by_order and c.kind in ("rename", "tie")
+                   if mine(c)[0].startswith(subtree) for t in theirs(c) if t in pos]
         if not anchors:
             return None if strict else (float(whole.pos), whole.pos)
         return (min(anchors), whole.pos)  # where the subtree begins on the other side
@@ -624,7 +642,7 @@ class _Matcher:
         used_other = self.used_s if merge else self.used_t
 
         def here(a: _Module, b: _Module) -> bool:  # b lies where the context places a (a on whole's side)
-            return (self.ctx.score(b.path, a.path) if merge else self.ctx.score(a.path, b.path)) == 1.0
+            return (self.ctx.score_back(a.path, b.path) if merge else self.ctx.score(a.path, b.path)) == 1.0
 
         near = [m for m in pool if m.path not in used_other and set(m.leaves) == set(whole.leaves)
                 and _could_concat(m, whole) and here(whole, m)]

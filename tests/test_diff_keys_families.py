@@ -16,7 +16,7 @@ import math
 import pytest
 from vidport.porting.sources import KeysFileSource
 
-from benchmarks.bench_diff_keys import DATA, FamilyScore, families, main, run_family, score
+from benchmarks.bench_diff_keys import DATA, FamilyScore, families, main, reverse_truth, run_family, score
 
 FAMILIES = families()
 
@@ -43,7 +43,7 @@ def load(family: str) -> tuple[dict, dict, dict]:
 
 def test_at_least_five_families_besides_wan():
     assert len(FAMILIES) >= 5 and not any("wan" in f for f in FAMILIES), FAMILIES
-    assert set(FLOOR) == set(FAMILIES), "every family needs its floor"
+    assert set(FLOOR) == set(FAMILIES) == set(REVERSE_FLOOR), "every family needs its floors"
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -173,3 +173,31 @@ def test_target_95_percent_overall(scores):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_target_every_split_found_with_its_sizes(family: str, scores):
     assert scores[family].error is None and scores[family].splits_found == scores[family].splits
+
+
+# ----------------------------------------------------------------------------------------------
+# the opposite direction (Diffusers -> official, e.g. to export a fine-tune back to the official layout), against
+# the converter's truth inverted row by row
+# ----------------------------------------------------------------------------------------------
+REVERSE_FLOOR = {  # family: (correct, wrong) as of this commit
+    "flux": (778, 0), "hunyuan_video": (854, 0), "ltx_vae": (188, 0), "ltx_vae_091": (295, 0),
+    "ltx_video": (715, 0), "lumina2": (400, 0), "mochi": (782, 0), "sd35": (661, 0),
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_reversed_truth_is_the_converters_inverse(family: str):
+    official, diffusers, truth = load(family)
+    back = reverse_truth(truth, official)
+    assert set(back["targets"]) | set(back["unfilled"]) == set(official)
+    for key, e in back["targets"].items():  # every official row is made once, from the row the converter put it in
+        assert sum(b - a for _, a, b in e["pieces"]) == (official[key][0] if official[key] else 1), key
+    s = score(back, _perfect_answer(back), official, 0.0)
+    assert (s.correct, s.wrong, s.unresolved) == (s.keys, 0, 0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reverse_floor(family: str):
+    s = run_family(family, in_process=True, reverse=True)
+    assert s.error is None and s.wrong == 0, s.wrong_keys[:5]
+    assert s.correct >= REVERSE_FLOOR[family][0], f"{family}: {s.correct} correct; {s.unresolved_keys[:5]}"
