@@ -52,6 +52,9 @@ W_NAME, W_CONTEXT, W_DTYPE = 1.0, 1.0, 0.05
 # path one such token is a small share of the whole-name similarity, yet it is the name's real evidence
 W_DISTINCT = 0.5
 W_ORDER_STEP, W_INDEX_HINT, W_INDEX = 0.1, 0.02, 0.5
+# members whose names cluster (similarity >= NAME_CLUSTER) and stand NAME_MARGIN closer to their cluster than to
+# anything else in their class are matched among themselves before key order is weighed over the class
+NAME_CLUSTER, NAME_MARGIN = 0.6, 0.3
 EPS = 1e-9
 
 
@@ -343,6 +346,9 @@ class _Matcher:
         """Minimum-cost matching of modules with equal signatures; records ambiguity."""
         from scipy.optimize import linear_sum_assignment
 
+        S, T = self._name_clusters(S, T, use_context=use_context)
+        if not S or not T:
+            return
         _rank(S)
         _rank(T)
         ds, dt = _distinct_tokens(S), _distinct_tokens(T)
@@ -395,6 +401,36 @@ class _Matcher:
         if self.order_ok:  # remembered: anchors found later may say the order was the other way
             for group in _components(by_order):
                 self.order_groups.append([(S[pairs[i][0]], T[pairs[i][1]]) for i in group])
+
+    def _name_clusters(self, S: list[_Module], T: list[_Module], *, use_context: bool
+                       ) -> tuple[list[_Module], list[_Module]]:
+        """Members whose names form a cluster of their own, as many sources as targets, each far closer to the
+        cluster than to anything else in the class (``double_stream_modulation_{img,txt}.lin`` ~
+        ``..._{img,txt}.linear``, versus the blocks' MLPs of the same shape), are matched among themselves first
+        and the rest of the class without them: key order counts positions inside the class, and a table that
+        one class declares after its blocks and the other before them would otherwise shift the whole class
+        along a chain. Returns what is left to match."""
+        if len(S) < 2 or len(T) < 2:
+            return S, T
+        sim = np.array([[name_similarity(s.tokens, t.tokens) for t in T] for s in S])
+        adj: dict[int, set[int]] = {k: set() for k in range(len(S) + len(T))}
+        for i, j in zip(*np.nonzero(sim >= NAME_CLUSTER)):
+            adj[int(i)].add(len(S) + int(j))
+            adj[len(S) + int(j)].add(int(i))
+        done_s, done_t = set(), set()
+        for comp in _components(adj):
+            ci = [k for k in comp if k < len(S)]
+            cj = [k - len(S) for k in comp if k >= len(S)]
+            if not ci or len(ci) != len(cj) or len(ci) == len(S):
+                continue
+            out_j = [j for j in range(len(T)) if j not in cj]
+            out_i = [i for i in range(len(S)) if i not in ci]
+            if all(sim[i, cj].max() - sim[i, out_j].max(initial=0) >= NAME_MARGIN for i in ci) and \
+                    all(sim[ci, j].max() - sim[out_i, j].max(initial=0) >= NAME_MARGIN for j in cj):
+                self._assign([S[i] for i in ci], [T[j] for j in cj], use_context=use_context)
+                done_s.update(ci)
+                done_t.update(cj)
+        return [m for i, m in enumerate(S) if i not in done_s], [m for j, m in enumerate(T) if j not in done_t]
 
     def _ambiguous(self, srcs: list[_Module], tgts: list[_Module]) -> None:
         for s in srcs:
@@ -998,9 +1034,9 @@ def _flag_row_order(out: list[Correspondence], source: Mapping[str, TensorInfo],
     tables) whose rows are a few chunks of the model width, where a converter may swap shift and scale;
     and gated projections (a [2h, d] input whose down projection nearby takes h: SwiGLU/GEGLU halves,
     which layouts order gate-first or value-first). Names and shapes cannot see a swap; values can."""
-    widths = defaultdict(int)
+    widths = defaultdict(int)  # the model width: the commonest input dim of matrices (not of norm vectors)
     for info in list(source.values()) + list(target.values()):
-        if info.shape:
+        if len(info.shape) >= 2:
             widths[info.shape[-1]] += 1
     width = max(widths, key=widths.get) if widths else 0
     under: dict[str, set[tuple[int, ...]]] = defaultdict(set)  # ancestor -> 2-D target shapes below it

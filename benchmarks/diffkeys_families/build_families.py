@@ -152,6 +152,20 @@ def official_flux(root: Path):
                     "(util.load_flow_model loads it straight into Flux)")
 
 
+def official_flux2(root: Path):
+    # FLUX.2-dev: FLUX2_MODEL_INFO["flux.2-dev"]["params"] of src/flux2/util.py is Flux2Params() with its defaults
+    # (importing util.py needs the text encoder's and the API's packages)
+    with importable(root / "src"):
+        from flux2.model import Flux2, Flux2Params
+
+        with torch.device("meta"):
+            model = Flux2(Flux2Params())
+        shapes = shapes_of(model)
+    return shapes, ("`flux2.model.Flux2(Flux2Params())` (src/flux2/util.py: FLUX2_MODEL_INFO['flux.2-dev'] uses the "
+                    "defaults); flux2-dev.safetensors stores the class's keys unprefixed (util.load_flow_model "
+                    "loads it straight into Flux2)")
+
+
 def official_ltx_video(root: Path):
     with importable(root):
         from ltx_video.models.transformers.transformer3d import Transformer3DModel
@@ -348,6 +362,17 @@ FAMILIES = [
            "convert_flux_transformer_checkpoint_to_diffusers",
            "fused qkv -> to_q/to_k/to_v; single-block linear1 -> to_q, to_k, to_v, proj_mlp (unequal sizes); "
            "final adaLN shift/scale halves swapped"),
+    Family("flux2", "black-forest-labs/flux2", official_flux2, "diffusers.Flux2Transformer2DModel",
+           lambda root: dict(patch_size=1, in_channels=128, num_layers=8, num_single_layers=48, attention_head_dim=128,
+                             num_attention_heads=48, joint_attention_dim=15360, timestep_guidance_channels=256,
+                             mlp_ratio=3.0, axes_dims_rope=(32, 32, 32, 32), rope_theta=2000, eps=1e-6,
+                             guidance_embeds=True),
+           "black-forest-labs/FLUX.2-dev transformer/config.json",
+           "convert_flux2_transformer_checkpoint_to_diffusers",
+           "bias-free layers; modulation tables shared by all blocks, declared after them officially and before "
+           "them in Diffusers, with the blocks' MLP inputs' shape; fused qkv split; the single-block fused "
+           "qkv+SwiGLU input kept fused; final adaLN halves swapped. Added as a held-out check after the other "
+           "families reached issue 18's targets: its first score was 94.3% with 19 confidently wrong keys"),
     Family("ltx_video", "Lightricks/LTX-Video", official_ltx_video, "diffusers.LTXVideoTransformer3DModel",
            _ltx_diffusers_config("DIFFUSERS_TRANSFORMER_CONFIG"),
            "DIFFUSERS_TRANSFORMER_CONFIG in the official ltx_video/utils/diffusers_config_mapping.py "
