@@ -83,11 +83,21 @@ def _literal_rule(c: Correspondence, first: int) -> _Rule:
 # ----------------------------------------------------------------------------------------------
 # step 2: numbers
 # ----------------------------------------------------------------------------------------------
+_NUMBERED_SEG = re.compile(r"([A-Za-z_]*)(\d+)")
+
+
+def _number(seg: tuple) -> tuple[str, str] | None:
+    """(text before, number) of a literal source segment that ends in a number (``7``, ``block7``), else None."""
+    m = _NUMBERED_SEG.fullmatch(seg[1]) if seg[0] == "lit" else None
+    return (m.group(1), m.group(2)) if m else None
+
+
 def _skeleton(r: _Rule) -> tuple:
     def s(seg):
-        if seg[0] == "lit":
-            return "#" if seg[1].isdigit() else seg[1]
-        return seg
+        num = _number(seg)
+        if num:
+            return num[0] + "#"
+        return seg[1] if seg[0] == "lit" else seg
 
     def t(seg):
         return tuple("#" if isinstance(p, str) and p.isdigit() else p for p in seg)
@@ -105,7 +115,8 @@ def _numeric_groups(rules: list[_Rule]) -> list[_Rule]:
     # a captured \d+ may stay open only where no other rule of the same source skeleton could match
     by_src: dict[tuple, list[_Rule]] = defaultdict(list)
     for r in out:
-        by_src[tuple("#" if s[0] != "lit" or s[1].isdigit() else s[1] for s in r.src)].append(r)
+        by_src[tuple(_number(s)[0] + "#" if _number(s) else s[1] if s[0] == "lit" else
+                     s[1] + "#" if s[0] == "capin" and s[2] is None else "#" for s in r.src)].append(r)
     for same in by_src.values():
         for r in same:
             others = [o for o in same if o is not r]
@@ -114,6 +125,8 @@ def _numeric_groups(rules: list[_Rule]) -> list[_Rule]:
             for k, seg in enumerate(r.src):
                 if seg[0] == "cap" and seg[1] is None:
                     r.src[k] = ("cap", tuple(r._values[k]))  # type: ignore[attr-defined]
+                elif seg[0] == "capin" and seg[2] is None:
+                    r.src[k] = ("capin", seg[1], tuple(r._values[k]), seg[3])  # type: ignore[attr-defined]
     return out
 
 
@@ -124,12 +137,12 @@ def _disjoint(a: _Rule, b: _Rule) -> bool:
 
 def _generalize_numbers(members: list[_Rule]) -> list[_Rule]:
     base = members[0]
-    src_num = [i for i, s in enumerate(base.src) if s[0] == "lit" and s[1].isdigit()]
+    src_num = [i for i, s in enumerate(base.src) if _number(s)]
     tgt_num = [(a, b) for a, t in enumerate(base.tgts) for b, seg in enumerate(t)
                if len(seg) == 1 and isinstance(seg[0], str) and seg[0].isdigit()]
 
     def sv(r, i):
-        return r.src[i][1]
+        return _number(r.src[i])[1]
 
     def tv(r, q):
         return r.tgts[q[0]][q[1]][0]
@@ -164,7 +177,8 @@ def _generalize_numbers(members: list[_Rule]) -> list[_Rule]:
     rule = _Rule(base.kind, base.opts, list(base.src), [list(t) for t in base.tgts], min(r.first for r in members))
     rule._values = {}  # type: ignore[attr-defined]
     for p in set(refs.values()):
-        rule.src[p] = ("cap", None)
+        prefix = _number(base.src[p])[0]
+        rule.src[p] = ("capin", prefix, None, "") if prefix else ("cap", None)  # block(\d+) or (\d+)
         rule._values[p] = sorted({sv(r, p) for r in members}, key=int)  # type: ignore[attr-defined]
     for q, p in refs.items():
         rule.tgts[q[0]][q[1]] = (p,)
@@ -195,7 +209,7 @@ def _alternation_keys(r: _Rule):
                     k = tseg.index(i)
                     pre, post = "".join(tseg[:k]), "".join(tseg[k + 1:])
                     yield r.key_without(i, (a, b), pre, post), i, (a, b), seg[1], pre, post, False
-                elif seg[0] == "capin" and tseg == (i,):
+                elif seg[0] == "capin" and seg[2] is not None and tseg == (i,):
                     _, pre, values, post = seg
                     yield r.key_without(i, (a, b), pre, post, inside=True), i, (a, b), values, pre, post, True
 
@@ -248,7 +262,8 @@ def _emit(r: _Rule) -> Rule:
             n += 1
             group_of[k] = n
             _, pre, values, post = seg
-            pattern.append(re.escape(pre) + "(" + "|".join(re.escape(v) for v in values) + ")" + re.escape(post))
+            alternatives = r"\d+" if values is None else "|".join(re.escape(v) for v in values)
+            pattern.append(re.escape(pre) + "(" + alternatives + ")" + re.escape(post))
         else:
             n += 1
             _, pre, parts, post = seg

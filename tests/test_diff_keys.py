@@ -679,6 +679,21 @@ def test_fusions_across_modules_outside_the_convention_stay_unresolved(case):
     assert any(u.key == "layers.0.in_proj.weight" for u in d.inference.unresolved), format_report(d)
 
 
+def test_a_number_inside_a_segment_is_captured():
+    """``blocks.block7`` -> ``transformer_blocks.7`` (Cosmos numbers its blocks inside the segment): one rule with
+    ``block(\\d+)``, not one per block; the map and its reverse apply exactly."""
+    d = 4
+    src = {f"net.blocks.block{i}.attn.to_q.0.weight": torch.full((d, d), float(i)) for i in range(12)}
+    tgt = {f"transformer_blocks.{i}.attn1.to_q.weight": torch.full((d, d), float(i)) for i in range(12)}
+    result = diff_keys(TensorDictSource(src, "official"), TensorDictSource(tgt, "diffusers"), match_values=True)
+    assert [r.to_line().split()[1] for r in result.name_map.rules] == \
+        [r"^net\.blocks\.block(\d+)\.attn\.to_q\.0\.weight$"]
+    out = result.name_map.apply(src)
+    assert set(out) == set(tgt) and all(torch.equal(out[k], tgt[k]) for k in tgt)
+    back = result.name_map.reverse().apply(tgt)
+    assert set(back) == set(src) and all(torch.equal(back[k], src[k]) for k in src)
+
+
 # ----------------------------------------------------------------------------------------------
 # value evidence (--match-values)
 # ----------------------------------------------------------------------------------------------

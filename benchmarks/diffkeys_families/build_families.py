@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import types
+import unittest.mock
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +106,8 @@ def assigned_value(path: Path, name: str) -> ast.expr:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
             return node.value
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == name:
+            return node.value
     raise LookupError(f"{path}: no assignment to {name}")
 
 
@@ -132,6 +135,22 @@ class Family:
     converter: str  # function in diffusers.loaders.single_file_utils
     modes: str  # what the family exercises
     full_shapes: bool = False  # trace with the real shapes (zero-stride views): the converter reads a trailing dim
+    keys_remembered: bool = False  # the converter tests its input's keys after emptying it (see _KeysRemembered)
+
+
+class _KeysRemembered(dict):
+    """A checkpoint that still answers ``key in checkpoint`` for its original keys once they were popped:
+    diffusers 0.42.1's convert_cosmos_transformer_checkpoint_to_diffusers moves every key out of its input and only
+    then tests the input for a Cosmos-1.0 key, so on a plain dict it always takes the 2.0 renames (and gives keys
+    the Diffusers class lacks). With this it takes the 1.0 renames, which scripts/convert_cosmos_to_diffusers.py
+    (the script that made the hub's Diffusers repos) applies to Cosmos-1.0 checkpoints."""
+
+    def __init__(self, d: dict):
+        super().__init__(d)
+        self._original = frozenset(d)
+
+    def __contains__(self, key) -> bool:
+        return key in self._original or super().__contains__(key)
 
 
 def official_flux(root: Path):
@@ -164,6 +183,70 @@ def official_flux2(root: Path):
     return shapes, ("`flux2.model.Flux2(Flux2Params())` (src/flux2/util.py: FLUX2_MODEL_INFO['flux.2-dev'] uses the "
                     "defaults); flux2-dev.safetensors stores the class's keys unprefixed (util.load_flow_model "
                     "loads it straight into Flux2)")
+
+
+def _cosmos_fakes() -> dict[str, types.ModuleType]:
+    """Stand-ins for what cosmos_predict1's network modules import but a meta-device build does not run:
+    Transformer Engine (its RMSNorm holds one ``weight`` of the normalized size, as TE's does; its attention op
+    holds no parameters), Megatron's context-parallel helpers, torchvision's resize, the logger and the
+    conditioner's ``DataType``. None of them holds a parameter the listing would miss."""
+    import enum
+
+    class RMSNorm(torch.nn.Module):
+        def __init__(self, hidden_size, eps=1e-5, **_):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.empty(hidden_size))
+
+    class DotProductAttention(torch.nn.Module):
+        def __init__(self, *args, **kwargs):
+            super().__init__()
+
+    class DataType(enum.Enum):
+        IMAGE = "image"
+        VIDEO = "video"
+
+    pytorch = fake_module("transformer_engine.pytorch", RMSNorm=RMSNorm)
+    attention = fake_module("transformer_engine.pytorch.attention", DotProductAttention=DotProductAttention,
+                            apply_rotary_pos_emb=lambda *a, **k: None)
+    pytorch.attention = attention
+    transforms = fake_module("torchvision.transforms")
+    quiet = fake_module("cosmos_predict1.utils.log", **{f: (lambda *a, **k: None)
+                                                         for f in ("debug", "info", "warning", "critical", "error")})
+    return {"transformer_engine": fake_module("transformer_engine", pytorch=pytorch),
+            "transformer_engine.pytorch": pytorch, "transformer_engine.pytorch.attention": attention,
+            "torchvision": fake_module("torchvision", transforms=transforms), "torchvision.transforms": transforms,
+            "cosmos_predict1.utils.log": quiet,
+            "cosmos_predict1.diffusion.conditioner": fake_module("cosmos_predict1.diffusion.conditioner",
+                                                                 DataType=DataType),
+            "cosmos_predict1.diffusion.module.parallel": fake_module("cosmos_predict1.diffusion.module.parallel",
+                                                                     split_inputs_cp=lambda *a, **k: None)}
+
+
+def official_cosmos(root: Path):
+    # Cosmos-1.0-Diffusion-7B-Text2World (= Cosmos-Predict1-7B-Text2World): FADITV2Config of
+    # cosmos_predict1/diffusion/config/base/net.py, read from the source (importing it needs the lazy-config stack)
+    call = assigned_value(root / "cosmos_predict1/diffusion/config/base/net.py", "FADITV2Config")
+    kwargs = literal_kwargs(call)
+    # ... with the overrides of the released Text2World 7B experiment (learnable extra position embeddings)
+    experiment = assigned_value(root / "cosmos_predict1/diffusion/config/inference/cosmos-1-diffusion-text2world.py",
+                                "Cosmos_Predict1_Text2World_7B")
+    net = next(kw.value for node in ast.walk(experiment) if isinstance(node, ast.Call)
+               for kw in node.keywords if kw.arg == "net" and isinstance(kw.value, ast.Call))
+    overrides = literal_kwargs(net)
+    kwargs.update(overrides)
+    with importable(root, _cosmos_fakes()):
+        from cosmos_predict1.diffusion.networks.general_dit import GeneralDIT
+
+        # the RoPE module puts two non-persistent buffers on CUDA (.cuda()); on the meta device that is a no-op
+        with torch.device("meta"), unittest.mock.patch.object(torch.Tensor, "cuda", lambda self, *a, **k: self):
+            model = GeneralDIT(**kwargs)
+        shapes = shapes_of(model, "net.")
+    return shapes, (f"`cosmos_predict1.diffusion.networks.general_dit.GeneralDIT(**kw)` with kw = FADITV2Config of "
+                    "cosmos_predict1/diffusion/config/base/net.py updated with model.net of Cosmos_Predict1_Text2World_7B "
+                    f"(config/inference/cosmos-1-diffusion-text2world.py): {kwargs} (Transformer Engine, Megatron, "
+                    "torchvision and the logger stood in by parameter-free fakes; TE's RMSNorm by one `weight`); the "
+                    "published model.pt keeps the network under `net.` (the diffusion model's `self.net`); the "
+                    "wrapper's own `logvar` buffers, which the converter drops, are not listed")
 
 
 def official_ltx_video(root: Path):
@@ -373,6 +456,20 @@ FAMILIES = [
            "them in Diffusers, with the blocks' MLP inputs' shape; fused qkv split; the single-block fused "
            "qkv+SwiGLU input kept fused; final adaLN halves swapped. Added as a held-out check after the other "
            "families reached issue 18's targets: its first score was 94.3% with 19 confidently wrong keys"),
+    Family("cosmos", "nvidia-cosmos/cosmos-predict1", official_cosmos, "diffusers.CosmosTransformer3DModel",
+           lambda root: dict(in_channels=16, out_channels=16, num_attention_heads=32, attention_head_dim=128,
+                             num_layers=28, mlp_ratio=4.0, text_embed_dim=1024, adaln_lora_dim=256,
+                             max_size=(128, 240, 240), patch_size=(1, 2, 2), rope_scale=(2.0, 1.0, 1.0),
+                             concat_padding_mask=True, extra_pos_embed_type="learnable"),
+           "TRANSFORMER_CONFIGS['Cosmos-1.0-Diffusion-7B-Text2World'] of diffusers' "
+           "scripts/convert_cosmos_to_diffusers.py (= nvidia/Cosmos-1.0-Diffusion-7B-Text2World transformer/config.json)",
+           "convert_cosmos_transformer_checkpoint_to_diffusers",
+           "sub-blocks flattened (blocks.blockN.blocks.0.block.attn -> transformer_blocks.N.attn1, "
+           "blocks.2.block -> ff), adaLN-LoRA pairs (adaLN_modulation.1/.2 -> norm1.linear_1/_2), norms inside "
+           "Sequentials (to_q.1 -> norm_q), the net. prefix, dropped buffers. Added as a held-out check after FLUX.2. "
+           "The converter is traced with an input that remembers its keys: diffusers 0.42.1's tests for the "
+           "Cosmos-1.0 layout after emptying its input and would apply the 2.0 renames (see _KeysRemembered)",
+           keys_remembered=True),
     Family("ltx_video", "Lightricks/LTX-Video", official_ltx_video, "diffusers.LTXVideoTransformer3DModel",
            _ltx_diffusers_config("DIFFUSERS_TRANSFORMER_CONFIG"),
            "DIFFUSERS_TRANSFORMER_CONFIG in the official ltx_video/utils/diffusers_config_mapping.py "
@@ -481,10 +578,11 @@ def _runs(codes: list[tuple[int, int]], keys: list[str]) -> list[list]:
 
 
 def trace(converter: Callable, official: dict[str, tuple[int, ...]], target: dict[str, tuple[int, ...]], *,
-          full: bool = False) -> dict:
+          full: bool = False, keys_remembered: bool = False) -> dict:
     """Run ``converter`` on a provenance checkpoint and tell, per target key, which source rows it holds."""
     keys = list(official)
-    converted = converter(provenance_checkpoint(official, full=full))
+    checkpoint = provenance_checkpoint(official, full=full)
+    converted = converter(_KeysRemembered(checkpoint) if keys_remembered else checkpoint)
     problems = []
     extra = [k for k in converted if k not in target]
     unfilled = [k for k in target if k not in converted]
@@ -579,7 +677,8 @@ def build(fam: Family, checkout: Checkout) -> None:
     official, how = fam.official(checkout.root)
     config = fam.diffusers_config(checkout.root)
     target = diffusers_shapes(fam.diffusers_class, config)
-    truth = trace(getattr(single_file_utils, fam.converter), official, target, full=fam.full_shapes)
+    truth = trace(getattr(single_file_utils, fam.converter), official, target, full=fam.full_shapes,
+                  keys_remembered=fam.keys_remembered)
     out = DATA / fam.name
     out.mkdir(parents=True, exist_ok=True)
     write_listing(out / "official_keys.txt", f"official {fam.repo}@{checkout.commit[:12]}", official)
