@@ -182,8 +182,8 @@ def test_target_every_split_found_with_its_sizes(family: str, scores):
 # the converter's truth inverted row by row
 # ----------------------------------------------------------------------------------------------
 REVERSE_FLOOR = {  # family: (correct, wrong) as of this commit
-    "cosmos": (571, 0), "flux": (778, 0), "flux2": (298, 0), "hunyuan_video": (854, 0), "ltx_vae": (188, 0), "ltx_vae_091": (295, 0),
-    "ltx_video": (715, 0), "lumina2": (400, 0), "mochi": (782, 0), "sd35": (661, 0),
+    "cosmos": (571, 0), "flux": (778, 0), "flux2": (298, 0), "hunyuan_video": (854, 0), "ltx_vae": (188, 0),
+    "ltx_vae_091": (295, 0), "ltx_video": (715, 0), "lumina2": (400, 0), "mochi": (782, 0), "sd35": (661, 0),
 }
 
 

@@ -242,7 +242,8 @@ def official_cosmos(root: Path):
             model = GeneralDIT(**kwargs)
         shapes = shapes_of(model, "net.")
     return shapes, (f"`cosmos_predict1.diffusion.networks.general_dit.GeneralDIT(**kw)` with kw = FADITV2Config of "
-                    "cosmos_predict1/diffusion/config/base/net.py updated with model.net of Cosmos_Predict1_Text2World_7B "
+                    "cosmos_predict1/diffusion/config/base/net.py updated with model.net of "
+                    "Cosmos_Predict1_Text2World_7B "
                     f"(config/inference/cosmos-1-diffusion-text2world.py): {kwargs} (Transformer Engine, Megatron, "
                     "torchvision and the logger stood in by parameter-free fakes; TE's RMSNorm by one `weight`); the "
                     "published model.pt keeps the network under `net.` (the diffusion model's `self.net`); the "
@@ -462,7 +463,8 @@ FAMILIES = [
                              max_size=(128, 240, 240), patch_size=(1, 2, 2), rope_scale=(2.0, 1.0, 1.0),
                              concat_padding_mask=True, extra_pos_embed_type="learnable"),
            "TRANSFORMER_CONFIGS['Cosmos-1.0-Diffusion-7B-Text2World'] of diffusers' "
-           "scripts/convert_cosmos_to_diffusers.py (= nvidia/Cosmos-1.0-Diffusion-7B-Text2World transformer/config.json)",
+           "scripts/convert_cosmos_to_diffusers.py "
+           "(= nvidia/Cosmos-1.0-Diffusion-7B-Text2World transformer/config.json)",
            "convert_cosmos_transformer_checkpoint_to_diffusers",
            "sub-blocks flattened (blocks.blockN.blocks.0.block.attn -> transformer_blocks.N.attn1, "
            "blocks.2.block -> ff), adaLN-LoRA pairs (adaLN_modulation.1/.2 -> norm1.linear_1/_2), norms inside "
