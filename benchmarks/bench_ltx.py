@@ -107,6 +107,21 @@ def dit_inputs(dtype=None):
     return x, text, t, mask
 
 
+def print_profile(title: str, fn, rows: int = 25) -> None:
+    """One forward under torch.profiler: the kernels by total time, their count and sum (the GPU time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        cuda_sync()
+    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    total = sum(e.self_device_time_total for e in events) / 1e3
+    count = sum(e.count for e in events)
+    print(f"profile of {title}: {count} kernels, {total:.2f} ms of GPU time")
+    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:rows]:
+        print(f"  {e.self_device_time_total / 1e3:8.3f} ms {e.count:5d}x  {e.key[:110]}")
+
+
 def bench_dit(args, out: dict) -> None:
     out["matmul_tflops"] = matmul_ceiling_tflops() if DEV == "cuda" else float("nan")
     attn = {}
@@ -151,18 +166,17 @@ def bench_dit(args, out: dict) -> None:
     times = {}
 
     def measure(label, fn):
+        """Time ``fn``; a row measured again keeps its faster median."""
         cuda_reset_peak()
         with torch.no_grad():
             ms = median_ms(fn, warmup=2, repeats=args.repeats, device=DEV)
-        times[label] = {"ms": ms, "peak_gib": cuda_peak_gib()}
-        print(f"{label}: {ms:.2f} ms, peak {times[label]['peak_gib']:.1f} GiB", flush=True)
+        print(f"{label}: {ms:.2f} ms, peak {cuda_peak_gib():.1f} GiB", flush=True)
+        if label not in times or ms < times[label]["ms"]:
+            times[label] = {"ms": ms, "peak_gib": cuda_peak_gib()}
 
     for _round in (1, 2):  # two rounds: clocks settle; the faster median of each row is kept
         for label, fn in (("diffusers eager", run_ref), (f"vidport eager ({auto[0]} + {auto[1]})", run_native)):
-            before = times.get(label)
             measure(label, fn)
-            if before and before["ms"] < times[label]["ms"]:
-                times[label] = before
     for name in ("sdpa-cudnn", "flash-attn-4", "sdpa-flash"):
         if (name, name) != tuple(auto) and name in attention.available_backends(DEV):
             native.set_attention_backend(name, auto[1])  # the cross-attention keeps a backend that takes the mask
@@ -189,14 +203,8 @@ def bench_dit(args, out: dict) -> None:
     for blk in native.blocks:
         blk.attn.heads_first = False
     if args.profile:
-        from torch.profiler import ProfilerActivity, profile
-
-        for title, fn in (("vidport", run_native), ("diffusers", run_ref)):
-            with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
-                fn()
-                cuda_sync()
-            print(f"profile of {title} eager")
-            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60))
+        for title, fn in (("vidport eager", run_native), ("diffusers eager", run_ref)):
+            print_profile(title, fn)
     if args.cuda_graph:
         from vidport.runtime.cuda_graph import CUDAGraphed
 
@@ -212,8 +220,11 @@ def bench_dit(args, out: dict) -> None:
 
         ref.compile_repeated_blocks(fullgraph=True)
         measure("diffusers compiled", run_ref)
+        if args.profile:
+            print_profile("diffusers compiled", run_ref)
         eager_blocks = list(native.blocks)
-        for ops in (True, False):  # the fused kernels as custom ops, or inductor fusing the reference math
+        second_round = []  # the runtime's configuration, timed again after the others (alternating with diffusers)
+        for ops in (False, True):  # inductor fusing the reference math, or the fused kernels as custom ops
             fused.KERNELS_UNDER_COMPILE = ops
             torch._dynamo.reset()
             for i, blk in enumerate(eager_blocks):
@@ -223,6 +234,8 @@ def bench_dit(args, out: dict) -> None:
             label = f"vidport compiled ({'kernels as custom ops' if ops else 'inductor fuses the reference math'})"
             print(f"{label}: rel_l2 vs diffusers bf16 eager {p['rel_l2']:.3e}", flush=True)
             measure(label, run_native)
+            if args.profile and ops:
+                print_profile(f"{label} (no graph)", run_native)
             if args.cuda_graph:  # the runtime's compile=True, cuda_graph=True: compiled blocks in one graph
                 from vidport.runtime.cuda_graph import CUDAGraphed
 
@@ -231,8 +244,16 @@ def bench_dit(args, out: dict) -> None:
                     p = compare(graphed(x, text, t, mask, **kw).float(), y_ref)
                 print(f"{label} + CUDA graph: rel_l2 vs diffusers bf16 eager {p['rel_l2']:.3e}", flush=True)
                 measure(f"{label} + CUDA graph", lambda g=graphed: g(x, text, t, mask, **kw))
-                del graphed
+                if args.profile and ops:  # the replay's own kernels (CUPTI sees a graph's kernel nodes)
+                    print_profile(f"{label} + CUDA graph (replay)", lambda g=graphed: g(x, text, t, mask, **kw))
+                if ops:
+                    second_round.append((f"{label} + CUDA graph", lambda g=graphed: g(x, text, t, mask, **kw)))
+                else:
+                    del graphed
                 cuda_sync()
+        for label, fn in [("diffusers compiled", run_ref)] + second_round:
+            measure(label, fn)
+        second_round.clear()
         fused.KERNELS_UNDER_COMPILE = True
     out["times"] = times
     eager = times["diffusers eager"]["ms"]

@@ -53,6 +53,8 @@ def main() -> None:
         "norm_modulate[rms]": against_reference(fused.norm_modulate, x, mul, add, 1e-6, rms=True),
         "gated_residual": against_reference(fused.gated_residual, x, y, add),
         "rms_norm": against_reference(fused.rms_norm, x, w, 1e-6),
+        # rows evenly strided: k of a fused k/v projection (every other C-wide slice), no copy made
+        "rms_norm[strided rows]": against_reference(fused.rms_norm, qkv[..., :2 * C].chunk(2, dim=-1)[0], w, 1e-6),
         **{f"residual_norm[gated={g}, {part}]": err for g in (True, False) for part, err in
            zip(("stream", "normed"), against_reference(fused.residual_norm, x, y, add if g else None, mul, add, 1e-6))},
         **{f"residual_norm[rms, {part}]": err for part, err in

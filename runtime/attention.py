@@ -47,7 +47,9 @@ class AttentionBackendError(UserError, ValueError):
 def _sdpa(q, k, v, key_mask=None, kernels=None):
     # SDPA wants [B, H, S, D]; transposes are views, the kernels take strided inputs.
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-    mask = None if key_mask is None else key_mask[:, None, None, :]
+    # the boolean key mask as an additive one in a single pass (SDPA's own conversion takes three kernels)
+    mask = None if key_mask is None else \
+        torch.where(key_mask, 0.0, float("-inf")).to(q.dtype)[:, None, None, :]
     if kernels is None:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     else:

@@ -246,11 +246,11 @@ def rms_norm(t: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 def _rms_norm_launch(t: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     C = t.shape[-1]
-    t2 = t.reshape(-1, C)
-    if t2.stride(-1) != 1 or t2.stride(0) != C:
+    t2 = t.reshape(-1, C)  # a view where the rows are evenly strided (k of a fused k/v projection: rows of 2C)
+    if t2.stride(-1) != 1:
         t2 = t2.contiguous()
-    out = torch.empty(t.shape, dtype=t.dtype, device=t.device)  # contiguous: rows of C, as t2
-    _rms_norm_kernel[(t2.shape[0],)](t2, weight.contiguous(), out, C, eps,  # the kernel reads w in its dtype
+    out = torch.empty(t.shape, dtype=t.dtype, device=t.device)  # contiguous rows of C
+    _rms_norm_kernel[(t2.shape[0],)](t2, weight.contiguous(), out, C, t2.stride(0), eps,  # w read in its dtype
                                      BLOCK=triton.next_power_of_2(C), num_warps=8)
     return out
 
@@ -390,11 +390,11 @@ if triton is not None:
         tl.store(dst, x.to(out_ptr.dtype.element_ty), mask=m)
 
     @triton.jit
-    def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, C, eps, BLOCK: tl.constexpr):
+    def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, C, stride_x, eps, BLOCK: tl.constexpr):
         row = tl.program_id(0)
         cols = tl.arange(0, BLOCK)
         m = cols < C
-        x = tl.load(x_ptr + row * C + cols, mask=m, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + row * stride_x + cols, mask=m, other=0.0).to(tl.float32)
         r = tl.rsqrt(tl.sum(x * x, axis=0) / C + eps)
         w = tl.load(w_ptr + cols, mask=m, other=0.0).to(tl.float32)
         tl.store(out_ptr + row * C + cols, (x * r * w).to(out_ptr.dtype.element_ty), mask=m)

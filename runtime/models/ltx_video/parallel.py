@@ -41,8 +41,8 @@ class SequenceParallelLTXDiT(SequenceParallelModel):
         temb, mod = dit.embed_time(timestep)
         text = dit.embed_text(encoder_hidden_states)
         text_mask = dit.text_key_mask(encoder_attention_mask)
-        for block in dit.blocks:
-            x = block(x, mod, text, rope, text_mask, key_mask)
+        for block, ada in zip(dit.blocks, dit.block_tables(mod)):
+            x = block(x, mod, text, rope, text_mask, key_mask, ada=ada)
         out = dit.head(x, temb).contiguous()
 
         # 3. gather the shards in rank (= sequence) order and drop the padding
