@@ -219,8 +219,9 @@ class VideoGenerator:
                         sampler_grid=getattr(c, "sampler_grid", None), noise=getattr(c, "noise", None),
                         precision=getattr(_unwrapped(c.transformer), "precision", None), fps=d["fps"],
                         vae_tiling=bool(state.info.get("vae_tiling", False)))
-        if "vae_tiles" in state.info:
-            settings["vae_tiles"] = state.info["vae_tiles"]
+        for key in ("vae_tiles", "vae_split"):  # what the decode did: its tiles, or the ranks that split its rows
+            if key in state.info:
+                settings[key] = state.info[key]
         self.last_report = GenerationReport(settings=settings, timings=timings, step_seconds=state.step_seconds,
                                             output_path=None if out is None else str(out))
         self.last_state = state

@@ -261,6 +261,7 @@ def test_generation_on_two_ranks_equals_one(tiny_repo, tmp_path_factory):
         assert got.shape == want.shape == (5, 32, 48, 3)
         assert (got == want).all(), f"frames differ: max abs {abs(got.astype(int) - want).max()}"
         assert out.stat().st_size > 0 and gen.last_report.settings["num_gpus"] == 2
+        assert gen.last_report.settings["vae_split"] == 2  # the ranks shared the (untiled) decode by rows
         # a failing run writes nothing and stops the ranks
         bad = out.with_name("bad.mp4")
         with pytest.raises(UserError):

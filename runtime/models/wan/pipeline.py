@@ -226,9 +226,10 @@ class DecodeVideo:
     to [0, 255] (rounded).
 
     ``tiling``: decode in overlapping spatial tiles (``runtime.vae_tiling``): True, False, or None (auto: for frames
-    larger than 480x832, on any number of ranks). ``group``: the process group whose ranks split the tiles (every rank
-    runs this stage on the same latents and ends with the whole video); None: this process decodes every tile.
-    ``state.info["vae_tiling"]`` / ``["vae_tiles"]`` say what ran."""
+    larger than 480x832, on any number of ranks). ``group``: the process group whose ranks share the decode (every
+    rank runs this stage on the same latents and ends with the whole video): they split the tiles, or, untiled, the
+    latent rows (``vae_split``: the plain decode's numbers within fp32 reassociation); None: this process decodes all.
+    ``state.info["vae_tiling"]`` / ``["vae_tiles"]`` / ``["vae_split"]`` say what ran."""
 
     name = "decode"
 
@@ -238,6 +239,7 @@ class DecodeVideo:
     @torch.no_grad()
     def __call__(self, state: PipelineState) -> PipelineState:
         from vidport.runtime import vae_tiling
+        from vidport.runtime.models.wan import vae_split
 
         cfg = self.vae.config
         z = state.latents.to(self.vae.dtype)
@@ -246,11 +248,16 @@ class DecodeVideo:
         z = z / inv_std + mean
         tiled = vae_tiling.resolve_tiling(self.tiling, height=state.request.height, width=state.request.width)
         decode = self.decode_crop
+        world = 1 if self.group is None else torch.distributed.get_world_size(self.group)
         if tiled:  # [1, 3, F, H, W] in [-1, 1]
             tile, stride = vae_tiling.default_tiling(cfg.scale_factor_spatial)
             state.info.update(vae_tiles=len(vae_tiling.plan_tiles(z.shape[-2], z.shape[-1], tile, stride)))
             video = vae_tiling.tiled_decode(decode, z, scale=cfg.scale_factor_spatial, tile=tile, stride=stride,
                                             group=self.group)
+        elif world > 1 and vae_split.split_supported(self.vae) and z.shape[-2] >= world:
+            # the plain decode's numbers, the rows shared by the ranks (runtime/models/wan/vae_split.py)
+            video = vae_split.split_decode(self.vae, z, self.group)
+            state.info.update(vae_split=world)
         else:
             video = decode(z)
         state.info.update(vae_tiling=tiled)
