@@ -79,6 +79,8 @@ class VideoGenerator:
         self.last_report: GenerationReport | None = None
         self.last_state: PipelineState | None = None  # the last run's stage outputs (latents, noise, ...)
         self.closed = False
+        # stage name -> a wrapper of that stage (a multi-GPU rank's "encode": rank 0 encodes, the others receive)
+        self.stage_wrappers: dict[str, Callable] = {}
 
     def close(self) -> None:
         """Drop the models and the last run's tensors (on CUDA, hand the cached memory back). Idempotent;
@@ -108,7 +110,7 @@ class VideoGenerator:
                         scheduler: str | None = None, flow_shift: float | None = None,
                         sampler_grid: str | None = None, noise: str = "diffusers", precision: str | None = None,
                         compile: bool = False, cuda_graph: bool = False, vae_tiling: bool | None = None,
-                        **parallel_options) -> VideoGenerator:
+                        text_encoder: bool = True, **parallel_options) -> VideoGenerator:
         """Load a Diffusers-format repo (folder or hub id).
 
         Fidelity to the official release (docs/generate.md): ``sampler_grid`` "official" (the official
@@ -131,6 +133,9 @@ class VideoGenerator:
         False. A family
         whose decoder cannot be tiled (its pipeline module's ``TILED_DECODE`` is not True) never tiles, and
         ``vae_tiling=True`` on it is a one-line error.
+
+        ``text_encoder=False`` loads no text encoder: the generator cannot encode a prompt itself (what a multi-GPU
+        rank other than 0 does; rank 0 sends it the encoding, ``runtime.parallel.generator``).
 
         ``num_gpus > 1`` delegates to ``runtime.parallel.launch.from_pretrained(path_or_hub_id,
         num_gpus=..., attention_backend=..., dtype=..., device=..., cfg=..., scheduler=...,
@@ -163,7 +168,8 @@ class VideoGenerator:
         backends = _resolve_backends(attention_backend, device, torch_dtype)
         components = module.load_components(folder, dtype=torch_dtype, device=device, scheduler=scheduler,
                                             flow_shift=flow_shift, sampler_grid=sampler_grid, noise=noise,
-                                            precision=precision, **tiling)
+                                            precision=precision, **tiling,
+                                            **({} if text_encoder else {"text_encoder": False}))
         components.transformer.set_attention_backend(*backends)
         _accelerate(components, compile=compile, cuda_graph=cuda_graph)
         if device.type == "cuda":
@@ -203,7 +209,8 @@ class VideoGenerator:
         out = None if output_path is None else validate_output_path(output_path)
 
         c = self.components
-        stages = self.pipeline.t2v_stages(c, cfg=self.cfg, on_step=on_step)
+        stages = [self.stage_wrappers.get(stage.name, _same)(stage)
+                  for stage in self.pipeline.t2v_stages(c, cfg=self.cfg, on_step=on_step)]
         state = run_stages(stages, PipelineState(request=request, device=c.device))
         timings = {"load": self.load_seconds, **state.timings}
         if out is not None:
@@ -226,6 +233,10 @@ class VideoGenerator:
                                             output_path=None if out is None else str(out))
         self.last_state = state
         return state.frames
+
+
+def _same(stage):
+    return stage
 
 
 # --- resolving the arguments ---------------------------------------------------------------------

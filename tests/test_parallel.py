@@ -270,3 +270,63 @@ def test_generation_on_two_ranks_equals_one(tiny_repo, tmp_path_factory):
         with pytest.raises(WorkerError, match="closed"):
             gen.generate_video("a red fox", **request)
     assert worker_pids() - before == set()
+
+
+# --- the prompt is encoded once: rank 0 loads the text encoder, the others receive its encoding --------------------
+class _Encode:
+    name = "encode"
+
+    def __init__(self, fail: bool):
+        self.fail = fail
+
+    def __call__(self, state):
+        from vidport.runtime.pipeline.state import Conditioning
+
+        if self.fail:
+            raise ValueError("no such token")
+        state.cond = Conditioning({"context": torch.arange(6.0).reshape(1, 2, 3), "mask": torch.ones(1, 2).bool()})
+        return state
+
+
+def _encode_on_ranks(worker, fail: bool):
+    import torch.distributed as dist
+    from vidport.runtime.parallel.generator import EncodeOnRankZero
+    from vidport.runtime.pipeline.state import GenerationRequest, PipelineState
+
+    request = GenerationRequest("a fox", "", 5, 32, 48, 2, 5.0, 0)
+    # only rank 0's stage may run: the others' would raise if called
+    stage = EncodeOnRankZero(_Encode(fail) if worker.rank == 0 else _Encode(True))
+    state = stage(PipelineState(request=request, device=worker.device))
+    got = torch.stack([state.cond.kwargs["context"].flatten(), state.cond.kwargs["mask"].float().flatten().repeat(3)])
+    every = [torch.empty_like(got) for _ in range(worker.world_size)]
+    dist.all_gather(every, got)
+    return [e.tolist() for e in every], state.uncond
+
+
+def test_rank_zero_encodes_and_the_others_receive(pool2):
+    every, uncond = pool2.run(_encode_on_ranks, False)
+    assert every[0] == every[1] == [[0.0, 1, 2, 3, 4, 5], [1.0] * 6] and uncond is None
+
+
+def test_a_failed_encode_on_rank_zero_fails_every_rank():
+    from vidport.runtime.parallel import WorkerPool
+
+    with WorkerPool(3, device="cpu") as pool:  # its own: a failed run closes the pool
+        with pytest.raises(ValueError, match="no such token"):
+            pool.run(_encode_on_ranks, True)
+
+
+def _loaded_text_encoders(worker):
+    import torch.distributed as dist
+
+    has = torch.tensor([int(worker.state["generator"].components.text_encoder is not None)])
+    every = [torch.empty_like(has) for _ in range(worker.world_size)]
+    dist.all_gather(every, has)
+    return [int(e) for e in every]
+
+
+def test_only_rank_zero_loads_the_text_encoder(tiny_repo):
+    from vidport.runtime import VideoGenerator
+
+    with VideoGenerator.from_pretrained(tiny_repo, num_gpus=2, attention_backend="sdpa-math", device="cpu") as gen:
+        assert gen.pool.run(_loaded_text_encoders) == [1, 0]

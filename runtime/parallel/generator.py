@@ -1,9 +1,11 @@
 """Multi-GPU video generation: a ``VideoGenerator`` on every rank, the DiT spread over the ranks.
 
-Every rank loads the same repo on its own device, replaces its DiT by the sequence-parallel wrapper
+Every rank loads the same repo on its own device (the text encoder on rank 0 only: it encodes the prompt and sends
+the encoding to the others, ``EncodeOnRankZero``), replaces its DiT by the sequence-parallel wrapper
 (and, with ``cfg_parallel``, its CFG strategy by the CFG-parallel one) and runs the same pipeline on
-the same seed, so every rank steps identical latents; a tiled VAE decode (``runtime.vae_tiling``, for a family
-that can tile) splits its tiles over the ranks and gives every rank the whole video. Rank 0's
+the same seed, so every rank steps identical latents; a family that can tile its VAE decode shares the decode over
+the ranks (the tiles, ``runtime.vae_tiling``, or untiled the rows, ``runtime.models.wan.vae_split``) and gives every
+rank the whole video. Rank 0's
 frames and report come back to the caller, which writes the mp4 (atomically) only once the run has succeeded.
 """
 
@@ -55,6 +57,42 @@ def resolve_backends_on_ranks(name: str | None, device: torch.device, dtype: tor
     return backends
 
 
+class EncodeOnRankZero:
+    """A pipeline's encode stage run by rank 0 alone; its result (``state.cond``, ``state.uncond``: the stage's
+    outputs, ``PipelineState``) sent to the other ranks, which load no text encoder (umT5-xxl is 11 GB a rank).
+    A failure on rank 0 reaches every rank, so none is left waiting in the broadcast."""
+
+    def __init__(self, stage, group=None):
+        self.stage, self.group, self.name = stage, group, stage.name
+
+    def __call__(self, state):
+        import torch.distributed as dist
+
+        message: list = [None]
+        if dist.get_rank(self.group) == 0:
+            try:
+                state = self.stage(state)
+            except Exception as e:
+                dist.broadcast_object_list([{"error": str(e), "user_error": isinstance(e, UserError)}], src=0,
+                                           group=self.group)
+                raise
+            message[0] = {"cond": _moved(state.cond, "cpu"), "uncond": _moved(state.uncond, "cpu")}
+        dist.broadcast_object_list(message, src=0, group=self.group)
+        answer = message[0]
+        if "error" in answer:
+            raise (UserError if answer["user_error"] else RuntimeError)(f"rank 0 could not encode the prompt: "
+                                                                        f"{answer['error']}")
+        if dist.get_rank(self.group) != 0:
+            state.cond, state.uncond = _moved(answer["cond"], state.device), _moved(answer["uncond"], state.device)
+        return state
+
+
+def _moved(cond, device):
+    from vidport.runtime.pipeline.state import Conditioning
+
+    return None if cond is None else Conditioning({k: v.to(device) for k, v in cond.kwargs.items()})
+
+
 def _load(worker: Worker, source, load_kwargs: dict, cfg_parallel: bool) -> dict:
     import torch.distributed as dist
     from vidport.runtime.generator import VideoGenerator, resolve_dtype
@@ -63,8 +101,10 @@ def _load(worker: Worker, source, load_kwargs: dict, cfg_parallel: bool) -> dict
     # before any rank loads anything: one choice of attention kernels for all ranks (rank 0's)
     dtype = resolve_dtype(load_kwargs.get("dtype"), worker.device)
     backends = resolve_backends_on_ranks(load_kwargs.get("attention_backend"), worker.device, dtype)
-    gen = VideoGenerator.from_pretrained(source, num_gpus=1, device=worker.device,
+    # only rank 0 loads the text encoder and encodes; the others receive its encoding (EncodeOnRankZero)
+    gen = VideoGenerator.from_pretrained(source, num_gpus=1, device=worker.device, text_encoder=worker.rank == 0,
                                          **{**load_kwargs, "attention_backend": backends[0]})
+    gen.stage_wrappers["encode"] = EncodeOnRankZero
     gen.components.transformer.set_attention_backend(*backends)
     # the family's plan checks its head count first: it fails before any collective, naming the sizes that work
     plan = gen.family.load(gen.family.parallel_plan)
@@ -72,7 +112,7 @@ def _load(worker: Worker, source, load_kwargs: dict, cfg_parallel: bool) -> dict
     if cfg is not None:
         gen.cfg = cfg
     if getattr(gen.pipeline, "TILED_DECODE", False) is True:
-        gen.components.decode_group = dist.group.WORLD  # a tiled VAE decode splits its tiles over all the ranks
+        gen.components.decode_group = dist.group.WORLD  # the ranks share the VAE decode (its tiles, or its rows)
     dist.barrier()
     worker.state["generator"] = gen
     return {"defaults": gen.defaults, "cfg": gen.cfg.name}

@@ -93,7 +93,7 @@ class LTXComponents:
     """The loaded modules. ``transformer`` is the native LTXDiT (or a wrapper with its forward signature)."""
 
     tokenizer: object
-    text_encoder: torch.nn.Module
+    text_encoder: torch.nn.Module | None  # None on a multi-GPU rank other than 0 (it is sent rank 0's encoding)
     transformer: torch.nn.Module
     vae: torch.nn.Module
     scheduler: object
@@ -157,14 +157,15 @@ def check_options(scheduler: str | None, flow_shift: float | None, sampler_grid:
 
 def load_components(folder: Path, *, dtype: torch.dtype, device: torch.device, scheduler: str | None = None,
                     flow_shift: float | None = None, sampler_grid: str | None = None, noise: str = "diffusers",
-                    precision: str = "fast") -> LTXComponents:
+                    precision: str = "fast", text_encoder: bool = True) -> LTXComponents:
     """A Diffusers-format LTXPipeline repo folder -> components on ``device``. Every load is strict: the T5
     tokenizer and encoder (transformers), the native LTXDiT through the Diffusers -> native map, the VAE
     (diffusers, fp32) and the flow-match Euler scheduler from ``scheduler/``.
 
     ``scheduler``: None or "euler"; ``sampler_grid``: None or "diffusers"; ``noise``: "diffusers";
     ``precision``: "fast" or "official" (the same for LTX-Video); ``flow_shift`` only for a scheduler configured
-    without dynamic shifting. Anything else is a one-line UserError."""
+    without dynamic shifting. Anything else is a one-line UserError.
+    ``text_encoder=False``: no text encoder (``None``; a multi-GPU rank that is sent rank 0's prompt encoding)."""
     from diffusers import AutoencoderKLLTXVideo
     from transformers import AutoTokenizer, T5EncoderModel
     from vidport.runtime.loading import load_transformer
@@ -177,7 +178,8 @@ def load_components(folder: Path, *, dtype: torch.dtype, device: torch.device, s
     transformer = load_transformer(folder / "transformer", family.SPEC, dtype=dtype, device=device)
     with quiet_library_loading():
         tokenizer = load_or_fail(lambda: AutoTokenizer.from_pretrained(folder / "tokenizer"), folder / "tokenizer")
-        text_encoder = strict_from_pretrained(T5EncoderModel, folder / "text_encoder", dtype=dtype).to(device)
+        encoder = strict_from_pretrained(T5EncoderModel, folder / "text_encoder", dtype=dtype).to(device).eval() \
+            if text_encoder else None
         # the VAE decodes in fp32 (as the Wan pipeline does; diffusers' recommendation against banding)
         vae = strict_from_pretrained(AutoencoderKLLTXVideo, folder / "vae")
     vae = (vae if vae.dtype == torch.float32 else vae.float()).to(device)
@@ -186,7 +188,7 @@ def load_components(folder: Path, *, dtype: torch.dtype, device: torch.device, s
     if vae.config.latent_channels * patch != cfg.in_channels:
         raise UserError(f"{folder}: the VAE's {vae.config.latent_channels} latent channels x the DiT's patch volume "
                         f"{patch} must be the DiT's in_channels {cfg.in_channels}")
-    return LTXComponents(tokenizer=tokenizer, text_encoder=text_encoder.eval(), transformer=transformer,
+    return LTXComponents(tokenizer=tokenizer, text_encoder=encoder, transformer=transformer,
                          vae=vae.eval(), scheduler=sched, dit_config=cfg, dtype=dtype, device=device)
 
 

@@ -46,7 +46,7 @@ class WanComponents:
     (the native WanDiT, or a sequence-parallel wrapper around it)."""
 
     tokenizer: object
-    text_encoder: torch.nn.Module
+    text_encoder: torch.nn.Module | None  # None on a multi-GPU rank other than 0 (it is sent rank 0's encoding)
     transformer: torch.nn.Module
     vae: torch.nn.Module
     scheduler: object
@@ -80,14 +80,16 @@ def sampling_defaults(cfg: WanDiTConfig) -> dict:
 
 def load_components(folder: Path, *, dtype: torch.dtype, device: torch.device, scheduler: str | None = None,
                     flow_shift: float | None = None, sampler_grid: str | None = None, noise: str = "diffusers",
-                    precision: str = "fast", vae_tiling: bool | None = None) -> WanComponents:
+                    precision: str = "fast", vae_tiling: bool | None = None,
+                    text_encoder: bool = True) -> WanComponents:
     """A Diffusers-format Wan T2V repo folder -> components on ``device``. Every load is strict.
 
     ``sampler_grid``: "official" (the official sampler's sigmas, ``family.official_sampling_grid``),
     "diffusers" (the installed diffusers scheduler's own) or None (official for UniPC, the official
     sampler; diffusers' for Euler, which the official code lacks). ``noise``: "diffusers" or "official"
     (``PrepareLatents``). ``precision``: the native DiT's bf16 recipe, "fast" or "official" (``WanDiT``).
-    ``vae_tiling``: decode in spatial tiles (``DecodeVideo``): True, False, or None (auto)."""
+    ``vae_tiling``: decode in spatial tiles (``DecodeVideo``): True, False, or None (auto).
+    ``text_encoder=False``: no text encoder (``None``; a multi-GPU rank that is sent rank 0's prompt encoding)."""
     from transformers import AutoTokenizer, UMT5EncoderModel
     from vidport.runtime.loading import load_or_fail, load_transformer, quiet_library_loading, strict_from_pretrained
     from vidport.runtime.models.wan.model import WanDiT
@@ -109,11 +111,12 @@ def load_components(folder: Path, *, dtype: torch.dtype, device: torch.device, s
 
     with quiet_library_loading():
         tokenizer = load_or_fail(lambda: AutoTokenizer.from_pretrained(folder / "tokenizer"), folder / "tokenizer")
-        text_encoder = strict_from_pretrained(UMT5EncoderModel, folder / "text_encoder", dtype=dtype).to(device)
+        encoder = strict_from_pretrained(UMT5EncoderModel, folder / "text_encoder", dtype=dtype).to(device).eval() \
+            if text_encoder else None
         # the VAE decodes in fp32 (diffusers' and the official recommendation: bf16 decoding bands colours)
         vae = strict_from_pretrained(AutoencoderKLWan, folder / "vae")
     vae = (vae if vae.dtype == torch.float32 else vae.float()).to(device)
-    return WanComponents(tokenizer=tokenizer, text_encoder=text_encoder.eval(), transformer=transformer, vae=vae.eval(),
+    return WanComponents(tokenizer=tokenizer, text_encoder=encoder, transformer=transformer, vae=vae.eval(),
                          scheduler=sched, dit_config=transformer.cfg, dtype=dtype, device=device,
                          sampler_grid=grid, noise=noise, vae_tiling=vae_tiling)
 
