@@ -27,7 +27,10 @@ def diff_keys(source: str, target: str, component: str | None, match_values: boo
     """Diff the keys of SOURCE and TARGET and infer the name map from SOURCE to TARGET.
 
     Exit status 0 when the map is complete (every source key used or dropped on purpose, every target
-    key produced, nothing unresolved), 1 when it is not, 2 on bad input.
+    key produced, nothing unresolved), 1 when it is not, 2 on bad input. What names and shapes cannot prove
+    is mapped and flagged, not counted as unresolved: "check row order" (a table whose chunks a converter may
+    swap) and "check part order" (a tensor fused across modules, split in the attention convention);
+    --match-values settles both.
 
     \b
     SOURCE and TARGET are read as names, shapes and dtypes only:
