@@ -209,6 +209,9 @@ class VideoGenerator:
         out = None if output_path is None else validate_output_path(output_path)
 
         c = self.components
+        if getattr(c, "text_encoder", True) is None and "encode" not in self.stage_wrappers:
+            raise UserError(f"this VideoGenerator ({self.source}) was loaded with text_encoder=False and cannot encode "
+                            f"a prompt; load it without text_encoder=False")
         stages = [self.stage_wrappers.get(stage.name, _same)(stage)
                   for stage in self.pipeline.t2v_stages(c, cfg=self.cfg, on_step=on_step)]
         state = run_stages(stages, PipelineState(request=request, device=c.device))

@@ -426,3 +426,13 @@ def test_cli_prints_path_and_timings(tiny_repo, tmp_path, monkeypatch, capsys):
     assert lines[0].startswith(f"wrote out/{tiny_repo.name}-seed0.mp4")
     assert (tmp_path / "out" / f"{tiny_repo.name}-seed0.mp4").is_file()
     assert lines[1].startswith("timings: load ") and "denoise" in lines[1] and "s/step" in lines[1]
+
+
+def test_a_generator_without_text_encoder_says_so(tiny_repo):
+    from vidport.runtime import VideoGenerator
+
+    gen = VideoGenerator.from_pretrained(tiny_repo, device="cpu", text_encoder=False)
+    assert gen.components.text_encoder is None
+    with pytest.raises(UserError) as info:
+        gen.generate_video("a fox", num_frames=5, height=32, width=48, num_inference_steps=1)
+    assert "text_encoder=False" in str(info.value) and "\n" not in str(info.value)
