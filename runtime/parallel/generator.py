@@ -18,7 +18,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import numpy as np
-from vidport.runtime.parallel.launch import DEFAULT_TIMEOUT, Worker, WorkerPool
+from vidport.runtime.parallel.launch import DEFAULT_TIMEOUT, PeerError, Worker, WorkerPool
 from vidport.runtime.parallel.ulysses import check_heads
 
 from vidport.devices import default_device
@@ -73,15 +73,13 @@ class EncodeOnRankZero:
             try:
                 state = self.stage(state)
             except Exception as e:
-                dist.broadcast_object_list([{"error": str(e), "user_error": isinstance(e, UserError)}], src=0,
-                                           group=self.group)
+                dist.broadcast_object_list([{"error": f"{type(e).__name__}: {e}"}], src=0, group=self.group)
                 raise
             message[0] = {"cond": _moved(state.cond, "cpu"), "uncond": _moved(state.uncond, "cpu")}
         dist.broadcast_object_list(message, src=0, group=self.group)
         answer = message[0]
-        if "error" in answer:
-            raise (UserError if answer["user_error"] else RuntimeError)(f"rank 0 could not encode the prompt: "
-                                                                        f"{answer['error']}")
+        if "error" in answer:  # rank 0 raises its own error; this rank stops as its peer
+            raise PeerError(f"rank 0 could not encode the prompt: {answer['error']}")
         if dist.get_rank(self.group) != 0:
             state.cond, state.uncond = _moved(answer["cond"], state.device), _moved(answer["uncond"], state.device)
         return state

@@ -70,6 +70,11 @@ class WorkerError(RuntimeError):
     """A worker failed without a picklable exception (killed by a signal, out of memory, ...)."""
 
 
+class PeerError(RuntimeError):
+    """A rank stopped because another rank failed (it was sent that rank's error): never the cause to report
+    while the failing rank's own error is there."""
+
+
 class RemoteTraceback(Exception):
     """The traceback of an exception raised in a worker, attached as the ``__cause__``."""
 
@@ -187,13 +192,19 @@ class WorkerPool:
 
     def _raise_first_cause(self, rank: int, body) -> None:
         """A rank that died silently (a signal) breaks its peers' collectives: it, not their errors,
-        is the cause to report. Otherwise the first error that arrived is."""
+        is the cause to report. Otherwise the first error that arrived that is not a ``PeerError`` (a rank that
+        stopped because it was told another one failed) is; failing that, the first error."""
         time.sleep(0.3)
         reported = {rank}
+        errors = [(rank, body)]
         while not self._messages.empty():
-            reported.add(self._messages.get()[1])
+            kind, r, b = self._messages.get()
+            reported.add(r)
+            if kind == "error":
+                errors.append((r, b))
         if any(p.exitcode not in (None, 0) and r not in reported for r, p in enumerate(self._procs)):
             self._raise_silent_death(reported)
+        rank, body = next((e for e in errors if not e[1][1].startswith(f"{PeerError.__name__}:")), errors[0])
         _raise_remote(rank, self.num_procs, *body)
 
     def _raise_silent_death(self, reported: set[int] = frozenset()) -> None:
