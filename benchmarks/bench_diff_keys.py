@@ -1,7 +1,7 @@
 """Generalization benchmark of `port diff-keys` (issue 18): the inferred name map of model families other than
 Wan, scored against diffusers' own converters.
 
-    python benchmarks/bench_diff_keys.py [--family flux] [--in-process] [--reverse] [--show 10] [--json]
+    python benchmarks/bench_diff_keys.py [--family flux] [--in-process] [--reverse | --alphabetical] [--show N] [--json]
 
 Per family (tests/data/diffkeys_families/<family>/: the official class's keys, the Diffusers class's keys, and
 truth.json traced from diffusers' converter; SOURCE.md says how each was made) it runs
@@ -223,11 +223,28 @@ def listings(family: str) -> tuple[str, str]:
     return f"keys:{folder / 'official_keys.txt'}", f"keys:{folder / 'diffusers_keys.txt'}"
 
 
-def run_family(family: str, *, in_process: bool = False, reverse: bool = False) -> FamilyScore:
-    """Score one family; ``reverse``: Diffusers -> official (the listings swapped, the truth inverted)."""
+def sorted_listing(path: Path) -> Path:
+    """The listing with its keys sorted by name (what a safetensors header gives: no module order), in a
+    temporary file."""
+    import tempfile
+
+    lines = path.read_text().splitlines()
+    head = [x for x in lines if x.startswith("#")]
+    body = sorted(x for x in lines if x and not x.startswith("#"))
+    out = Path(tempfile.mkdtemp()) / path.name
+    out.write_text("\n".join(head + body) + "\n")
+    return out
+
+
+def run_family(family: str, *, in_process: bool = False, reverse: bool = False,
+               alphabetical: bool = False) -> FamilyScore:
+    """Score one family; ``reverse``: Diffusers -> official (the listings swapped, the truth inverted);
+    ``alphabetical``: the official listing sorted by name, as a safetensors file lists it."""
     from vidport.porting.sources import KeysFileSource
 
     source, target = listings(family)
+    if alphabetical:
+        source = f"keys:{sorted_listing(DATA / family / 'official_keys.txt')}"
     truth = json.loads((DATA / family / "truth.json").read_text())
     shapes = KeysFileSource(DATA / family / "diffusers_keys.txt").shapes()
     if reverse:
@@ -288,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="call vidport.porting.api.diff_keys here instead of timing a `port diff-keys` process")
     ap.add_argument("--show", type=int, default=0, metavar="N",
                     help="also list up to N wrong and N unresolved keys per family")
+    ap.add_argument("--alphabetical", action="store_true",
+                    help="the official listings sorted by name (a safetensors header's order: no module order)")
     ap.add_argument("--reverse", action="store_true",
                     help="the opposite direction: Diffusers -> official, against the inverted converter truth")
     ap.add_argument("--json", action="store_true", help="print the scores as JSON")
@@ -295,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     names = families()
     if unknown := set(args.family) - set(names):
         ap.error(f"unknown families {sorted(unknown)}; known: {names}")
-    scores = [run_family(f, in_process=args.in_process, reverse=args.reverse)
+    scores = [run_family(f, in_process=args.in_process, reverse=args.reverse, alphabetical=args.alphabetical)
               for f in names if not args.family or f in args.family]
     if args.json:
         print(json.dumps([{**asdict(s), "wrong_keys": s.wrong_keys[:args.show],

@@ -55,6 +55,8 @@ W_ORDER_STEP, W_INDEX_HINT, W_INDEX = 0.1, 0.02, 0.5
 # members whose names cluster (similarity >= NAME_CLUSTER) and stand NAME_MARGIN closer to their cluster than to
 # anything else in their class are matched among themselves before key order is weighed over the class
 NAME_CLUSTER, NAME_MARGIN = 0.6, 0.3
+# a fused group whose score is within FUSE_MARGIN of the best is a rival: the names do not decide between them
+FUSE_MARGIN = 0.1
 EPS = 1e-9
 
 
@@ -193,11 +195,24 @@ def name_similarity(a: tuple[str, ...], b: tuple[str, ...]) -> float:
     return (sa + sb) / (len(a) + len(b))
 
 
+_TRAILING_NUMBER = re.compile(r"[A-Za-z_]+?(\d+)")
+
+
 def first_index(path: str) -> str | None:
+    """The first container number of a path: a numeric segment (``blocks.7``) or the number that ends a
+    segment naming a container item (``blocks.block7``, Cosmos' flat numbering)."""
     for seg in path.split("."):
         if seg.isdigit():
             return seg
+        m = _TRAILING_NUMBER.fullmatch(seg)
+        if m and seg.rstrip("0123456789").rstrip("_").lower() in _CONTAINER_ITEMS:
+            return m.group(1)
     return None
+
+
+# segment stems that number the items of a container (``block7``, ``layer_12``); ``conv1``, ``norm2``, ``attn1``
+# name sibling modules, not container items, and are no index
+_CONTAINER_ITEMS = frozenset({"block", "blocks", "layer", "layers", "stage", "stages", "level", "levels"})
 
 
 def _natural_key(name: str):
@@ -517,7 +532,7 @@ class _Matcher:
                 best = self._fuse_candidates(whole, index, merge=merge)
                 if not best:
                     continue
-                top = [b for b in best if abs(b[0] - best[0][0]) <= EPS]
+                top = [b for b in best if best[0][0] - b[0] <= FUSE_MARGIN]  # a close second is a tie
                 if len(top) == 1:
                     self._do_fuse(whole, top[0][2], top[0][3], top[0][4], merge=merge)
                 else:

@@ -45,7 +45,7 @@ def load(family: str) -> tuple[dict, dict, dict]:
 
 def test_at_least_five_families_besides_wan():
     assert len(FAMILIES) >= 5 and not any("wan" in f for f in FAMILIES), FAMILIES
-    assert set(FLOOR) == set(FAMILIES) == set(REVERSE_FLOOR), "every family needs its floors"
+    assert set(FLOOR) == set(FAMILIES) == set(REVERSE_FLOOR) == set(ALPHABETICAL_FLOOR), "every family needs its floors"
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -203,3 +203,20 @@ def test_reverse_floor(family: str):
     s = run_family(family, in_process=True, reverse=True)
     assert s.error is None and s.wrong == 0, s.wrong_keys[:5]
     assert s.correct >= REVERSE_FLOOR[family][0], f"{family}: {s.correct} correct; {s.unresolved_keys[:5]}"
+
+
+# ----------------------------------------------------------------------------------------------
+# the official listings sorted by name, as a safetensors header lists them: no module order to lean on. The
+# inference must stay precise (0 confidently wrong); what order would have decided is left unresolved
+# ----------------------------------------------------------------------------------------------
+ALPHABETICAL_FLOOR = {  # family: correct keys as of this commit (wrong must be 0)
+    "cosmos": 234, "flux": 546, "flux2": 202, "hunyuan_video": 614, "ltx_vae": 54, "ltx_vae_091": 56,
+    "ltx_video": 715, "lumina2": 399, "mochi": 782, "sd35": 423,
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_alphabetical_listing_is_never_confidently_wrong(family: str):
+    s = run_family(family, in_process=True, alphabetical=True)
+    assert s.error is None and s.wrong == 0, s.wrong_keys[:5]
+    assert s.correct >= ALPHABETICAL_FLOOR[family], f"{family}: {s.correct} correct"
