@@ -171,8 +171,15 @@ def name_tokens(path: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+# the words layouts use for a dual-stream block's two streams: the text/conditioning stream (an official ``txt_attn``
+# is a Diffusers ``add_q_proj`` / ``ff_context``) and the image/video stream; words of one stream count as equal
+_STREAM_WORDS = ({"txt", "text", "context", "ctx", "add", "added", "encoder", "cap", "caption"},
+                 {"img", "image", "vid", "video"})
+_STREAM = {w: i for i, words in enumerate(_STREAM_WORDS) for w in words}
+
+
 def _token_sim(a: str, b: str) -> float:
-    if a == b:
+    if a == b or (a in _STREAM and _STREAM.get(b) == _STREAM[a]):
         return 1.0
     short, long_ = (a, b) if len(a) <= len(b) else (b, a)
     if long_.startswith(short):

@@ -210,8 +210,8 @@ def test_reverse_floor(family: str):
 # inference must stay precise (0 confidently wrong); what order would have decided is left unresolved
 # ----------------------------------------------------------------------------------------------
 ALPHABETICAL_FLOOR = {  # family: correct keys as of this commit (wrong must be 0)
-    "cosmos": 234, "flux": 546, "flux2": 202, "hunyuan_video": 614, "ltx_vae": 54, "ltx_vae_091": 56,
-    "ltx_video": 715, "lumina2": 399, "mochi": 782, "sd35": 423,
+    "cosmos": 234, "flux": 850, "flux2": 266, "hunyuan_video": 934, "ltx_vae": 54, "ltx_vae_091": 56,
+    "ltx_video": 715, "lumina2": 399, "mochi": 782, "sd35": 519,
 }
 
 
