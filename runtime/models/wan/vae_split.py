@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from vidport.runtime.parallel.spatial import gather_rows, halo, row_ranges
 
-# the decoder's module classes whose effect on rows is known (the Wan2.1 VAE in diffusers 0.32-0.42)
+# the decoder's module classes whose effect on rows is known (the Wan2.1 VAE of diffusers 0.42; tests/test_vae_split.py
+# checks the split against the plain decode of the installed diffusers)
 _PER_PIXEL = {"WanRMS_norm", "WanUpsample", "SiLU", "Dropout", "Identity", "Sequential", "ModuleList",
               "WanResidualBlock", "WanMidBlock", "WanUpBlock", "WanResample", "WanDecoder3d"}
 _PATCHED = {"WanCausalConv3d", "Conv2d", "WanAttentionBlock"}
