@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vidport.porting.release import ReleaseContents, meta_state_shapes, tokenizer_class
+from vidport.porting.release import ReleaseContents, library_targets, tokenizer_class
 from vidport.runtime.models.ltx_video import family as fam
 
 from vidport.errors import ConvertError, UserError
@@ -141,36 +141,12 @@ def known_configs() -> dict[str, dict[str, dict]]:
 def build_targets(cfgs: dict[str, dict]):
     """The Diffusers/transformers models on the meta device -> ({component: (shapes, stem, keep_fp32)},
     component_files(config_dtype) -> {relative path: config text}); ``model_index.json`` is ``model_index``'s."""
-    import torch
     from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXVideoTransformer3DModel
     from transformers import T5Config, T5EncoderModel
 
-    from vidport.dtypes import torch_dtypes
-
-    with torch.device("meta"):
-        transformer = LTXVideoTransformer3DModel.from_config(cfgs["transformer"])
-        vae = AutoencoderKLLTXVideo.from_config(cfgs["vae"])
-        t5_config = T5Config(**cfgs["text_encoder"])
-        text_encoder = T5EncoderModel(t5_config)
-    targets = {
-        "transformer": (meta_state_shapes(transformer), WEIGHT_STEMS["transformer"],
-                        tuple(LTXVideoTransformer3DModel._keep_in_fp32_modules or ())),
-        "vae": (meta_state_shapes(vae), WEIGHT_STEMS["vae"], tuple(AutoencoderKLLTXVideo._keep_in_fp32_modules or ())),
-        "text_encoder": (meta_state_shapes(text_encoder), WEIGHT_STEMS["text_encoder"],
-                         tuple(T5EncoderModel._keep_in_fp32_modules or ())),
-    }
-
-    def component_files(t5_dtype: str) -> dict[str, str]:
-        t5_config.architectures = ["T5EncoderModel"]
-        t5_config.dtype = torch_dtypes()[t5_dtype]
-        return {
-            "scheduler/scheduler_config.json": FlowMatchEulerDiscreteScheduler(**cfgs["scheduler"]).to_json_string(),
-            "transformer/config.json": transformer.to_json_string(),
-            "vae/config.json": vae.to_json_string(),
-            "text_encoder/config.json": t5_config.to_json_string(),
-        }
-
-    return targets, component_files
+    return library_targets(cfgs, WEIGHT_STEMS, transformer=LTXVideoTransformer3DModel, vae=AutoencoderKLLTXVideo,
+                           text_config=T5Config, text_encoder=T5EncoderModel,
+                           scheduler=FlowMatchEulerDiscreteScheduler)
 
 
 def model_index(tokenizer_class: str, diffusers_version: str) -> str:

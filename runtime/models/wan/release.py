@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vidport.porting.release import ReleaseContents, meta_state_shapes, tokenizer_class
+from vidport.porting.release import ReleaseContents, library_targets, tokenizer_class
 from vidport.runtime.models.wan import family as fam
 
 from vidport.errors import ConvertError
@@ -89,38 +89,13 @@ def build_targets(cfgs: dict[str, dict]):
     """The Diffusers/transformers models on the meta device, from ``target_configs`` ->
     ({component: (shapes, stem, keep_fp32)}, component_files(config_dtype) -> {relative path: config text}).
     ``component_files`` writes every config file but ``model_index.json`` (see ``model_index``)."""
-    import torch
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
-    from vidport.dtypes import torch_dtypes
-
-    with torch.device("meta"):
-        transformer = WanTransformer3DModel.from_config(cfgs["transformer"])
-        vae = AutoencoderKLWan.from_config(cfgs["vae"])
-        t5_config = UMT5Config(**cfgs["text_encoder"])
-        text_encoder = UMT5EncoderModel(t5_config)
-    targets = {
-        # (state-dict shapes, weights file stem, keep-in-fp32 module names as the libraries declare them)
-        "transformer": (meta_state_shapes(transformer), WEIGHT_STEMS["transformer"],
-                        tuple(WanTransformer3DModel._keep_in_fp32_modules)),
-        # AutoencoderKLWan declares none, but diffusers recommends an fp32 VAE (the Diffusers repos ship it so)
-        "vae": (meta_state_shapes(vae), WEIGHT_STEMS["vae"], ("*",)),
-        "text_encoder": (meta_state_shapes(text_encoder), WEIGHT_STEMS["text_encoder"],
-                         tuple(UMT5EncoderModel._keep_in_fp32_modules or ())),
-    }
-
-    def component_files(t5_dtype: str) -> dict[str, str]:
-        t5_config.architectures = ["UMT5EncoderModel"]
-        t5_config.dtype = torch_dtypes()[t5_dtype]
-        return {
-            "scheduler/scheduler_config.json": UniPCMultistepScheduler(**cfgs["scheduler"]).to_json_string(),
-            "transformer/config.json": transformer.to_json_string(),
-            "vae/config.json": vae.to_json_string(),
-            "text_encoder/config.json": t5_config.to_json_string(),
-        }
-
-    return targets, component_files
+    # AutoencoderKLWan declares no fp32 modules, but diffusers recommends an fp32 VAE (the Diffusers repos ship it so)
+    return library_targets(cfgs, WEIGHT_STEMS, transformer=WanTransformer3DModel, vae=AutoencoderKLWan,
+                           text_config=UMT5Config, text_encoder=UMT5EncoderModel, scheduler=UniPCMultistepScheduler,
+                           vae_keep_fp32=("*",))
 
 
 def model_index(tokenizer_class: str, diffusers_version: str) -> str:
