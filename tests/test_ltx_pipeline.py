@@ -84,8 +84,9 @@ def repo(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def reference(repo):
     from diffusers import LTXPipeline
+    from vidport.runtime.loading import quiet_library_loading
 
-    with ltx.quiet_library_loading():
+    with quiet_library_loading():
         pipe = LTXPipeline.from_pretrained(repo)
     pipe.set_progress_bar_config(disable=True)
     return pipe

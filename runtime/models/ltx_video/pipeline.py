@@ -59,7 +59,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from vidport.runtime.loading import load_or_fail, quiet_library_loading, strict_from_pretrained
 from vidport.runtime.models.ltx_video import family
 from vidport.runtime.models.ltx_video.config import PRESETS, LTXDiTConfig
 from vidport.runtime.models.ltx_video.model import pack_latents, unpack_tokens
@@ -167,8 +166,8 @@ def load_components(folder: Path, *, dtype: torch.dtype, device: torch.device, s
     without dynamic shifting. Anything else is a one-line UserError.
     ``text_encoder=False``: no text encoder (``None``; a multi-GPU rank that is sent rank 0's prompt encoding)."""
     from diffusers import AutoencoderKLLTXVideo
-    from transformers import AutoTokenizer, T5EncoderModel
-    from vidport.runtime.loading import load_transformer
+    from transformers import T5EncoderModel
+    from vidport.runtime.loading import load_text_and_vae, load_transformer
 
     check_options(scheduler, flow_shift, sampler_grid, noise, precision)
     folder = Path(folder)
@@ -176,20 +175,16 @@ def load_components(folder: Path, *, dtype: torch.dtype, device: torch.device, s
     # the native LTXDiT, strictly through the family's Diffusers -> native map (every module in ``dtype``: the
     # Diffusers class keeps none in fp32)
     transformer = load_transformer(folder / "transformer", family.SPEC, dtype=dtype, device=device)
-    with quiet_library_loading():
-        tokenizer = load_or_fail(lambda: AutoTokenizer.from_pretrained(folder / "tokenizer"), folder / "tokenizer")
-        encoder = strict_from_pretrained(T5EncoderModel, folder / "text_encoder", dtype=dtype).to(device).eval() \
-            if text_encoder else None
-        # the VAE decodes in fp32 (as the Wan pipeline does; diffusers' recommendation against banding)
-        vae = strict_from_pretrained(AutoencoderKLLTXVideo, folder / "vae")
-    vae = (vae if vae.dtype == torch.float32 else vae.float()).to(device)
+    tokenizer, encoder, vae = load_text_and_vae(folder, text_encoder_class=T5EncoderModel,
+                                                vae_class=AutoencoderKLLTXVideo, dtype=dtype, device=device,
+                                                text_encoder=text_encoder)  # the VAE in fp32, as Wan's
     cfg = transformer.cfg
     patch = cfg.patch_size * cfg.patch_size * cfg.patch_size_t
     if vae.config.latent_channels * patch != cfg.in_channels:
         raise UserError(f"{folder}: the VAE's {vae.config.latent_channels} latent channels x the DiT's patch volume "
                         f"{patch} must be the DiT's in_channels {cfg.in_channels}")
     return LTXComponents(tokenizer=tokenizer, text_encoder=encoder, transformer=transformer,
-                         vae=vae.eval(), scheduler=sched, dit_config=cfg, dtype=dtype, device=device)
+                         vae=vae, scheduler=sched, dit_config=cfg, dtype=dtype, device=device)
 
 
 def load_scheduler(folder: Path, flow_shift: float | None = None):
