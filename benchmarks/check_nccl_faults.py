@@ -18,13 +18,14 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
 import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vidport.runtime.parallel import launch  # noqa: E402
+
+from benchmarks.common import worker_pids  # noqa: E402
 
 LIMIT_S = 60.0
 DEVICE = os.environ.get("VIDPORT_FAULT_DEVICE", "cuda")  # "cpu": the same cases on gloo (a check of this script)
@@ -44,17 +45,6 @@ def _die_on_rank_1(worker):
         os.kill(os.getpid(), signal.SIGKILL)
     dist.all_reduce(torch.ones(1, device=DEVICE))
     return "unreachable"
-
-
-def worker_pids() -> set[int]:
-    found = set()
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if child.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(child.cmdline()):
-                found.add(child.pid)
-        except psutil.NoSuchProcess:
-            pass
-    return found
 
 
 def case(name: str, fn) -> bool:

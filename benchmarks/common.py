@@ -106,3 +106,18 @@ def table(rows: list[list], header: list[str]) -> str:
     line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(cells[0]), rule] + [line(r) for r in cells[1:]])
+
+
+def worker_pids() -> set[int]:
+    """Live spawned workers of this process (the multiprocessing resource tracker is not one): what a run of
+    ``runtime.parallel.launch`` must not leave behind. Needs psutil (a dev dependency)."""
+    import psutil
+
+    found = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(child.cmdline()):
+                found.add(child.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return found

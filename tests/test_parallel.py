@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import time
 
-import psutil
 import pytest
 import torch
 import torch.distributed as dist
@@ -18,6 +17,7 @@ from vidport.runtime.models.wan.model import WanDiT
 from vidport.runtime.models.wan.parallel import parallelize_wan
 from vidport.runtime.parallel import WorkerError, check_heads, launch, parallelize
 
+from benchmarks.common import worker_pids
 from vidport.errors import UserError
 
 TINY = preset("tiny")  # 4 heads: 1, 2 or 4 ranks
@@ -106,18 +106,6 @@ def _pids(worker):
     pids = [None] * worker.world_size
     dist.all_gather_object(pids, os.getpid())
     return pids
-
-
-def worker_pids() -> set[int]:
-    """Live spawned workers of this process (the multiprocessing resource tracker is not one)."""
-    found = set()
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if child.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(child.cmdline()):
-                found.add(child.pid)
-        except psutil.NoSuchProcess:
-            pass
-    return found
 
 
 def assert_same(got, want, what):

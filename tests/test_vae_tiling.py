@@ -209,8 +209,9 @@ def ltx_repo(converted_ltx_release):
 
 @pytest.mark.parametrize("num_gpus", [1, 2])
 def test_a_family_that_cannot_tile_refuses_in_one_line(ltx_repo, num_gpus):
-    from test_parallel import worker_pids
     from vidport.runtime import VideoGenerator
+
+    from benchmarks.common import worker_pids
 
     before = worker_pids()
     with pytest.raises(UserError) as info:
