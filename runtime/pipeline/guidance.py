@@ -51,15 +51,19 @@ class SerialCFG:
 
 
 class BatchedCFG:
-    """One forward call on a batch of [cond, uncond]: fewer kernel launches, twice the activations."""
+    """One forward call on a batch of [cond, uncond]: fewer kernel launches, twice the activations.
+    ``uncond_first``: the batch as [uncond, cond] (a reference pipeline's order, for layer-by-layer parity)."""
 
     name = "batched"
+    uncond_first = False
 
     def __call__(self, model, x, timestep, cond, uncond, guidance_scale):
         if uncond is None:
             return model(x, timestep, **cond.kwargs).float()
-        pred_cond, pred_uncond = model(torch.cat([x, x]), torch.cat([timestep, timestep]),
-                                       **cond.cat(uncond).kwargs).chunk(2)
+        first, second = (uncond, cond) if self.uncond_first else (cond, uncond)
+        pred_first, pred_second = model(torch.cat([x, x]), torch.cat([timestep, timestep]),
+                                        **first.cat(second).kwargs).chunk(2)
+        pred_cond, pred_uncond = (pred_second, pred_first) if self.uncond_first else (pred_first, pred_second)
         return combine(pred_cond, pred_uncond, guidance_scale)
 
 

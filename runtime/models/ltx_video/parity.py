@@ -38,6 +38,7 @@ from vidport.parity.harness import (
 from vidport.porting.namemap import NameMap
 from vidport.runtime.loading import read_diffusers_config
 from vidport.runtime.models.ltx_video import family
+from vidport.runtime.pipeline.guidance import BatchedCFG
 
 from vidport.errors import UserError
 
@@ -242,21 +243,13 @@ def text_encoder_setup(repo: Path, *, official: Path | None = None, dtype=torch.
 # ----------------------------------------------------------------------------------------------
 # pipeline: VideoGenerator vs diffusers LTXPipeline, same weights, same seed; latents after N steps
 # ----------------------------------------------------------------------------------------------
-class UncondFirstBatchedCFG:
+class UncondFirstBatchedCFG(BatchedCFG):
     """Batched CFG with the branches in LTXPipeline's order, [uncond, cond] (the runtime's ``batched`` puts the
     conditional first): the DiT then sees exactly the reference's batches, call for call, so every module of it
     can be compared. The guidance is the runtime's (``combine``, fp32)."""
 
     name = "uncond-first"
-
-    def __call__(self, model, x, timestep, cond, uncond, guidance_scale):
-        from vidport.runtime.pipeline.guidance import combine
-
-        if uncond is None:
-            return model(x, timestep, **cond.kwargs).float()
-        pred_uncond, pred_cond = model(torch.cat([x, x]), torch.cat([timestep, timestep]),
-                                       **uncond.cat(cond).kwargs).chunk(2)
-        return combine(pred_cond, pred_uncond, guidance_scale)
+    uncond_first = True
 
 
 CFG_MODES = ("uncond-first", "serial", "batched")
