@@ -32,26 +32,36 @@ LOAD_OPTIONS = ("attention_backend", "dtype", "cfg", "scheduler", "flow_shift", 
                 "compile", "vae_tiling")
 
 
+def from_rank_zero(compute: Callable[[], object], peer_error: Callable[[dict], Exception], group=None):
+    """``compute()`` run by rank 0 alone; its (picklable) result on every rank of ``group``, by one broadcast.
+    When it raises, rank 0 re-raises its own exception and every other rank raises ``peer_error(info)`` (info:
+    ``message``, ``type``, ``user_error``), so no rank is left waiting in a collective."""
+    import torch.distributed as dist
+
+    message: list = [None]
+    if dist.get_rank(group) == 0:
+        try:
+            message[0] = {"value": compute()}
+        except Exception as e:
+            info = {"message": str(e), "type": type(e).__name__, "user_error": isinstance(e, UserError)}
+            dist.broadcast_object_list([{"error": info}], src=0, group=group)
+            raise
+    dist.broadcast_object_list(message, src=0, group=group)
+    if "error" in message[0]:
+        raise peer_error(message[0]["error"])
+    return message[0]["value"]
+
+
 def resolve_backends_on_ranks(name: str | None, device: torch.device, dtype: torch.dtype) -> tuple[str, str]:
     """``runtime.attention.resolve_backends`` for every rank of the default process group, answered by rank 0:
     ``auto`` (or ``VIDPORT_ATTENTION_BACKEND``) is resolved and its probes and fallback line happen once, and
     every rank runs the same kernels. Each rank then checks that it can run them; a refusal is raised on every
     rank, so none is left waiting in a collective."""
-    import torch.distributed as dist
     from vidport.runtime.attention import resolve_backend, resolve_backends
 
-    message: list = [None]
-    if dist.get_rank() == 0:
-        try:
-            message[0] = {"backends": resolve_backends(name, device, dtype)}
-        except Exception as e:
-            dist.broadcast_object_list([{"error": str(e), "user_error": isinstance(e, UserError)}], src=0)
-            raise
-    dist.broadcast_object_list(message, src=0)
-    answer = message[0]
-    if "error" in answer:  # rank 0's refusal
-        raise (UserError if answer["user_error"] else RuntimeError)(answer["error"])
-    backends = tuple(answer["backends"])
+    backends = tuple(from_rank_zero(  # rank 0's refusal, raised on every rank as rank 0 raised it
+        lambda: resolve_backends(name, device, dtype),
+        lambda info: (UserError if info["user_error"] else RuntimeError)(info["message"])))
     for backend in dict.fromkeys(backends):  # probed here too: this rank's GPU and libraries
         resolve_backend(backend, device, dtype)
     return backends
@@ -68,20 +78,17 @@ class EncodeOnRankZero:
     def __call__(self, state):
         import torch.distributed as dist
 
-        message: list = [None]
+        encoded = {}
+
+        def encode():
+            encoded["state"] = self.stage(state)
+            return {"cond": _moved(encoded["state"].cond, "cpu"), "uncond": _moved(encoded["state"].uncond, "cpu")}
+
+        answer = from_rank_zero(encode, lambda info: PeerError(  # rank 0 raises its own; this rank stops as its peer
+            f"rank 0 could not encode the prompt: {info['type']}: {info['message']}"), self.group)
         if dist.get_rank(self.group) == 0:
-            try:
-                state = self.stage(state)
-            except Exception as e:
-                dist.broadcast_object_list([{"error": f"{type(e).__name__}: {e}"}], src=0, group=self.group)
-                raise
-            message[0] = {"cond": _moved(state.cond, "cpu"), "uncond": _moved(state.uncond, "cpu")}
-        dist.broadcast_object_list(message, src=0, group=self.group)
-        answer = message[0]
-        if "error" in answer:  # rank 0 raises its own error; this rank stops as its peer
-            raise PeerError(f"rank 0 could not encode the prompt: {answer['error']}")
-        if dist.get_rank(self.group) != 0:
-            state.cond, state.uncond = _moved(answer["cond"], state.device), _moved(answer["uncond"], state.device)
+            return encoded["state"]
+        state.cond, state.uncond = _moved(answer["cond"], state.device), _moved(answer["uncond"], state.device)
         return state
 
 
