@@ -212,16 +212,14 @@ def strict_from_pretrained(cls, folder: Path, **kwargs):
     return model
 
 
-def load_text_and_vae(folder: Path, *, text_encoder_class, vae_class, dtype: torch.dtype, device: torch.device,
-                      text_encoder: bool = True):
-    """A Diffusers pipeline repo's ``tokenizer/`` (AutoTokenizer), ``text_encoder/`` (strictly, in ``dtype``, eval;
+def load_text_and_vae(folder: Path, *, tokenizer_class, text_encoder_class, vae_class, dtype: torch.dtype,
+                      device: torch.device, text_encoder: bool = True):
+    """A Diffusers pipeline repo's ``tokenizer/``, ``text_encoder/`` (strictly, in ``dtype``, eval;
     None when ``text_encoder`` is False: a multi-GPU rank that is sent rank 0's encoding) and ``vae/`` (strictly,
     in fp32, eval: diffusers' and the official recommendation, bf16 decoding bands colours), on ``device``."""
-    from transformers import AutoTokenizer
-
     folder = Path(folder)
     with quiet_library_loading():
-        tokenizer = load_or_fail(lambda: AutoTokenizer.from_pretrained(folder / "tokenizer"), folder / "tokenizer")
+        tokenizer = load_or_fail(lambda: tokenizer_class.from_pretrained(folder / "tokenizer"), folder / "tokenizer")
         encoder = strict_from_pretrained(text_encoder_class, folder / "text_encoder", dtype=dtype).to(device).eval() \
             if text_encoder else None
         vae = strict_from_pretrained(vae_class, folder / "vae")

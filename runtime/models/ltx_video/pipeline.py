@@ -166,7 +166,7 @@ def load_components(folder: Path, *, dtype: torch.dtype, device: torch.device, s
     without dynamic shifting. Anything else is a one-line UserError.
     ``text_encoder=False``: no text encoder (``None``; a multi-GPU rank that is sent rank 0's prompt encoding)."""
     from diffusers import AutoencoderKLLTXVideo
-    from transformers import T5EncoderModel
+    from transformers import AutoTokenizer, T5EncoderModel
     from vidport.runtime.loading import load_text_and_vae, load_transformer
 
     check_options(scheduler, flow_shift, sampler_grid, noise, precision)
@@ -175,9 +175,9 @@ def load_components(folder: Path, *, dtype: torch.dtype, device: torch.device, s
     # the native LTXDiT, strictly through the family's Diffusers -> native map (every module in ``dtype``: the
     # Diffusers class keeps none in fp32)
     transformer = load_transformer(folder / "transformer", family.SPEC, dtype=dtype, device=device)
-    tokenizer, encoder, vae = load_text_and_vae(folder, text_encoder_class=T5EncoderModel,
-                                                vae_class=AutoencoderKLLTXVideo, dtype=dtype, device=device,
-                                                text_encoder=text_encoder)  # the VAE in fp32, as Wan's
+    tokenizer, encoder, vae = load_text_and_vae(  # the VAE in fp32, as Wan's
+        folder, tokenizer_class=AutoTokenizer, text_encoder_class=T5EncoderModel, vae_class=AutoencoderKLLTXVideo,
+        dtype=dtype, device=device, text_encoder=text_encoder)
     cfg = transformer.cfg
     patch = cfg.patch_size * cfg.patch_size * cfg.patch_size_t
     if vae.config.latent_channels * patch != cfg.in_channels:

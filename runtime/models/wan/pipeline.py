@@ -90,7 +90,7 @@ def load_components(folder: Path, *, dtype: torch.dtype, device: torch.device, s
     (``PrepareLatents``). ``precision``: the native DiT's bf16 recipe, "fast" or "official" (``WanDiT``).
     ``vae_tiling``: decode in spatial tiles (``DecodeVideo``): True, False, or None (auto).
     ``text_encoder=False``: no text encoder (``None``; a multi-GPU rank that is sent rank 0's prompt encoding)."""
-    from transformers import UMT5EncoderModel
+    from transformers import AutoTokenizer, UMT5EncoderModel
     from vidport.runtime.loading import load_text_and_vae, load_transformer
     from vidport.runtime.models.wan.model import WanDiT
     from vidport.runtime.vae_tiling import check_option as check_tiling_option
@@ -109,8 +109,9 @@ def load_components(folder: Path, *, dtype: torch.dtype, device: torch.device, s
         raise UserError(str(e)) from None
     from diffusers import AutoencoderKLWan
 
-    tokenizer, encoder, vae = load_text_and_vae(folder, text_encoder_class=UMT5EncoderModel, vae_class=AutoencoderKLWan,
-                                                dtype=dtype, device=device, text_encoder=text_encoder)
+    tokenizer, encoder, vae = load_text_and_vae(
+        folder, tokenizer_class=AutoTokenizer, text_encoder_class=UMT5EncoderModel, vae_class=AutoencoderKLWan,
+        dtype=dtype, device=device, text_encoder=text_encoder)
     return WanComponents(tokenizer=tokenizer, text_encoder=encoder, transformer=transformer, vae=vae,
                          scheduler=sched, dit_config=transformer.cfg, dtype=dtype, device=device,
                          sampler_grid=grid, noise=noise, vae_tiling=vae_tiling)
