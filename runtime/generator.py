@@ -168,8 +168,7 @@ class VideoGenerator:
         backends = _resolve_backends(attention_backend, device, torch_dtype)
         components = module.load_components(folder, dtype=torch_dtype, device=device, scheduler=scheduler,
                                             flow_shift=flow_shift, sampler_grid=sampler_grid, noise=noise,
-                                            precision=precision, **tiling,
-                                            **({} if text_encoder else {"text_encoder": False}))
+                                            precision=precision, text_encoder=text_encoder, **tiling)
         components.transformer.set_attention_backend(*backends)
         _accelerate(components, compile=compile, cuda_graph=cuda_graph)
         if device.type == "cuda":

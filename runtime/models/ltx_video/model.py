@@ -58,6 +58,13 @@ Grid = tuple[int, int, int]  # tokens along (frames, height, width)
 _SCALE_ONES: dict[torch.device, torch.Tensor] = {}
 
 
+def modulation_table(learned: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
+    """A block's (shift, scale, gate) x 2 table for the fused kernels: (learned + projected time embedding), rounded
+    in the model's dtype as the reference adds them, in fp32 with 1 added to the scale rows. Broadcasts: [6, dim]
+    and [B, 6, dim] give one block's [B, 6, dim]; [n, 1, 6, dim] and [1, B, 6, dim] every block's at once."""
+    return (learned + mod).float() + _scale_ones(mod.device)
+
+
 def _scale_ones(device: torch.device) -> torch.Tensor:
     """[6, 1] adding 1 to the scale rows of a block's (shift, scale, gate) x 2 modulation table: (1 + scale) as the
     fused kernels take it. Cached per device in eager mode (made once, never copied from the host again); a
@@ -220,9 +227,8 @@ class LTXBlock(nn.Module):
         self.ffn = LTXFeedForward(cfg)
 
     def table(self, mod: torch.Tensor) -> torch.Tensor:
-        """The fused path's modulation table [B, 6, dim] fp32: (learned + projected time embedding), rounded in the
-        model's dtype as the reference adds them, with 1 added to the scale rows."""
-        return (self.modulation + mod).float() + _scale_ones(mod.device)
+        """The fused path's modulation table [B, 6, dim] fp32 (``modulation_table``)."""
+        return modulation_table(self.modulation, mod)
 
     def forward(self, x, mod, text, rope, text_mask=None, key_mask=None, ada=None):
         # x [B, S, dim]; mod [B, 6, dim] the projected time embedding; each modulation row -> [B, 1, dim]
@@ -329,7 +335,7 @@ class LTXDiT(nn.Module):
         if not fused.enabled_for(mod):
             return [None] * len(self.blocks)
         tables = torch.stack([b.modulation for b in self.blocks])  # [n, 6, dim]
-        return list(((tables[:, None] + mod[None]).float() + _scale_ones(mod.device)).unbind(0))
+        return list(modulation_table(tables[:, None], mod[None]).unbind(0))
 
     @staticmethod
     def text_key_mask(encoder_attention_mask: torch.Tensor | None) -> torch.Tensor | None:
