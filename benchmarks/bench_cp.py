@@ -10,7 +10,10 @@ rank holds the same weights), the native ``WanDiT`` loaded from it through the c
 bench_dit.py), and the same seeded inputs. vidport runs ``parallelize(model, parallelize_wan)`` with ``auto``
 attention resolved as the runtime does (``resolve_backends_on_ranks``) and, where they differ, with SDPA's
 own dispatch and with cuDNN; diffusers runs its default backend (``native``: torch SDPA's dispatch) and
-``_native_cudnn``. At N=1 diffusers runs plain (its CP needs a degree > 1). Times are per-rank CUDA-event
+``_native_cudnn``. vidport's rows use its default pipelined exchange (``DistributedAttention``: the q/k/v and
+output all-to-alls in head groups, each group attending while the next travels); ``--ulysses-chunks`` times other
+group counts with ``auto`` (default 1: the plain exchange, for comparison). At N=1 diffusers runs plain (its
+CP needs a degree > 1). Times are per-rank CUDA-event
 medians after warm-up, the slowest rank's; peak memory is the model's own weights plus the forward's peak
 above what was resident, the largest rank's. Every output is compared with the 1-GPU diffusers output of
 the first launch (and with its own side's 1-GPU output). With --cfg-parallel-gpus 4, that launch also times a
@@ -124,8 +127,9 @@ def _rank(worker, args, latent: tuple[int, int, int], cfg_parallel: bool) -> dic
     from diffusers.models._modeling_parallel import ContextParallelConfig
     from vidport.runtime.models.wan.config import preset
     from vidport.runtime.models.wan.parallel import parallelize_wan
-    from vidport.runtime.parallel import parallelize
+    from vidport.runtime.parallel import DistributedAttention, parallelize
     from vidport.runtime.parallel.generator import resolve_backends_on_ranks
+    from vidport.runtime.parallel.ulysses import pipeline_chunks
     from vidport.runtime.pipeline.guidance import SerialCFG, combine
     from vidport.runtime.pipeline.state import Conditioning
 
@@ -156,6 +160,7 @@ def _rank(worker, args, latent: tuple[int, int, int], cfg_parallel: bool) -> dic
     auto = resolve_backends_on_ranks("auto", dev, DTYPE)
     report["auto"] = auto
     sp, _ = parallelize(native, parallelize_wan)
+    auto_label = None
     variants = [auto] + ([("sdpa-cudnn",) * 2] if dev.type == "cuda" else []) + [("sdpa",) * 2]
     for backends in dict.fromkeys(variants):
         sp.set_attention_backend(*backends)
@@ -163,9 +168,22 @@ def _rank(worker, args, latent: tuple[int, int, int], cfg_parallel: bool) -> dic
         if backends == ("sdpa", "sdpa"):
             name = f"sdpa ({sdpa_kernel})"
         label = f"auto = {name}" if backends == auto else name
+        auto_label = label if backends == auto else auto_label
         pair = SAME_KERNEL.get(backends, "native")
         add("vidport Ulysses", label, pair, _measure(lambda: sp(x, t, cond), dev, _weights_bytes(native), args))
     sp.set_attention_backend(*auto)
+    # the exchange with other numbers of pipelined head groups (the rows above: the default, pipeline_chunks)
+    ops = [m for m in native.modules() if isinstance(m, DistributedAttention)]
+    local_heads = cfg.num_heads // world
+    for chunks in ([] if world == 1 else [c for c in args.ulysses_chunks if local_heads % c == 0
+                                          and c != pipeline_chunks(local_heads)]):
+        for op in ops:
+            op.chunks = chunks
+        add(f"vidport Ulysses, exchange in {chunks} head group{'s' if chunks > 1 else ''}", auto_label,
+            SAME_KERNEL.get(auto, "native"),
+            _measure(lambda: sp(x, t, cond), dev, _weights_bytes(native), args))
+    for op in ops:
+        op.chunks = None
 
     # 3. vidport guided step: serial CFG on one GPU, or CFG-parallel x Ulysses over all ranks
     if world == 1:
@@ -248,7 +266,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--tolerance", type=float, default=3e-2, help="rel L2 vs 1-GPU diffusers (bf16)")
     ap.add_argument("--json", type=Path, help="write all numbers here")
+    ap.add_argument("--ulysses-chunks", default="1",
+                    help="comma-separated head-group counts of vidport's pipelined exchange to time besides the "
+                         "default (1: the unpipelined exchange)")
     args = ap.parse_args()
+    args.ulysses_chunks = [int(c) for c in args.ulysses_chunks.split(",") if c]
 
     import diffusers
     from vidport.runtime.parallel import launch

@@ -22,6 +22,7 @@ from vidport.errors import UserError
 
 TINY = preset("tiny")  # 4 heads: 1, 2 or 4 ranks
 TINY6 = TINY.replace(dim=96, num_heads=6)  # 6 heads (head_dim 16): 3 ranks
+TINY12 = TINY.replace(dim=192, num_heads=12)  # 12 heads (head_dim 16): 6 a rank on 2 ranks
 ATOL = 1e-5  # fp32
 
 
@@ -61,6 +62,25 @@ def _sequence_parallel(worker, cfg, state_dict, cases, backend):
     dit = parallelize_wan(model)
     with torch.no_grad():
         return {name: dit(*inputs) for name, inputs in cases.items()}
+
+
+def _head_groups(worker, cfg, state_dict, cases, chunk_counts):
+    from vidport.runtime.parallel import DistributedAttention
+
+    model = WanDiT(cfg).eval()
+    model.load_state_dict(state_dict)
+    dit = parallelize_wan(model)
+    ops = [m for m in model.modules() if isinstance(m, DistributedAttention)]
+    out = {}
+    with torch.no_grad():
+        for chunks in chunk_counts:
+            for op in ops:
+                op.chunks = chunks
+            try:
+                out[chunks] = {name: dit(*inputs) for name, inputs in cases.items()}
+            except ValueError as e:  # caught here: the shared pool's ranks stay up
+                out[chunks] = str(e)
+    return out
 
 
 def _cfg_parallel(worker, cfg, state_dict, x, t, cond, uncond, scale):
@@ -126,6 +146,21 @@ def test_three_ranks_equal_one_process(pool3):
     got = pool3.run(_sequence_parallel, TINY6, state_dict, cases, "sdpa-math")
     for name in cases:
         assert_same(got[name], want[name], f"3 ranks ({name})")
+
+
+def test_pipelined_head_groups_change_nothing(pool2):
+    """The exchange pipelined over 2, 3 or 6 head groups (and the default, 2 here) gives the unpipelined output
+    and the single process's, with padded shards too; a group count that does not divide the heads is refused."""
+    from vidport.runtime.parallel.ulysses import pipeline_chunks
+
+    assert [pipeline_chunks(n) for n in (1, 2, 3, 5, 6, 10)] == [1, 2, 3, 1, 2, 2]
+    state_dict, cases, want = reference_outputs(TINY12)
+    got = pool2.run(_head_groups, TINY12, state_dict, cases, [1, 2, 3, 6, None, 4])
+    assert got.pop(4) == "4 head groups do not divide this rank's 6 heads"
+    for chunks, outputs in got.items():
+        for name in cases:
+            assert torch.equal(outputs[name], got[1][name]), f"{chunks} head groups ({name}) vs 1"
+            assert_same(outputs[name], want[name], f"2 ranks, {chunks} head groups ({name})")
 
 
 def test_heads_not_divisible_by_ranks(pool3):

@@ -64,6 +64,18 @@ def shard_bounds(seq_len: int, world_size: int) -> tuple[int, int]:
     return per_rank, per_rank * world_size
 
 
+def pipeline_chunks(local_heads: int) -> int:
+    """How many head groups ``DistributedAttention`` exchanges one after another by default: the smallest split
+    of this rank's heads into 2 or 3 equal groups (1: no pipelining, when neither divides)."""
+    return next((c for c in (2, 3) if local_heads % c == 0), 1)
+
+
+def _exchange(send: torch.Tensor, out: torch.Tensor, group: dist.ProcessGroup | None):
+    """Start the all-to-all of ``send [P, ...]`` into ``out``; the returned work's ``wait()`` makes the caller's
+    stream wait for it."""
+    return dist.all_to_all_single(out, send, group=group, async_op=True)
+
+
 class DistributedAttention(AttentionOp):
     """Self-attention over a sequence sharded across ``group``; a drop-in for ``AttentionOp``.
 
@@ -72,20 +84,50 @@ class DistributedAttention(AttentionOp):
     padded sequence ``[B, S]`` and must be True on a prefix (padding at the end, as a family's parallel
     plan pads, ``shard_bounds``): padded keys are dropped rather than masked, so every backend works,
     masks or not.
+
+    The exchange is pipelined over ``chunks`` groups of this rank's heads (default ``pipeline_chunks``): all
+    groups' q/k/v all-to-alls are started at once, each group attends as soon as its own has arrived (while the
+    next one travels), and its output starts back at once. Heads are independent, so the result is the unchunked
+    one; only the communication that the attention cannot hide (the first group in, the last group out) is left
+    on the critical path. ``chunks=1`` is the plain exchange.
     """
 
-    def __init__(self, backend: str, group: dist.ProcessGroup | None):
+    def __init__(self, backend: str, group: dist.ProcessGroup | None, chunks: int | None = None):
         super().__init__(backend)
         self.group = group
+        self.chunks = chunks
 
     def forward(self, q, k, v, key_mask=None):
-        # one all-to-all for q, k and v: [B, S/P, H, D] -> [B, S, H/P, D]
-        q, k, v = seq_to_heads([q, k, v], self.group)
+        p = dist.get_world_size(self.group)
+        b, s, h, d = q.shape
+        chunks = self.chunks or pipeline_chunks(h // p)
+        if (h // p) % chunks:
+            raise ValueError(f"{chunks} head groups do not divide this rank's {h // p} heads")
+        hc = h // p // chunks
+        n_keys = None
         if key_mask is not None:
             n_keys = int(key_mask.sum(dim=1).max())  # host sync; only when S is not divisible by P
-            k, v = k[:, :n_keys], v[:, :n_keys]
-        out = super().forward(q, k, v)
-        return heads_to_seq(out, self.group)
+        # send[c, j, i]: tensor i's head group c of rank j's heads, for this rank's tokens
+        send = q.new_empty(chunks, p, 3, b, s, hc, d)
+        for i, t in enumerate((q, k, v)):
+            send[:, :, i].copy_(t.unflatten(2, (p, chunks, hc)).permute(3, 2, 0, 1, 4, 5))
+        recv = torch.empty_like(send)  # recv[c, j]: rank j's tokens of my head group c
+        works = [_exchange(send[c], recv[c], self.group) for c in range(chunks)]
+        back = q.new_empty(chunks, p, b, s, hc, d)  # back[c, j]: my tokens of rank j's head group c
+        returns = []
+        for c, work in enumerate(works):
+            work.wait()
+            # [P, 3, B, S/P, hc, D] -> 3 x [B, S, hc, D], tokens in rank (= sequence) order
+            qc, kc, vc = recv[c].permute(1, 2, 0, 3, 4, 5).reshape(3, b, p * s, hc, d).unbind(0)
+            if n_keys is not None:
+                kc, vc = kc[:, :n_keys], vc[:, :n_keys]
+            out = super().forward(qc, kc, vc)  # [B, S, hc, D]
+            # sequence chunk j goes back to rank j
+            returns.append(_exchange(out.unflatten(1, (p, s)).movedim(1, 0).contiguous(), back[c], self.group))
+        for work in returns:
+            work.wait()
+        # [C, P, B, S/P, hc, D] -> [B, S/P, P, C, hc, D] -> [B, S/P, H, D], heads in (rank, group) order
+        return back.permute(2, 3, 1, 0, 4, 5).reshape(b, s, h, d)
 
 
 class SequenceParallelModel(nn.Module):
