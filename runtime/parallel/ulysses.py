@@ -65,9 +65,12 @@ def shard_bounds(seq_len: int, world_size: int) -> tuple[int, int]:
 
 
 def pipeline_chunks(local_heads: int) -> int:
-    """How many head groups ``DistributedAttention`` exchanges one after another by default: the smallest split
-    of this rank's heads into 2 or 3 equal groups (1: no pipelining, when neither divides)."""
-    return next((c for c in (2, 3) if local_heads % c == 0), 1)
+    """How many head groups ``DistributedAttention`` exchanges one after another by default: 2 (else 3) equal
+    groups of at least 2 heads each, else 1 (no pipelining). Measured on 4 H200s, Wan 1.3B (BENCHMARKS.md): 2-3
+    heads a group beat the plain exchange (2 GPUs: 273.9-274.6 vs 279.1 ms a forward), single-head groups lost to
+    it (4 GPUs, 3 heads a rank: 146.9 vs 143.2 ms: the attention over one head fills the GPU worse, and the
+    overlapping all-to-all takes SMs from it)."""
+    return next((c for c in (2, 3) if local_heads % c == 0 and local_heads // c >= 2), 1)
 
 
 def _exchange(send: torch.Tensor, out: torch.Tensor, group: dist.ProcessGroup | None):
