@@ -12,7 +12,8 @@ attention resolved as the runtime does (``resolve_backends_on_ranks``) and, wher
 own dispatch and with cuDNN; diffusers runs its default backend (``native``: torch SDPA's dispatch) and
 ``_native_cudnn``. vidport's rows use its default pipelined exchange (``DistributedAttention``: the q/k/v and
 output all-to-alls in head groups, each group attending while the next travels); ``--ulysses-chunks`` times other
-group counts with ``auto`` (default 1: the plain exchange, for comparison). At N=1 diffusers runs plain (its
+group counts with ``auto`` (default 1: the plain exchange, for comparison), and one row the exchange received by
+an all-to-all and reordered (the default receives every part in place). At N=1 diffusers runs plain (its
 CP needs a degree > 1). Times are per-rank CUDA-event
 medians after warm-up, the slowest rank's; peak memory is the model's own weights plus the forward's peak
 above what was resident, the largest rank's. Every output is compared with the 1-GPU diffusers output of
@@ -161,7 +162,8 @@ def _rank(worker, args, latent: tuple[int, int, int], cfg_parallel: bool) -> dic
     report["auto"] = auto
     sp, _ = parallelize(native, parallelize_wan)
     auto_label = None
-    variants = [auto] + ([("sdpa-cudnn",) * 2] if dev.type == "cuda" else []) + [("sdpa",) * 2]
+    variants = [auto] + ([] if args.defaults_only else
+                         ([("sdpa-cudnn",) * 2] if dev.type == "cuda" else []) + [("sdpa",) * 2])
     for backends in dict.fromkeys(variants):
         sp.set_attention_backend(*backends)
         name = " + ".join(dict.fromkeys(backends))
@@ -184,9 +186,16 @@ def _rank(worker, args, latent: tuple[int, int, int], cfg_parallel: bool) -> dic
             _measure(lambda: sp(x, t, cond), dev, _weights_bytes(native), args))
     for op in ops:
         op.chunks = None
+    if world > 1:  # the parts received by one all-to-all and reordered by a copy (what batch > 1 runs)
+        for op in ops:
+            op.direct_receive = False
+        add("vidport Ulysses, all-to-all + reorder", auto_label, SAME_KERNEL.get(auto, "native"),
+            _measure(lambda: sp(x, t, cond), dev, _weights_bytes(native), args))
+        for op in ops:
+            op.direct_receive = True
 
     # 3. vidport guided step: serial CFG on one GPU, or CFG-parallel x Ulysses over all ranks
-    if world == 1:
+    if world == 1 and not args.defaults_only:
         step = (lambda: SerialCFG()(sp, x, t, Conditioning({"context": cond}), Conditioning({"context": uncond}),
                                     GUIDANCE_SCALE))
         add("vidport serial CFG", f"auto = {' + '.join(dict.fromkeys(auto))}", None,
@@ -206,7 +215,7 @@ def _rank(worker, args, latent: tuple[int, int, int], cfg_parallel: bool) -> dic
     if world > 1:
         with _cpu_accelerator_count(dev):
             ref.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world))
-    backends = ["native"] + (["_native_cudnn"] if dev.type == "cuda" else [])
+    backends = ["native"] + (["_native_cudnn"] if dev.type == "cuda" and not args.defaults_only else [])
     guided_ref = None
     for backend in backends:
         ref.set_attention_backend(backend)
@@ -214,7 +223,8 @@ def _rank(worker, args, latent: tuple[int, int, int], cfg_parallel: bool) -> dic
         side = "diffusers plain" if world == 1 else f"diffusers CP (ulysses_degree={world})"
         row = _measure(lambda: ref(x, t, cond, return_dict=False)[0], dev, _weights_bytes(ref), args)
         add(side, label, backend, row)
-        if world == 1 and backend == "native":  # the guided reference: diffusers' own two forwards, combined
+        # the guided reference: diffusers' own two forwards, combined
+        if world == 1 and backend == "native" and not args.defaults_only:
             with torch.no_grad():
                 guided_ref = combine(row["out"], ref(x, t, uncond, return_dict=False)[0].float().cpu(),
                                      GUIDANCE_SCALE)
@@ -229,7 +239,7 @@ def _rows(results: dict[int, dict]) -> tuple[list[list], list[dict]]:
     ref_out = next(r["out"] for r in base["rows"] if r["side"] == "diffusers plain" and r["pair"] == "native")
     guided_ref = base["guided_ref"]
     one_gpu = {(r["side"].split()[0], r["attention"], r["kind"]): r for r in base["rows"]}
-    serial = next(r for r in base["rows"] if r["kind"] == "guided step")
+    serial = next((r for r in base["rows"] if r["kind"] == "guided step"), None)  # none with --defaults-only
     table_rows, records = [], []
     for n, res in results.items():
         diffusers_ms = {r["pair"]: r["ms"] for r in res["rows"] if r["side"].startswith("diffusers")}
@@ -266,6 +276,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--tolerance", type=float, default=3e-2, help="rel L2 vs 1-GPU diffusers (bf16)")
     ap.add_argument("--json", type=Path, help="write all numbers here")
+    ap.add_argument("--defaults-only", action="store_true",
+                    help="each side's default attention only (vidport auto, diffusers native), no serial guided step "
+                         "(for the 14B at 720p, where every forward takes seconds)")
     ap.add_argument("--ulysses-chunks", default="1",
                     help="comma-separated head-group counts of vidport's pipelined exchange to time besides the "
                          "default (1: the unpipelined exchange)")

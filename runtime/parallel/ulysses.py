@@ -79,6 +79,33 @@ def _exchange(send: torch.Tensor, out: torch.Tensor, group: dist.ProcessGroup | 
     return dist.all_to_all_single(out, send, group=group, async_op=True)
 
 
+class _Works:
+    def __init__(self, works):
+        self.works = works
+
+    def wait(self):
+        for work in self.works:
+            work.wait()
+
+
+def _exchange_into(sends: list[list[torch.Tensor]], recvs: list[list[torch.Tensor]],
+                   group: dist.ProcessGroup | None) -> _Works:
+    """An all-to-all of several tensors per rank, each received straight into its own (contiguous) place:
+    ``sends[j][i]`` goes to rank j, which receives it as its ``recvs[me][i]``. One batch of point-to-point
+    operations (one NCCL group, as ``all_to_all_single`` itself); this rank's own part is a local copy."""
+    me = dist.get_rank(group)
+    ops = []
+    for j in range(len(sends)):
+        if j == me:
+            for src, dst in zip(sends[j], recvs[j]):
+                dst.copy_(src)
+            continue
+        peer = j if group is None else dist.get_global_rank(group, j)
+        ops += [dist.P2POp(dist.isend, t, peer, group) for t in sends[j]]
+        ops += [dist.P2POp(dist.irecv, t, peer, group) for t in recvs[j]]
+    return _Works(dist.batch_isend_irecv(ops) if ops else [])
+
+
 class DistributedAttention(AttentionOp):
     """Self-attention over a sequence sharded across ``group``; a drop-in for ``AttentionOp``.
 
@@ -92,13 +119,17 @@ class DistributedAttention(AttentionOp):
     groups' q/k/v all-to-alls are started at once, each group attends as soon as its own has arrived (while the
     next one travels), and its output starts back at once. Heads are independent, so the result is the unchunked
     one; only the communication that the attention cannot hide (the first group in, the last group out) is left
-    on the critical path. ``chunks=1`` is the plain exchange.
+    on the critical path. ``chunks=1`` is the plain exchange. With one sample (``B = 1``) and ``direct_receive``
+    every rank's q/k/v part is received straight into the full-sequence tensor the attention reads (point-to-point
+    operations into contiguous slices), which saves the copy that reorders an all-to-all's output.
     """
 
-    def __init__(self, backend: str, group: dist.ProcessGroup | None, chunks: int | None = None):
+    def __init__(self, backend: str, group: dist.ProcessGroup | None, chunks: int | None = None,
+                 direct_receive: bool = True):
         super().__init__(backend)
         self.group = group
         self.chunks = chunks
+        self.direct_receive = direct_receive
 
     def forward(self, q, k, v, key_mask=None):
         p = dist.get_world_size(self.group)
@@ -114,14 +145,23 @@ class DistributedAttention(AttentionOp):
         send = q.new_empty(chunks, p, 3, b, s, hc, d)
         for i, t in enumerate((q, k, v)):
             send[:, :, i].copy_(t.unflatten(2, (p, chunks, hc)).permute(3, 2, 0, 1, 4, 5))
-        recv = torch.empty_like(send)  # recv[c, j]: rank j's tokens of my head group c
-        works = [_exchange(send[c], recv[c], self.group) for c in range(chunks)]
+        if b == 1 and self.direct_receive:
+            # every part lands where attention reads it: full[c, i] is tensor i of my head group c, all tokens
+            full = q.new_empty(chunks, 3, p * s, hc, d)
+            works = [_exchange_into([[send[c, j, i, 0] for i in range(3)] for j in range(p)],
+                                    [[full[c, i, j * s:(j + 1) * s] for i in range(3)] for j in range(p)],
+                                    self.group) for c in range(chunks)]
+        else:
+            recv = torch.empty_like(send)  # recv[c, j]: rank j's tokens of my head group c
+            works = [_exchange(send[c], recv[c], self.group) for c in range(chunks)]
         back = q.new_empty(chunks, p, b, s, hc, d)  # back[c, j]: my tokens of rank j's head group c
         returns = []
         for c, work in enumerate(works):
             work.wait()
-            # [P, 3, B, S/P, hc, D] -> 3 x [B, S, hc, D], tokens in rank (= sequence) order
-            qc, kc, vc = recv[c].permute(1, 2, 0, 3, 4, 5).reshape(3, b, p * s, hc, d).unbind(0)
+            if b == 1 and self.direct_receive:
+                qc, kc, vc = full[c].unsqueeze(1).unbind(0)  # 3 x [1, S, hc, D], views
+            else:  # [P, 3, B, S/P, hc, D] -> 3 x [B, S, hc, D], tokens in rank (= sequence) order
+                qc, kc, vc = recv[c].permute(1, 2, 0, 3, 4, 5).reshape(3, b, p * s, hc, d).unbind(0)
             if n_keys is not None:
                 kc, vc = kc[:, :n_keys], vc[:, :n_keys]
             out = super().forward(qc, kc, vc)  # [B, S, hc, D]
