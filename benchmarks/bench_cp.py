@@ -178,7 +178,7 @@ def _rank(worker, args, latent: tuple[int, int, int], cfg_parallel: bool) -> dic
     ops = [m for m in native.modules() if isinstance(m, DistributedAttention)]
     local_heads = cfg.num_heads // world
     for chunks in ([] if world == 1 else [c for c in args.ulysses_chunks if local_heads % c == 0
-                                          and c != pipeline_chunks(local_heads)]):
+                                          and c != pipeline_chunks(local_heads, auto[0])]):
         for op in ops:
             op.chunks = chunks
         add(f"vidport Ulysses, exchange in {chunks} head group{'s' if chunks > 1 else ''}", auto_label,

@@ -221,6 +221,9 @@ class Backend:
     install: str = ""  # the command that installs that package
     missing: str = "a module it imports is missing"  # what it lacks when the package imports only in part
     configure: Callable[[torch.device], object] | None = None  # settings read once, when it is resolved
+    # False: a persistent kernel that holds every SM until it ends, so a collective started beside it waits, and
+    # Ulysses does not pipeline its exchange around it (runtime.parallel.ulysses.pipeline_chunks)
+    leaves_sms: bool = True
 
 
 BACKENDS: dict[str, Backend] = {
@@ -233,8 +236,15 @@ BACKENDS: dict[str, Backend] = {
                           install="pip install flash-attn --no-build-isolation",
                           missing="its CUDA extension is missing"),
     "flash-attn-4": Backend(flash_attn_4, ("cuda",), (9, 0), module="flash_attn.cute", install=_fa4_install(),
-                            missing="its CuTe DSL libraries are missing", configure=resolve_fa4_tiles),
+                            missing="its CuTe DSL libraries are missing", configure=resolve_fa4_tiles,
+                            leaves_sms=False),
 }
+
+
+def leaves_sms(name: str) -> bool:
+    """Whether a backend's kernel leaves room on the GPU for a collective running beside it (``Backend``)."""
+    backend = BACKENDS.get(name)
+    return backend is None or backend.leaves_sms
 
 
 @dataclass(frozen=True)

@@ -159,6 +159,7 @@ def test_pipelined_head_groups_change_nothing(pool2):
     from vidport.runtime.parallel.ulysses import pipeline_chunks
 
     assert [pipeline_chunks(n) for n in (1, 2, 3, 4, 5, 6, 9, 10)] == [1, 1, 1, 2, 1, 2, 3, 2]  # >= 2 heads a group
+    assert pipeline_chunks(6, "sdpa-cudnn") == 2 and pipeline_chunks(6, "flash-attn-4") == 1  # FA4 holds every SM
     state_dict, cases, want = reference_outputs(TINY12)
     got = pool2.run(_head_groups, TINY12, state_dict, cases, [1, 2, 3, 6, None, 4])
     assert got.pop(4) == "4 head groups do not divide this rank's 6 heads"

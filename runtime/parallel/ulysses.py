@@ -64,12 +64,18 @@ def shard_bounds(seq_len: int, world_size: int) -> tuple[int, int]:
     return per_rank, per_rank * world_size
 
 
-def pipeline_chunks(local_heads: int) -> int:
+def pipeline_chunks(local_heads: int, backend: str = "sdpa") -> int:
     """How many head groups ``DistributedAttention`` exchanges one after another by default: 2 (else 3) equal
-    groups of at least 2 heads each, else 1 (no pipelining). Measured on 4 H200s, Wan 1.3B (BENCHMARKS.md): 2-3
-    heads a group beat the plain exchange (2 GPUs: 273.9-274.6 vs 279.1 ms a forward), single-head groups lost to
-    it (4 GPUs, 3 heads a rank: 146.9 vs 143.2 ms: the attention over one head fills the GPU worse, and the
-    overlapping all-to-all takes SMs from it)."""
+    groups of at least 2 heads each, else 1 (no pipelining); 1 also for a backend whose kernel holds every SM
+    (``runtime.attention.leaves_sms``: flash-attn-4), beside which the next group's all-to-all cannot run.
+    Measured on H200s, Wan 1.3B (BENCHMARKS.md): with cuDNN, 2-3 heads a group beat the plain exchange (2 GPUs:
+    273.9-274.6 vs 279.1 ms a forward) and single-head groups lost to it (4 GPUs, 3 heads a rank: 146.9 vs 143.2
+    ms); with flash-attn-4 pipelining lost on 2 GPUs (250.8 and 246.5 vs 242.8 and 243.5 ms; 14B at 720p 5222 vs
+    5131 ms)."""
+    from vidport.runtime.attention import leaves_sms
+
+    if not leaves_sms(backend):
+        return 1
     return next((c for c in (2, 3) if local_heads % c == 0 and local_heads // c >= 2), 1)
 
 
@@ -134,7 +140,7 @@ class DistributedAttention(AttentionOp):
     def forward(self, q, k, v, key_mask=None):
         p = dist.get_world_size(self.group)
         b, s, h, d = q.shape
-        chunks = self.chunks or pipeline_chunks(h // p)
+        chunks = self.chunks or pipeline_chunks(h // p, self.backend)
         if (h // p) % chunks:
             raise ValueError(f"{chunks} head groups do not divide this rank's {h // p} heads")
         hc = h // p // chunks
