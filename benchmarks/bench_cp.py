@@ -158,7 +158,7 @@ def _rank(worker, args, latent: tuple[int, int, int], cfg_parallel: bool) -> dic
                   + (f", peak {row['peak_gib']:.2f} GiB" if "peak_gib" in row else ""), flush=True)
 
     # 2. vidport: Ulysses over all N ranks (at N=1 the plain model, as the runtime runs one GPU)
-    auto = resolve_backends_on_ranks("auto", dev, DTYPE)
+    auto = resolve_backends_on_ranks("auto", dev, DTYPE, cfg.head_dim)
     report["auto"] = auto
     sp, _ = parallelize(native, parallelize_wan)
     auto_label = None

@@ -131,7 +131,7 @@ def bench_dit(args, out: dict) -> None:
                                       CFG.attention_head_dim)
             attn[name] = {"ms": ms, "tflops": tf}
     out["attention_ceiling"] = attn
-    auto = attention.resolve_backends("auto", DEV, DTYPE)
+    auto = attention.resolve_backends("auto", DEV, DTYPE, head_dim=CFG.attention_head_dim)
     out["auto_backends"] = auto
     print(f"ceilings at {TOKENS} tokens, 32 heads x 64: matmul {out['matmul_tflops']:.0f} TFLOP/s; attention "
           + ", ".join(f"{k} {v['tflops']:.0f} ({v['ms']:.2f} ms)" for k, v in attn.items())
@@ -308,7 +308,7 @@ def bench_generate(args, out: dict) -> None:
         vae.enable_tiling()
     ref = diffusers_dit()
     native = native_from(ref)
-    auto = attention.resolve_backends("auto", DEV, DTYPE)
+    auto = attention.resolve_backends("auto", DEV, DTYPE, head_dim=CFG.attention_head_dim)
     native.set_attention_backend(*auto)
     sched_cfg = family.scheduler_config()
     comps = ltx.LTXComponents(tokenizer=tokenizer, text_encoder=t5, transformer=native, vae=vae,

@@ -259,10 +259,14 @@ class AutoRule:
     measured: str  # where the choice comes from
     kinds: tuple[str, ...] = ("self", "cross")
     device_type: str = "cuda"
+    head_dims: tuple[int, ...] | None = None  # None: any head size
 
-    def matches(self, device_type: str, capability_major: int | None, dtype: torch.dtype | None, kind: str) -> bool:
+    def matches(self, device_type: str, capability_major: int | None, dtype: torch.dtype | None, kind: str,
+                head_dim: int | None = None) -> bool:
+        """``head_dim`` None (not known): a rule for some head sizes only still matches."""
         return (self.device_type == device_type and kind in self.kinds and (dtype is None or dtype in self.dtypes)
-                and self.capability_major in (None, capability_major))
+                and self.capability_major in (None, capability_major)
+                and (self.head_dims is None or head_dim is None or head_dim in self.head_dims))
 
 
 KINDS = ("self", "cross")
@@ -273,8 +277,9 @@ AUTO_RULES: tuple[AutoRule, ...] = (
     AutoRule(9, _HALF, "flash-attn-4",
              "H100, Wan 1.3B self-attention (1x32760 tokens, 12 heads, head_dim 128, bf16): FlashAttention-4 "
              "9.70 ms (680 TFLOP/s; 9.28 ms with FA4_SM90_LONG_TILE), cuDNN 11.53 ms (572), SDPA flash 18.38, "
-             "efficient 37.00",
-             kinds=("self",)),
+             "efficient 37.00. H200 (2026-11-28): 9.44 ms (699) vs cuDNN 11.67 (565). Not at head_dim 64 (LTX-Video "
+             "2B, 1x5280 tokens, 32 heads, H200): FlashAttention-4 0.74 ms, cuDNN 0.72, SDPA's own choice 0.68",
+             kinds=("self",), head_dims=(128,)),
     AutoRule(9, _HALF, "sdpa-cudnn",
              "H100, same shape: cuDNN 572 TFLOP/s when FlashAttention-4 is not installed; cross-attention "
              "(32760 x 512 text tokens): cuDNN 0.28 ms, FlashAttention-4 0.34, SDPA flash 0.41"),
@@ -361,8 +366,9 @@ def available_backends(device: torch.device | str | None = None, dtype: torch.dt
 # Choosing one
 # ----------------------------------------------------------------------------------------------
 def auto_candidates(device: torch.device | str | None = None, dtype: torch.dtype | None = None, kind: str = "self",
-                    *, rules: Sequence[AutoRule] = AUTO_RULES) -> list[str]:
-    """The backends ``auto`` tries, best first, by the rules alone (not whether they run here)."""
+                    *, head_dim: int | None = None, rules: Sequence[AutoRule] = AUTO_RULES) -> list[str]:
+    """The backends ``auto`` tries, best first, by the rules alone (not whether they run here); ``head_dim``: the
+    model's head size, when known."""
     if kind not in KINDS:
         raise ValueError(f"attention kind {kind!r} is not one of {KINDS}")
     device = _device(device)
@@ -371,7 +377,7 @@ def auto_candidates(device: torch.device | str | None = None, dtype: torch.dtype
         if not torch.cuda.is_available():
             return []
         major = torch.cuda.get_device_capability(device)[0]
-    return [rule.backend for rule in rules if rule.matches(device.type, major, dtype, kind)]
+    return [rule.backend for rule in rules if rule.matches(device.type, major, dtype, kind, head_dim)]
 
 
 _SAID: set[str] = set()  # auto's fallback lines already logged by this process
@@ -384,11 +390,12 @@ def _say_once(level: int, line: str) -> None:
 
 
 def auto_backend(device: torch.device | str | None = None, dtype: torch.dtype | None = None, kind: str = "self",
-                 *, backends: Mapping[str, Backend] = BACKENDS, rules: Sequence[AutoRule] = AUTO_RULES) -> str:
+                 *, head_dim: int | None = None, backends: Mapping[str, Backend] = BACKENDS,
+                 rules: Sequence[AutoRule] = AUTO_RULES) -> str:
     """The fastest backend that is correct for the DiT's ``kind`` of attention on ``device`` (``AUTO_RULES``)
     and that is available; what it skips is logged once, in one line, with the backend taken instead."""
     skipped, chosen = [], FALLBACK
-    for name in auto_candidates(device, dtype, kind, rules=rules):
+    for name in auto_candidates(device, dtype, kind, head_dim=head_dim, rules=rules):
         reason = why_unavailable(name, device, dtype, backends=backends)
         if reason is None:
             chosen = name
@@ -403,15 +410,17 @@ def auto_backend(device: torch.device | str | None = None, dtype: torch.dtype | 
 
 
 def resolve_backends(name: str | None, device: torch.device | str | None = None,
-                     dtype: torch.dtype | None = None, *, backends: Mapping[str, Backend] = BACKENDS,
-                     rules: Sequence[AutoRule] = AUTO_RULES) -> tuple[str, str]:
+                     dtype: torch.dtype | None = None, *, head_dim: int | None = None,
+                     backends: Mapping[str, Backend] = BACKENDS, rules: Sequence[AutoRule] = AUTO_RULES
+                     ) -> tuple[str, str]:
     """(self-attention backend, cross-attention backend): a named backend serves both, ``auto`` picks
-    the fastest for each shape."""
-    return tuple(resolve_backend(name, device, dtype, kind, backends=backends, rules=rules) for kind in KINDS)
+    the fastest for each shape (``head_dim``: the model's head size, when known)."""
+    return tuple(resolve_backend(name, device, dtype, kind, head_dim=head_dim, backends=backends, rules=rules)
+                 for kind in KINDS)
 
 
 def resolve_backend(name: str | None, device: torch.device | str | None = None,
-                    dtype: torch.dtype | None = None, kind: str = "self", *,
+                    dtype: torch.dtype | None = None, kind: str = "self", *, head_dim: int | None = None,
                     backends: Mapping[str, Backend] = BACKENDS, rules: Sequence[AutoRule] = AUTO_RULES) -> str:
     """Turn a requested backend (None: ``VIDPORT_ATTENTION_BACKEND`` if set, else 'auto'; 'auto': the best
     available for the device, dtype and ``kind`` of attention) into a backend name that runs here.
@@ -422,7 +431,7 @@ def resolve_backend(name: str | None, device: torch.device | str | None = None,
     from_env = name is None and bool(os.environ.get(ENV_OVERRIDE))
     name = name or os.environ.get(ENV_OVERRIDE) or "auto"
     if name == "auto":
-        return auto_backend(device, dtype, kind, backends=backends, rules=rules)
+        return auto_backend(device, dtype, kind, head_dim=head_dim, backends=backends, rules=rules)
     where = f"{ENV_OVERRIDE}={name}" if from_env else repr(name)
     if name not in backends:
         runnable = available_backends(device, dtype, backends=backends)

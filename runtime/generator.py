@@ -165,7 +165,8 @@ class VideoGenerator:
         family = family_of_repo(folder)
         module = family.load(family.pipeline)
         tiling = check_vae_tiling(vae_tiling, family, module)
-        backends = _resolve_backends(attention_backend, device, torch_dtype)
+        backends = _resolve_backends(attention_backend, device, torch_dtype,
+                                     transformer_setting(folder, "attention_head_dim"))
         components = module.load_components(folder, dtype=torch_dtype, device=device, scheduler=scheduler,
                                             flow_shift=flow_shift, sampler_grid=sampler_grid, noise=noise,
                                             precision=precision, text_encoder=text_encoder, **tiling)
@@ -331,11 +332,23 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return torch_dtype(name)
 
 
-def _resolve_backends(name: str | None, device: torch.device, dtype: torch.dtype | None = None) -> tuple[str, str]:
+def transformer_setting(folder, key: str) -> int | None:
+    """An integer setting of the repo's ``transformer/config.json`` (Diffusers layout: ``num_attention_heads``,
+    ``attention_head_dim``), or None when the file or the key is not there."""
+    import json
+
+    try:
+        return int(json.loads((Path(folder) / "transformer" / "config.json").read_text())[key])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _resolve_backends(name: str | None, device: torch.device, dtype: torch.dtype | None = None,
+                      head_dim: int | None = None) -> tuple[str, str]:
     from vidport.runtime.attention import resolve_backends
 
-    try:  # auto depends on the dtype (no fp32 cuDNN kernel) and on the attention's shape (self or cross)
-        return resolve_backends(name, device, dtype)
+    try:  # auto depends on the dtype (no fp32 cuDNN kernel), the attention's shape (self or cross), the head size
+        return resolve_backends(name, device, dtype, head_dim=head_dim)
     except UserError:
         raise
     except ValueError as e:

@@ -117,6 +117,9 @@ def test_auto_picks_per_attention_kind(monkeypatch):
     assert attention.auto_candidates("cuda", torch.bfloat16, kind="self") == ["flash-attn-4", "sdpa-cudnn"]
     assert attention.auto_candidates("cuda", torch.bfloat16, kind="cross") == ["sdpa-cudnn"]
     assert attention.resolve_backends("sdpa-math", "cpu") == ("sdpa-math", "sdpa-math")
+    # FA4 wins at head_dim 128 (Wan), not at 64 (LTX-Video: cuDNN is faster there); unknown head size: the table
+    assert attention.auto_candidates("cuda", torch.bfloat16, head_dim=128) == ["flash-attn-4", "sdpa-cudnn"]
+    assert attention.auto_candidates("cuda", torch.bfloat16, head_dim=64) == ["sdpa-cudnn"]
     with pytest.raises(ValueError, match="attention kind 'joint'"):
         attention.auto_backend("cuda", torch.bfloat16, kind="joint")
 
@@ -199,3 +202,15 @@ def test_self_and_cross_attention_take_their_own_backend():
     assert {b.cross_attn.attn_op.backend for b in model.blocks} == {"sdpa-math"}
     model.set_attention_backend("sdpa-flash")  # one name: both
     assert {b.cross_attn.attn_op.backend for b in model.blocks} == {"sdpa-flash"}
+
+
+def test_the_generator_reads_the_head_size_auto_needs(tmp_path):
+    """``auto`` gets the model's head size from the repo's transformer config (Diffusers layout), or None."""
+    from vidport.runtime.generator import transformer_setting
+
+    (tmp_path / "transformer").mkdir()
+    assert transformer_setting(tmp_path, "attention_head_dim") is None  # no config: the rules for any head size
+    (tmp_path / "transformer" / "config.json").write_text('{"attention_head_dim": 64, "num_attention_heads": 32}')
+    assert transformer_setting(tmp_path, "attention_head_dim") == 64
+    assert transformer_setting(tmp_path, "num_attention_heads") == 32
+    assert transformer_setting(tmp_path, "patch_size") is None

@@ -52,7 +52,8 @@ def from_rank_zero(compute: Callable[[], object], peer_error: Callable[[dict], E
     return message[0]["value"]
 
 
-def resolve_backends_on_ranks(name: str | None, device: torch.device, dtype: torch.dtype) -> tuple[str, str]:
+def resolve_backends_on_ranks(name: str | None, device: torch.device, dtype: torch.dtype,
+                              head_dim: int | None = None) -> tuple[str, str]:
     """``runtime.attention.resolve_backends`` for every rank of the default process group, answered by rank 0:
     ``auto`` (or ``VIDPORT_ATTENTION_BACKEND``) is resolved and its probes and fallback line happen once, and
     every rank runs the same kernels. Each rank then checks that it can run them; a refusal is raised on every
@@ -60,7 +61,7 @@ def resolve_backends_on_ranks(name: str | None, device: torch.device, dtype: tor
     from vidport.runtime.attention import resolve_backend, resolve_backends
 
     backends = tuple(from_rank_zero(  # rank 0's refusal, raised on every rank as rank 0 raised it
-        lambda: resolve_backends(name, device, dtype),
+        lambda: resolve_backends(name, device, dtype, head_dim=head_dim),
         lambda info: (UserError if info["user_error"] else RuntimeError)(info["message"])))
     for backend in dict.fromkeys(backends):  # probed here too: this rank's GPU and libraries
         resolve_backend(backend, device, dtype)
@@ -100,12 +101,13 @@ def _moved(cond, device):
 
 def _load(worker: Worker, source, load_kwargs: dict, cfg_parallel: bool) -> dict:
     import torch.distributed as dist
-    from vidport.runtime.generator import VideoGenerator, resolve_dtype
+    from vidport.runtime.generator import VideoGenerator, resolve_dtype, transformer_setting
     from vidport.runtime.parallel import parallelize
 
     # before any rank loads anything: one choice of attention kernels for all ranks (rank 0's)
     dtype = resolve_dtype(load_kwargs.get("dtype"), worker.device)
-    backends = resolve_backends_on_ranks(load_kwargs.get("attention_backend"), worker.device, dtype)
+    backends = resolve_backends_on_ranks(load_kwargs.get("attention_backend"), worker.device, dtype,
+                                         transformer_setting(source, "attention_head_dim"))
     # only rank 0 loads the text encoder and encodes; the others receive its encoding (EncodeOnRankZero)
     gen = VideoGenerator.from_pretrained(source, num_gpus=1, device=worker.device, text_encoder=worker.rank == 0,
                                          **{**load_kwargs, "attention_backend": backends[0]})
@@ -173,24 +175,13 @@ class ParallelVideoGenerator:
         self.close()
 
 
-def _num_heads(folder) -> int | None:
-    """The DiT's head count from ``transformer/config.json`` (Diffusers layout), if it says."""
-    import json
-    from pathlib import Path
-
-    try:
-        return int(json.loads((Path(folder) / "transformer" / "config.json").read_text())["num_attention_heads"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def from_pretrained(path_or_hub_id, *, num_gpus: int, device=None, cfg_parallel: bool = False,
                     timeout: float | timedelta = DEFAULT_TIMEOUT, **load_kwargs) -> ParallelVideoGenerator:
     """``VideoGenerator.from_pretrained(..., num_gpus=N)`` lands here. ``device``: "cuda" (default when
     present; one GPU per rank) or "cpu" (gloo; tests). ``cfg_parallel``: the conditional and
     unconditional branches on two halves of the ranks (needs an even ``num_gpus``). ``timeout``: seconds
     any collective may wait before the ranks give up."""
-    from vidport.runtime.generator import check_vae_tiling, family_of_repo, resolve_repo
+    from vidport.runtime.generator import check_vae_tiling, family_of_repo, resolve_repo, transformer_setting
 
     device_type = default_device(device).type
     if cfg_parallel and num_gpus % 2:
@@ -203,7 +194,7 @@ def from_pretrained(path_or_hub_id, *, num_gpus: int, device=None, cfg_parallel:
     folder = resolve_repo(path_or_hub_id)  # download once, in the caller, before any rank starts
     family = family_of_repo(folder)
     check_vae_tiling(load_kwargs.get("vae_tiling"), family, family.load(family.pipeline))
-    heads = _num_heads(folder)
+    heads = transformer_setting(folder, "num_attention_heads")
     if heads is not None:  # fail before starting any rank, with the sizes that work
         check_heads(heads, num_gpus // 2 if cfg_parallel else num_gpus)
     if not isinstance(timeout, timedelta):
