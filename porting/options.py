@@ -101,7 +101,8 @@ def vae_tiling_option() -> Callable:
                              "(bounded VAE memory; with --num-gpus N the GPUs share the tiles). Close to the plain "
                              "decode but not bit-equal to it [default: on for frames larger than 480x832, e.g. 720p, "
                              "whatever --num-gpus; off for a family whose decoder cannot be tiled]. Untiled, N GPUs "
-                             "split the plain decode by rows (the same arithmetic, docs/attention-and-parallel.md).")
+                             "split the plain decode by rows (the same arithmetic up to TF32 rounding, "
+                             "docs/attention-and-parallel.md).")
 
 
 def json_option(what: str = "the result") -> Callable:
