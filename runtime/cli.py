@@ -132,6 +132,8 @@ def _print_report(report: dict, as_json: bool) -> None:
                f"{s['num_inference_steps']} steps, guidance {s['guidance_scale']:g}, seed {s['seed']}, "
                f"{s['dtype']} on {s['device']}; {s.get('sampler_grid')} grid, {s.get('noise')} noise{tiles})")
     click.echo(format_timings(report["timings_s"], report["denoise_step_s"]))
+    if report.get("load_s"):  # a multi-GPU load, as rank 0 saw it
+        click.echo("load: " + " | ".join(f"{k.replace('_', ' ')} {v:.2f}s" for k, v in report["load_s"].items()))
 
 
 def _local_geometry(model: str):

@@ -291,6 +291,10 @@ def test_generation_on_two_ranks_equals_one(tiny_repo, tmp_path_factory):
         assert (got == want).all(), f"frames differ: max abs {abs(got.astype(int) - want).max()}"
         assert out.stat().st_size > 0 and gen.last_report.settings["num_gpus"] == 2
         assert gen.last_report.settings["vae_split"] == 2  # the ranks shared the (untiled) decode by rows
+        parts = gen.last_report.as_dict()["load_s"]  # where the load went, as rank 0 saw it
+        assert list(parts) == ["start_ranks", "attention", "components", "parallelize", "wait_for_peers", "return"]
+        assert all(v >= 0 for v in parts.values())
+        assert sum(parts.values()) == pytest.approx(gen.last_report.timings["load"], abs=0.05)
         # a failing run writes nothing and stops the ranks
         bad = out.with_name("bad.mp4")
         with pytest.raises(UserError):

@@ -104,13 +104,16 @@ def _load(worker: Worker, source, load_kwargs: dict, cfg_parallel: bool) -> dict
     from vidport.runtime.generator import VideoGenerator, resolve_dtype, transformer_setting
     from vidport.runtime.parallel import parallelize
 
+    marks = {"started": time.time()}  # wall clock: the caller's start and the ranks' marks compare on one host
     # before any rank loads anything: one choice of attention kernels for all ranks (rank 0's)
     dtype = resolve_dtype(load_kwargs.get("dtype"), worker.device)
     backends = resolve_backends_on_ranks(load_kwargs.get("attention_backend"), worker.device, dtype,
                                          transformer_setting(source, "attention_head_dim"))
     # only rank 0 loads the text encoder and encodes; the others receive its encoding (EncodeOnRankZero)
+    marks["attention"] = time.time()
     gen = VideoGenerator.from_pretrained(source, num_gpus=1, device=worker.device, text_encoder=worker.rank == 0,
                                          **{**load_kwargs, "attention_backend": backends[0]})
+    marks["components"] = time.time()
     gen.stage_wrappers["encode"] = EncodeOnRankZero
     gen.components.transformer.set_attention_backend(*backends)
     # the family's plan checks its head count first: it fails before any collective, naming the sizes that work
@@ -120,9 +123,25 @@ def _load(worker: Worker, source, load_kwargs: dict, cfg_parallel: bool) -> dict
         gen.cfg = cfg
     if getattr(gen.pipeline, "TILED_DECODE", False) is True:
         gen.components.decode_group = dist.group.WORLD  # the ranks share the VAE decode (its tiles, or its rows)
+    marks["parallelize"] = time.time()
     dist.barrier()
+    marks["peers"] = time.time()
     worker.state["generator"] = gen
-    return {"defaults": gen.defaults, "cfg": gen.cfg.name}
+    return {"defaults": gen.defaults, "cfg": gen.cfg.name, "marks": marks}
+
+
+def load_breakdown(start: float, marks: dict, end: float) -> dict[str, float]:
+    """Where a multi-GPU load's seconds went, as rank 0 saw them (``start``/``end``: the caller's wall clock):
+    starting the ranks, choosing the attention kernels, loading the components (rank 0 also loads the text encoder),
+    the parallel plan, waiting for the other ranks."""
+    points = [("start_ranks", "started"), ("attention", "attention"), ("components", "components"),
+              ("parallelize", "parallelize"), ("wait_for_peers", "peers")]
+    out, last = {}, start
+    for name, mark in points:
+        out[name] = marks[mark] - last
+        last = marks[mark]
+    out["return"] = end - last
+    return out
 
 
 def _generate(worker: Worker, prompt: str, kwargs: dict):
@@ -136,8 +155,9 @@ class ParallelVideoGenerator:
     ``with``) stops the ranks; a failed generation stops them too and re-raises the worker's error."""
 
     def __init__(self, pool: WorkerPool, source: str, info: dict, num_gpus: int, cfg_parallel: bool,
-                 load_seconds: float = 0.0):
+                 load_seconds: float = 0.0, load_parts: dict | None = None):
         self.pool, self.source, self.load_seconds = pool, source, load_seconds
+        self.load_parts = load_parts
         self.defaults = info["defaults"]
         self.num_gpus, self.cfg_parallel = num_gpus, cfg_parallel
         self.last_report = None
@@ -155,6 +175,8 @@ class ParallelVideoGenerator:
         frames, report = result
         report.settings.update(num_gpus=self.num_gpus, cfg_parallel=self.cfg_parallel)
         report.timings["load"] = self.load_seconds  # as the caller saw it: starting the ranks included
+        if self.load_parts:
+            report.extra["load_s"] = dict(self.load_parts)
         if out is not None:
             from vidport.runtime.video import write_mp4
 
@@ -186,7 +208,7 @@ def from_pretrained(path_or_hub_id, *, num_gpus: int, device=None, cfg_parallel:
     device_type = default_device(device).type
     if cfg_parallel and num_gpus % 2:
         raise UserError(f"cfg_parallel needs an even number of GPUs, got num_gpus={num_gpus}")
-    start = time.perf_counter()
+    start, start_wall = time.perf_counter(), time.time()
     unknown = sorted(set(load_kwargs) - set(LOAD_OPTIONS))
     if unknown:
         raise UserError(f"unknown option(s) for num_gpus={num_gpus}: {', '.join(unknown)}; "
@@ -207,5 +229,6 @@ def from_pretrained(path_or_hub_id, *, num_gpus: int, device=None, cfg_parallel:
         raise
     if info is None:  # torchrun rank other than 0: defaults are the same everywhere
         info = {"defaults": pool.local_worker.state["generator"].defaults}
+    parts = load_breakdown(start_wall, info["marks"], time.time()) if "marks" in info else None
     return ParallelVideoGenerator(pool, str(path_or_hub_id), info, num_gpus, cfg_parallel,
-                                  load_seconds=time.perf_counter() - start)
+                                  load_seconds=time.perf_counter() - start, load_parts=parts)
