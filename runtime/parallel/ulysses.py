@@ -86,6 +86,8 @@ def _exchange(send: torch.Tensor, out: torch.Tensor, group: dist.ProcessGroup | 
 
 
 class _Works:
+    """The works of one batch of point-to-point operations, waited for together (as one collective's work)."""
+
     def __init__(self, works):
         self.works = works
 
