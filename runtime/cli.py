@@ -127,7 +127,8 @@ def _print_report(report: dict, as_json: bool) -> None:
         return
     s = report["settings"]
     tiles = f"; VAE decoded in {s['vae_tiles']} tiles" if s.get("vae_tiling") and s.get("vae_tiles", 1) > 1 else ""
-    tiles += f"; VAE decode split over {s['vae_split']} GPUs" if s.get("vae_split") else ""
+    ranks = "GPUs" if str(s.get("device", "")).startswith("cuda") else "ranks"
+    tiles += f"; VAE decode split over {s['vae_split']} {ranks}" if s.get("vae_split") else ""
     click.echo(f"wrote {report['output']}  ({s['num_frames']} frames {s['width']}x{s['height']}, "
                f"{s['num_inference_steps']} steps, guidance {s['guidance_scale']:g}, seed {s['seed']}, "
                f"{s['dtype']} on {s['device']}; {s.get('sampler_grid')} grid, {s.get('noise')} noise{tiles})")
