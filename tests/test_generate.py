@@ -436,3 +436,19 @@ def test_a_generator_without_text_encoder_says_so(tiny_repo):
     with pytest.raises(UserError) as info:
         gen.generate_video("a fox", num_frames=5, height=32, width=48, num_inference_steps=1)
     assert "text_encoder=False" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_auto_attention_is_chosen_for_the_models_head_size(tiny_repo, monkeypatch):
+    """The generator hands ``auto`` the head size from the repo's transformer config (FlashAttention-4 wins at 128
+    only, runtime/attention.py AUTO_RULES)."""
+    import json
+
+    from vidport.runtime import VideoGenerator, attention
+
+    seen = []
+    real = attention.resolve_backends
+    monkeypatch.setattr(attention, "resolve_backends",
+                        lambda *a, **k: seen.append(k.get("head_dim")) or real(*a, **k))
+    VideoGenerator.from_pretrained(tiny_repo, dtype="fp32", device="cpu")
+    config = json.loads((tiny_repo / "transformer" / "config.json").read_text())
+    assert seen == [config["attention_head_dim"]]
