@@ -30,6 +30,7 @@ from vidport.runtime.models.wan.parallel import parallelize_wan  # noqa: E402
 from vidport.runtime.parallel import launch, parallelize  # noqa: E402
 from vidport.runtime.parallel.generator import resolve_backends_on_ranks  # noqa: E402
 from vidport.runtime.pipeline.guidance import SerialCFG  # noqa: E402
+from vidport.runtime.pipeline.state import Conditioning  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -59,9 +60,10 @@ def _rank(worker, args):
         f, h, w = args.grid
         x = torch.randn(1, cfg.in_dim, f, 2 * h, 2 * w, generator=g, device=device)
         t = torch.tensor([700.0], device=device)
-        cond, uncond = (torch.randn(1, cfg.text_len, cfg.text_dim, generator=g, device=device).to(dtype)
-                        for _ in range(2))
-    backends = resolve_backends_on_ranks(args.attention_backend, device, dtype)  # "auto" as the runtime does
+        # the pipeline's conditionings: the DiT's keyword arguments (runtime.pipeline.state.Conditioning)
+        cond, uncond = (Conditioning({"context": torch.randn(1, cfg.text_len, cfg.text_dim, generator=g,
+                                                             device=device).to(dtype)}) for _ in range(2))
+    backends = resolve_backends_on_ranks(args.attention_backend, device, dtype, cfg.head_dim)  # as the runtime
     model.set_attention_backend(*backends)
     report = {"rank": worker.rank, "world": worker.world_size, "tokens": f * h * w, "attention_backends": backends}
 
