@@ -58,7 +58,7 @@ def build(args, device, dtype):
                        scheduler=copy.deepcopy(scheduler))
     from vidport.runtime.attention import resolve_backends
 
-    native.set_attention_backend(*resolve_backends("auto", device, dtype))
+    native.set_attention_backend(*resolve_backends("auto", device, dtype, head_dim=cfg.head_dim))
     if args.cuda_graph:
         from vidport.runtime.cuda_graph import CUDAGraphed
 
@@ -66,7 +66,7 @@ def build(args, device, dtype):
     components = wan_pipeline.WanComponents(tokenizer=tokenizer, text_encoder=text_encoder, transformer=native,
                                             vae=vae, scheduler=copy.deepcopy(scheduler), dit_config=cfg,
                                             dtype=dtype, device=device)
-    return pipe, VideoGenerator(components, wan_pipeline, cfg="serial")
+    return pipe, VideoGenerator(components, wan_pipeline, family=family.SPEC, cfg="serial")
 
 
 def run_diffusers(pipe, args, device, steps):

@@ -37,3 +37,17 @@ def test_bench_cp_on_two_cpu_ranks(tmp_path):
             "vidport CFG-parallel (2 x 1-way Ulysses)"} <= sides
     for row in rows:  # every parallel row gives its own side's 1-rank output
         assert row["rel_l2_vs_own_1gpu"] in (0.0, None), row
+
+
+@pytest.mark.parametrize("argv", [
+    ["bench_generate.py", "--preset", "tiny", "--device", "cpu", "--steps", "3"],
+    ["bench_ltx.py", "dit", "--smoke"],
+    ["bench_ltx.py", "generate", "--smoke"],
+    ["bench_sp.py", "--world-sizes", "1,2", "--preset", "tiny", "--device", "cpu", "--frames", "5", "--height", "32",
+     "--width", "64", "--repeats", "1"],
+], ids=lambda a: " ".join(a[:2]))
+def test_benchmark_cpu_smoke_runs(argv, tmp_path):
+    """The benchmarks' own CPU smoke modes (tiny presets) still run against the runtime's API."""
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / argv[0]), *argv[1:]], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
