@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from vidport.runtime.attention import AttentionOp
-from vidport.runtime.parallel.ulysses import DistributedAttention, check_heads, heads_to_seq, seq_to_heads
+from vidport.runtime.parallel.ulysses import DistributedAttention, check_heads, global_rank, heads_to_seq, seq_to_heads
 
 from vidport.errors import UserError
 
@@ -76,10 +76,6 @@ def merge_blocks(out, lse, block_out, block_lse) -> tuple[torch.Tensor, torch.Te
 # ----------------------------------------------------------------------------------------------
 # The ring
 # ----------------------------------------------------------------------------------------------
-def _global_rank(group: dist.ProcessGroup | None, group_rank: int) -> int:
-    return group_rank if group is None else dist.get_global_rank(group, group_rank)
-
-
 def ring_attention(q, k, v, key_mask, group: dist.ProcessGroup | None) -> torch.Tensor:
     """Attention of this rank's queries to every rank's keys over ``group``; fp32 ``[B, S/R, H, D]``.
 
@@ -91,7 +87,7 @@ def ring_attention(q, k, v, key_mask, group: dist.ProcessGroup | None) -> torch.
     if key_mask is not None and key_mask.shape[1] != block * world:
         raise ValueError(f"ring attention: key_mask covers {key_mask.shape[1]} keys, but {world} ranks of "
                          f"{block} tokens hold {block * world}; pass the mask of the whole padded sequence")
-    send_to, recv_from = _global_rank(group, (rank + 1) % world), _global_rank(group, (rank - 1) % world)
+    send_to, recv_from = global_rank(group, (rank + 1) % world), global_rank(group, (rank - 1) % world)
     kv = torch.stack([k, v]).contiguous()  # one message per step for k and v
     out = lse = None
     for step in range(world):

@@ -25,29 +25,50 @@ def _all_to_all(x: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tenso
     return out
 
 
+def _heads_send(tensors: list[torch.Tensor], p: int, chunks: int = 1) -> torch.Tensor:
+    """The send buffer of an exchange to head shards: each ``[B, S/P, H, D]`` (my tokens, all heads) ->
+    ``[C, P, n, B, S/P, H/(P*C), D]``, where ``[c, j, i]`` is tensor i's head group c of rank j's heads."""
+    b, s, h, d = tensors[0].shape
+    hc = h // p // chunks
+    send = tensors[0].new_empty(chunks, p, len(tensors), b, s, hc, d)
+    for i, t in enumerate(tensors):
+        send[:, :, i].copy_(t.unflatten(2, (p, chunks, hc)).permute(3, 2, 0, 1, 4, 5))
+    return send
+
+
+def _heads_received(recv: torch.Tensor) -> list[torch.Tensor]:
+    """``[P, n, B, S/P, h, D]`` (row j: rank j's tokens, my heads) -> n x ``[B, S, h, D]`` in rank (= sequence)
+    order."""
+    p, n, b, s, h, d = recv.shape
+    return list(recv.permute(1, 2, 0, 3, 4, 5).reshape(n, b, p * s, h, d).unbind(0))
+
+
+def _seq_send(x: torch.Tensor, p: int) -> torch.Tensor:
+    """``[..., S, h, D]`` (all tokens, my heads) -> ``[P, ..., S/P, h, D]``, dense: sequence chunk j for rank j."""
+    return x.unflatten(-3, (p, x.shape[-3] // p)).movedim(-4, 0).contiguous()
+
+
+def _seq_received(back: torch.Tensor) -> torch.Tensor:
+    """``[C, P, ..., S/P, h, D]`` (``[c, j]``: my tokens of rank j's head group c) -> ``[..., S/P, P*C*h, D]``, heads
+    in (rank, group) order."""
+    c, p, *lead, s, h, d = back.shape
+    return back.movedim(0, -3).movedim(0, -4).reshape(*lead, s, p * c * h, d)
+
+
 def seq_to_heads(tensors: list[torch.Tensor], group: dist.ProcessGroup | None) -> list[torch.Tensor]:
     """Each ``[B, S/P, H, D]`` (my tokens, all heads) -> ``[B, S, H/P, D]`` (all tokens, my heads), in one
     all-to-all for all the tensors."""
-    p = dist.get_world_size(group)
-    b, s, h, d = tensors[0].shape
-    # one send buffer [P, n, B, S/P, H/P, D]: row i holds head chunk i of every tensor, for rank i
-    send = tensors[0].new_empty(p, len(tensors), b, s, h // p, d)
-    for i, t in enumerate(tensors):
-        send[:, i].copy_(t.unflatten(2, (p, h // p)).permute(2, 0, 1, 3, 4))
-    recv = _all_to_all(send, group)  # row i: rank i's tokens, my heads
-    # [P, n, B, S/P, H/P, D] -> [n, B, P*S/P, H/P, D] in rank (= sequence) order
-    return list(recv.permute(1, 2, 0, 3, 4, 5).reshape(len(tensors), b, p * s, h // p, d).unbind(0))
+    return _heads_received(_all_to_all(_heads_send(tensors, dist.get_world_size(group))[0], group))
 
 
 def heads_to_seq(x: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
     """``[..., S, H/P, D]`` (all tokens, my heads) -> ``[..., S/P, H, D]`` (my tokens, all heads)."""
-    p = dist.get_world_size(group)
-    *lead, s, h, d = x.shape
-    # [..., P, S/P, h, d] -> [P, ..., S/P, h, d]: sequence chunk i goes back to rank i
-    x = x.unflatten(-3, (p, s // p)).movedim(-4, 0)  # a view of any strided input: one copy, in _all_to_all
-    x = _all_to_all(x, group)  # row j: my tokens, rank j's heads
-    # [P, ..., S/P, h, d] -> [..., S/P, P*h, d] with heads in rank order
-    return x.movedim(0, -3).reshape(*lead, s // p, p * h, d)
+    return _seq_received(_all_to_all(_seq_send(x, dist.get_world_size(group)), group)[None])
+
+
+def global_rank(group: dist.ProcessGroup | None, group_rank: int) -> int:
+    """The default group's rank of ``group``'s rank ``group_rank`` (what point-to-point operations name)."""
+    return group_rank if group is None else dist.get_global_rank(group, group_rank)
 
 
 def check_heads(num_heads: int, world_size: int) -> None:
@@ -108,7 +129,7 @@ def _exchange_into(sends: list[list[torch.Tensor]], recvs: list[list[torch.Tenso
             for src, dst in zip(sends[j], recvs[j]):
                 dst.copy_(src)
             continue
-        peer = j if group is None else dist.get_global_rank(group, j)
+        peer = global_rank(group, j)
         ops += [dist.P2POp(dist.isend, t, peer, group) for t in sends[j]]
         ops += [dist.P2POp(dist.irecv, t, peer, group) for t in recvs[j]]
     return _Works(dist.batch_isend_irecv(ops) if ops else [])
@@ -149,11 +170,9 @@ class DistributedAttention(AttentionOp):
         n_keys = None
         if key_mask is not None:
             n_keys = int(key_mask.sum(dim=1).max())  # host sync; only when S is not divisible by P
-        # send[c, j, i]: tensor i's head group c of rank j's heads, for this rank's tokens
-        send = q.new_empty(chunks, p, 3, b, s, hc, d)
-        for i, t in enumerate((q, k, v)):
-            send[:, :, i].copy_(t.unflatten(2, (p, chunks, hc)).permute(3, 2, 0, 1, 4, 5))
-        if b == 1 and self.direct_receive:
+        send = _heads_send([q, k, v], p, chunks)  # send[c, j, i]: tensor i's head group c of rank j's heads
+        direct = b == 1 and self.direct_receive
+        if direct:
             # every part lands where attention reads it: full[c, i] is tensor i of my head group c, all tokens
             full = q.new_empty(chunks, 3, p * s, hc, d)
             works = [_exchange_into([[send[c, j, i, 0] for i in range(3)] for j in range(p)],
@@ -166,19 +185,17 @@ class DistributedAttention(AttentionOp):
         returns = []
         for c, work in enumerate(works):
             work.wait()
-            if b == 1 and self.direct_receive:
+            if direct:
                 qc, kc, vc = full[c].unsqueeze(1).unbind(0)  # 3 x [1, S, hc, D], views
-            else:  # [P, 3, B, S/P, hc, D] -> 3 x [B, S, hc, D], tokens in rank (= sequence) order
-                qc, kc, vc = recv[c].permute(1, 2, 0, 3, 4, 5).reshape(3, b, p * s, hc, d).unbind(0)
+            else:
+                qc, kc, vc = _heads_received(recv[c])  # 3 x [B, S, hc, D]
             if n_keys is not None:
                 kc, vc = kc[:, :n_keys], vc[:, :n_keys]
             out = super().forward(qc, kc, vc)  # [B, S, hc, D]
-            # sequence chunk j goes back to rank j
-            returns.append(_exchange(out.unflatten(1, (p, s)).movedim(1, 0).contiguous(), back[c], self.group))
+            returns.append(_exchange(_seq_send(out, p), back[c], self.group))  # sequence chunk j to rank j
         for work in returns:
             work.wait()
-        # [C, P, B, S/P, hc, D] -> [B, S/P, P, C, hc, D] -> [B, S/P, H, D], heads in (rank, group) order
-        return back.permute(2, 3, 1, 0, 4, 5).reshape(b, s, h, d)
+        return _seq_received(back)  # [B, S/P, H, D]
 
 
 class SequenceParallelModel(nn.Module):
