@@ -227,7 +227,8 @@ class DecodeVideo:
     ``tiling``: decode in overlapping spatial tiles (``runtime.vae_tiling``): True, False, or None (auto: for frames
     larger than 480x832, on any number of ranks). ``group``: the process group whose ranks share the decode (every
     rank runs this stage on the same latents and ends with the whole video): they split the tiles, or, untiled, the
-    latent rows (``vae_split``: the plain decode's numbers within fp32 reassociation); None: this process decodes all.
+    latent rows (``vae_split``: the plain decode's numbers within fp32 reassociation, and on CUDA within the TF32
+    rounding cuDNN gives other call shapes); None: this process decodes all.
     ``state.info["vae_tiling"]`` / ``["vae_tiles"]`` / ``["vae_split"]`` say what ran."""
 
     name = "decode"
@@ -254,7 +255,7 @@ class DecodeVideo:
             video = vae_tiling.tiled_decode(decode, z, scale=cfg.scale_factor_spatial, tile=tile, stride=stride,
                                             group=self.group)
         elif world > 1 and vae_split.split_supported(self.vae) and z.shape[-2] >= world:
-            # the plain decode's numbers, the rows shared by the ranks (runtime/models/wan/vae_split.py)
+            # the plain decode's arithmetic, the rows shared by the ranks (runtime/models/wan/vae_split.py)
             video = vae_split.split_decode(self.vae, z, self.group)
             state.info.update(vae_split=world)
         else:
