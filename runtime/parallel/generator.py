@@ -109,8 +109,8 @@ def _load(worker: Worker, source, load_kwargs: dict, cfg_parallel: bool) -> dict
     dtype = resolve_dtype(load_kwargs.get("dtype"), worker.device)
     backends = resolve_backends_on_ranks(load_kwargs.get("attention_backend"), worker.device, dtype,
                                          transformer_setting(source, "attention_head_dim"))
-    # only rank 0 loads the text encoder and encodes; the others receive its encoding (EncodeOnRankZero)
     marks["attention"] = time.time()
+    # only rank 0 loads the text encoder and encodes; the others receive its encoding (EncodeOnRankZero)
     gen = VideoGenerator.from_pretrained(source, num_gpus=1, device=worker.device, text_encoder=worker.rank == 0,
                                          **{**load_kwargs, "attention_backend": backends[0]})
     marks["components"] = time.time()
