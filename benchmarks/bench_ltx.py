@@ -3,6 +3,7 @@ same process, same GPU, same random weights at the real sizes.
 
     python benchmarks/bench_ltx.py dit [--compile]       # DiT forward at the official default 121x480x704
     python benchmarks/bench_ltx.py generate              # whole generation: T5-XXL, DiT, v0.9.1 VAE, 40 steps
+    python benchmarks/bench_ltx.py parts                 # a block's GEMMs and attentions one by one (CUDA graphs)
 
 ``dit``: diffusers' transformer (its random init, bf16) and the native DiT loaded from it through the committed
 Diffusers -> native map; the two bf16 outputs are compared with each other and with diffusers in fp32 before any
@@ -270,6 +271,86 @@ def bench_dit(args, out: dict) -> None:
         print(f"ratio vidport/diffusers compiled: {out['ratio_compiled']:.3f}", flush=True)
 
 
+def graph_ms(fn, repeats: int = 20) -> float:
+    """Median ms of one replay of ``fn`` captured as a CUDA graph (how the runtime's compiled forward runs it:
+    no host launch cost, the kernel nodes' own gaps included)."""
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return median_ms(graph.replay, warmup=3, repeats=repeats)
+
+
+def bench_parts(args, out: dict) -> None:
+    """Where a block's time goes, part by part, at the real shapes (bf16, batch 1, 5280 tokens): each GEMM as the
+    model runs it (``F.linear`` with the bias in cuBLASLt's epilogue) and without the bias (plain GEMM, the bias left
+    to a following elementwise kernel), under both BLAS libraries; the 28 blocks' text k/v projections one by one
+    and as one GEMM; the self- and cross-attention (128 keys masked vs only the 40 real keys). Each part is looped
+    28 times (one per block) inside a CUDA graph."""
+    from vidport.runtime.attention import get_backend
+
+    d, n, L = CFG.dim, CFG.num_layers, family.TEXT_LEN
+    ffn = 4 * d
+    g = torch.Generator(DEV).manual_seed(0)
+
+    def rnd(*shape):
+        return torch.randn(*shape, device=DEV, generator=g, dtype=torch.float32).to(DTYPE)
+
+    x, h = rnd(TOKENS, d), rnd(TOKENS, ffn)
+    rows = {}
+
+    def row(label, fn, flops):
+        ms = graph_ms(lambda: [fn() for _ in range(n)]) / n
+        rows[label] = {"us": ms * 1e3, "tflops": flops / ms / 1e9}
+        print(f"  {label:<58} {ms * 1e3:8.1f} us  {flops / ms / 1e9:6.0f} TFLOP/s", flush=True)
+
+    shapes = {"self-attn qkv (N=3d)": (x, 3 * d), "attn out / cross q / cross out (N=d)": (x, d),
+              "ffn fc2 (K=4d)": (h, d)}
+    print(f"GEMMs of a block, M={TOKENS} (x28 in one graph):", flush=True)
+    for lib in ("cublaslt", "cublas"):
+        torch.backends.cuda.preferred_blas_library(lib)
+        for name, (a, nout) in shapes.items():
+            w, b = rnd(nout, a.shape[1]), rnd(nout)
+            flops = 2 * a.shape[0] * a.shape[1] * nout
+            row(f"[{lib}] {name} + bias", lambda a=a, w=w, b=b: torch.nn.functional.linear(a, w, b), flops)
+            row(f"[{lib}] {name}, no bias", lambda a=a, w=w: torch.nn.functional.linear(a, w), flops)
+        w1, b1 = rnd(ffn, d), rnd(ffn)
+        row(f"[{lib}] ffn fc1 + bias + GELU epilogue",
+            lambda w1=w1, b1=b1: torch._addmm_activation(b1, x, w1.t(), use_gelu=True), 2 * TOKENS * d * ffn)
+    torch.backends.cuda.preferred_blas_library("cublaslt")
+    if args.autotune:  # inductor's GEMM autotuning (Triton templates against cuBLAS) on the N=d shape
+        w, b = rnd(d, d), rnd(d)
+        tuned = torch.compile(lambda a, w, b: torch.nn.functional.linear(a, w, b), mode="max-autotune-no-cudagraphs")
+        row("[inductor max-autotune] attn out / cross q / cross out (N=d) + bias", lambda: tuned(x, w, b),
+            2 * TOKENS * d * d)
+    text = rnd(L, d)
+    wkv, bkv = rnd(n, 2 * d, d), rnd(n, 2 * d)
+    wall, ball = wkv.flatten(0, 1), bkv.flatten()
+    flops = 2 * L * d * 2 * d
+    it = iter(range(10**9))
+    row("text k/v, one block at a time", lambda: torch.nn.functional.linear(text, wkv[next(it) % n], bkv[0]), flops)
+    ms = graph_ms(lambda: torch.nn.functional.linear(text, wall, ball))
+    rows["text k/v, all 28 blocks in one GEMM"] = {"us": ms * 1e3 / n, "tflops": n * flops / ms / 1e9}
+    print(f"  {'text k/v, all 28 blocks in one GEMM (per block)':<58} {ms * 1e3 / n:8.1f} us", flush=True)
+
+    heads, hd = CFG.num_attention_heads, CFG.attention_head_dim
+    q, k, v = (rnd(1, TOKENS, heads, hd) for _ in range(3))
+    tk, tv = rnd(1, L, heads, hd), rnd(1, L, heads, hd)
+    mask = (torch.arange(L, device=DEV) < 40)[None]
+    print("attention of a block:", flush=True)
+    for name in ("sdpa-cudnn", "sdpa-flash", "flash-attn-4"):
+        if name not in attention.available_backends(DEV):
+            continue
+        fn = get_backend(name)
+        row(f"[{name}] self-attention", lambda fn=fn: fn(q, k, v), 4 * TOKENS * TOKENS * d)
+        if name != "flash-attn-4":
+            row(f"[{name}] cross, 128 keys, 40 real (mask)", lambda fn=fn: fn(q, tk, tv, mask), 4 * TOKENS * L * d)
+        row(f"[{name}] cross, the 40 real keys only (no mask)",
+            lambda fn=fn: fn(q, tk[:, :40], tv[:, :40]), 4 * TOKENS * 40 * d)
+    out["parts"] = rows
+
+
 # ----------------------------------------------------------------------------------------------
 # whole generation
 # ----------------------------------------------------------------------------------------------
@@ -366,12 +447,13 @@ def bench_generate(args, out: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("dit", "generate"))
+    ap.add_argument("what", choices=("dit", "generate", "parts"))
     ap.add_argument("--compile", action="store_true", help="dit: also time both models compiled")
     ap.add_argument("--profile", action="store_true", help="dit: print both eager forwards' top CUDA kernels")
     ap.add_argument("--cuda-graph", action="store_true", help="dit: also time the native forward as one CUDA graph")
     ap.add_argument("--cfg", default="batched", choices=("serial", "batched"),
                     help="generate: vidport's CFG strategy (LTXPipeline batches the two branches)")
+    ap.add_argument("--autotune", action="store_true", help="parts: also inductor's max-autotune GEMM")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--steps", type=int, default=family.SAMPLING["2b"]["num_inference_steps"])
     ap.add_argument("--json", type=Path, help="write all numbers here")
@@ -392,7 +474,7 @@ def main() -> None:
            "grid": GRID, "tokens": TOKENS}
     print(f"# {out['gpu']}, torch {out['torch']}, diffusers {out['diffusers']}; LTX-Video 2B, "
           f"{FRAMES}x{HEIGHT}x{WIDTH} -> {TOKENS} tokens", flush=True)
-    (bench_dit if args.what == "dit" else bench_generate)(args, out)
+    {"dit": bench_dit, "generate": bench_generate, "parts": bench_parts}[args.what](args, out)
     if args.json:
         args.json.write_text(json.dumps(out, indent=1, default=str))
 

@@ -48,6 +48,7 @@ def main() -> None:
     cos, sin = rope_tables((3, 20, 50), preset("1.3b"), torch.device(dev))
     W = torch.randn(8960, C, device=dev).to(bf) / C**0.5
     bias = 0.02 * torch.randn(8960, device=dev).to(bf)
+    y_bias = torch.randn(C, device=dev).to(bf)
     results = {
         "norm_modulate": against_reference(fused.norm_modulate, x, mul, add, 1e-6),
         "norm_modulate[rms]": against_reference(fused.norm_modulate, x, mul, add, 1e-6, rms=True),
@@ -60,6 +61,11 @@ def main() -> None:
         **{f"residual_norm[rms, {part}]": err for part, err in
            zip(("stream", "normed"), against_reference(fused.residual_norm, x, y, None, mul, add, 1e-6, rms=True))},
         "linear_gelu_tanh": against_reference(fused.linear_gelu_tanh, x, W, bias),
+        # a projection's bias left to the residual kernel (as large as y, so a dropped bias fails the check)
+        "gated_residual[bias]": against_reference(fused.gated_residual, x, y, add, y_bias),
+        **{f"residual_norm[gated={g}, bias, {part}]": err for g in (True, False) for part, err in
+           zip(("stream", "normed"), against_reference(fused.residual_norm, x, y, add if g else None, mul, add, 1e-6,
+                                                       rms=True, bias=y_bias))},
     }
     for heads_first, v_view in ((True, False), (False, False), (False, True)):
         errors = against_reference(fused.qkv_norm_rope, qkv, w, wk, cos, sin, 1e-6, H, heads_first=heads_first,

@@ -178,3 +178,65 @@ def test_wrong_grid_is_one_clear_error(pair):
     x, text, t, mask = inputs(preset("tiny"))
     with pytest.raises(ValueError, match="num_frames x height x width"):
         model(x, text, t, mask, num_frames=2, height=4, width=6)
+
+
+@pytest.fixture
+def fused_branch(monkeypatch):
+    """The blocks take their fused branch on the CPU (the kernels' PyTorch reference paths): the math of the CUDA
+    path, biases left to the residual kernels included, checked in fp32 against diffusers."""
+    from vidport.runtime.kernels import fused
+
+    monkeypatch.setattr(fused, "enabled_for", lambda x, dtype=None: True)
+    return fused
+
+
+def test_fused_branch_with_biases_in_the_residual_kernels_matches_diffusers(pair, fused_branch):
+    x, text, t, mask = inputs(preset("tiny"))
+    got, want = run_both(pair, x, text, t, mask)
+    torch.testing.assert_close(got, want, rtol=0, atol=ATOL, msg=lambda m: f"fused branch vs diffusers: {m}")
+
+
+def test_hooks_see_the_projections_with_their_bias(pair, fused_branch):
+    """While a hook watches a block's attention, cross-attention or FFN (parity captures), their projections run as
+    modules with their biases: the captured outputs are the reference's, and the block's result is unchanged."""
+    _, model = pair
+    x, text, t, mask = inputs(preset("tiny"))
+    geometry = dict(num_frames=GRID[0], height=GRID[1], width=GRID[2], rope_interpolation_scale=ROPE_SCALE)
+    seen = {}
+    block = model.blocks[0]
+    watched = {"attn": block.attn, "attn.proj": block.attn.proj, "cross_attn.proj": block.cross_attn.proj,
+               "ffn": block.ffn, "ffn.fc2": block.ffn.fc2}
+    with torch.no_grad():
+        plain = model(x, text, t, mask, **geometry)
+        handles = [m.register_forward_hook(lambda m, a, out, name=name: seen.setdefault(name, out))
+                   for name, m in watched.items()]
+        try:
+            hooked = model(x, text, t, mask, **geometry)
+        finally:
+            for h in handles:
+                h.remove()
+    assert set(seen) == set(watched)  # every watched projection ran as a module
+    assert torch.equal(seen["attn"], seen["attn.proj"])  # the attention's output is the proj's, bias included
+    assert torch.equal(seen["ffn"], seen["ffn.fc2"])
+    torch.testing.assert_close(hooked, plain, rtol=0, atol=ATOL)
+
+
+def test_residual_kernels_add_the_bias_left_out_of_the_gemm():
+    from vidport.runtime.kernels import fused
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2, 5, 8, generator=g), torch.randn(2, 5, 8, generator=g)
+    gate, bias = torch.randn(2, 1, 8, generator=g), torch.randn(8, generator=g)
+    mul, add = torch.randn(2, 1, 8, generator=g), torch.randn(2, 1, 8, generator=g)
+    torch.testing.assert_close(fused.gated_residual(x, y, gate, bias), fused.gated_residual(x, y + bias, gate))
+    for gated in (gate, None):
+        got = fused.residual_norm(x, y, gated, mul, add, 1e-6, rms=True, bias=bias)
+        want = fused.residual_norm(x, y + bias, gated, mul, add, 1e-6, rms=True)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b)
+    # a hook anywhere among the named modules turns the shortcut off; an unnamed module's does not
+    outer, inner = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    assert fused.unobserved(outer, inner)
+    handle = inner.register_forward_pre_hook(lambda m, a: None)
+    assert not fused.unobserved(outer, inner) and fused.unobserved(outer)
+    handle.remove()

@@ -24,7 +24,11 @@ dtype: everything computes in the model's dtype as diffusers does (no module is 
 and the RoPE rotation run in fp32 and are cast back, as in the reference). On CUDA in bf16/fp16 the elementwise work
 runs in the fused Triton kernels of ``runtime.kernels.fused`` (norm + modulation, gated residual, residual + next
 norm, q/k norm + RoPE): the same math with fp32 inside each kernel and one rounding at its end, where the reference
-rounds after every op.
+rounds after every op. There, while no hook observes a block (``fused.unobserved``; parity captures hook every
+module), the three projections that feed a residual kernel (self-attention out, cross-attention out, FFN fc2) run
+as plain GEMMs and the residual kernel adds their bias in fp32: cuBLASLt's bias epilogue cost 2-8% of those GEMMs'
+time on an H200 (``benchmarks/bench_ltx.py parts``), and the projection's output is rounded before its bias rather
+than after.
 
 Layout differences from the Diffusers checkpoint (resolved by the name map ``maps/diffusers_to_native.map``, not
 here): self-attention q/k/v is one fused projection ``attn.qkv`` and cross-attention k/v one fused
@@ -152,6 +156,11 @@ def unpack_tokens(tokens: torch.Tensor, cfg: LTXDiTConfig, grid: Grid) -> torch.
     return x.reshape(tokens.shape[0], -1, f * pt, h * p, w * p)
 
 
+def project(linear: nn.Linear, x: torch.Tensor, bias: bool) -> torch.Tensor:
+    """``linear(x)``, or with ``bias=False`` the GEMM alone (the caller's fused kernel adds ``linear.bias``)."""
+    return linear(x) if bias else F.linear(x, linear.weight)
+
+
 # ----------------------------------------------------------------------------------------------
 # Attention and block
 # ----------------------------------------------------------------------------------------------
@@ -170,13 +179,14 @@ class LTXSelfAttention(nn.Module):
         self.heads_first = False
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        # key_mask [B, S]: only a sequence-parallel plan passes one (its padding at the end of the sequence)
+                key_mask: torch.Tensor | None = None, bias: bool = True) -> torch.Tensor:
+        # key_mask [B, S]: only a sequence-parallel plan passes one (its padding at the end of the sequence).
+        # bias=False: the output projection's bias is left to the caller's fused kernel (module docstring)
         qkv = self.qkv(x)
         if fused.enabled_for(qkv):  # one launch: split, RMSNorm across heads, RoPE across heads, heads-first q/k/v
             q, k, v = fused.qkv_norm_rope(qkv, self.norm_q.weight, self.norm_k.weight, *rope, self.norm_q.eps,
                                           self.num_heads, heads_first=self.heads_first, rope_dim=qkv.shape[-1] // 3)
-            return self.proj(self.attn_op(q, k, v, key_mask).flatten(2))
+            return project(self.proj, self.attn_op(q, k, v, key_mask).flatten(2), bias)
         q, k, v = qkv.chunk(3, dim=-1)
         # norm and RoPE over the full dim, then [B, S, dim] -> [B, S, heads, head_dim]
         q = rope_across_heads(self.norm_q(q), rope).unflatten(-1, (self.num_heads, -1))
@@ -198,12 +208,13 @@ class LTXCrossAttention(nn.Module):
         self.norm_k = RMSNorm(cfg.dim, QK_NORM_EPS)
         self.attn_op = AttentionOp()
 
-    def forward(self, x: torch.Tensor, text: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, text: torch.Tensor, key_mask: torch.Tensor | None,
+                bias: bool = True) -> torch.Tensor:
         q = self.norm_q(self.q(x))
         k, v = self.kv(text).chunk(2, dim=-1)
         k = self.norm_k(k)
         q, k, v = (t.unflatten(-1, (self.num_heads, -1)) for t in (q, k, v))
-        return self.proj(self.attn_op(q, k, v, key_mask).flatten(2))
+        return project(self.proj, self.attn_op(q, k, v, key_mask).flatten(2), bias)
 
 
 class LTXFeedForward(nn.Module):
@@ -212,8 +223,8 @@ class LTXFeedForward(nn.Module):
         self.fc1 = nn.Linear(cfg.dim, FFN_MULT * cfg.dim)
         self.fc2 = nn.Linear(FFN_MULT * cfg.dim, cfg.dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(fused.linear_gelu_tanh(x, self.fc1.weight, self.fc1.bias))
+    def forward(self, x: torch.Tensor, bias: bool = True) -> torch.Tensor:
+        return project(self.fc2, fused.linear_gelu_tanh(x, self.fc1.weight, self.fc1.bias), bias)
 
 
 class LTXBlock(nn.Module):
@@ -237,11 +248,16 @@ class LTXBlock(nn.Module):
             # ``ada``: this table made beforehand (LTXDiT.block_tables makes every block's in one pass)
             ada = self.table(mod) if ada is None else ada
             shift1, scale1p, gate1, shift2, scale2p, gate2 = ada.unsqueeze(2).unbind(1)
+            # the out projections' biases go to the residual kernels unless a hook watches (module docstring)
+            late = fused.unobserved(self.attn, self.attn.proj, self.cross_attn, self.cross_attn.proj, self.ffn,
+                                    self.ffn.fc2)
+            b_attn, b_cross, b_ffn = ((self.attn.proj.bias, self.cross_attn.proj.bias, self.ffn.fc2.bias) if late
+                                      else (None, None, None))
             h = fused.norm_modulate(x, scale1p, shift1, self.eps, rms=True)
-            x = fused.gated_residual(x, self.attn(h, rope, key_mask), gate1)
-            x, h = fused.residual_norm(x, self.cross_attn(x, text, text_mask), None, scale2p, shift2, self.eps,
-                                       rms=True)
-            return fused.gated_residual(x, self.ffn(h), gate2)
+            x = fused.gated_residual(x, self.attn(h, rope, key_mask, bias=not late), gate1, b_attn)
+            x, h = fused.residual_norm(x, self.cross_attn(x, text, text_mask, bias=not late), None, scale2p, shift2,
+                                       self.eps, rms=True, bias=b_cross)
+            return fused.gated_residual(x, self.ffn(h, bias=not late), gate2, b_ffn)
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation + mod).unsqueeze(2).unbind(1)
 
         # 1. self-attention on the modulated, RMS-normalized tokens; gated residual
