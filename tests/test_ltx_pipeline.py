@@ -288,3 +288,50 @@ def test_video_generator_runs_the_family_on_the_repo(repo, ours):
         assert gen.last_report.settings["scheduler"] == "FlowMatchEulerDiscreteScheduler"
         with pytest.raises(UserError, match="num_frames=10 is not of the form 8k"):
             gen.generate_video(PROMPT, num_frames=10, seed=SEED)
+
+
+def test_denoising_drops_the_text_padding_both_branches_share(components, ours, monkeypatch):
+    """The DiT reads the text up to the last real token of either branch (same values up to summation order);
+    with a hook on the DiT (parity captures) it reads the padded text, as LTXPipeline's does."""
+    seen = []
+    forward = ltx.LTXDenoiser.__call__
+
+    def spy(self, x, timestep, encoder_hidden_states, encoder_attention_mask=None):
+        seen.append(tuple(encoder_hidden_states.shape))
+        return forward(self, x, timestep, encoder_hidden_states, encoder_attention_mask)
+
+    monkeypatch.setattr(ltx.LTXDenoiser, "__call__", spy)
+    trimmed = run(components, request())
+    real = max(int(c.kwargs["encoder_attention_mask"].sum()) for c in (ours.cond, ours.uncond))
+    assert {s[1] for s in seen} == {real} and real < family.TEXT_LEN
+    assert trimmed.cond.kwargs["encoder_hidden_states"].shape[1] == family.TEXT_LEN  # the state keeps them as encoded
+    torch.testing.assert_close(trimmed.latents, ours.latents, rtol=0, atol=1e-5)
+    seen.clear()
+    handle = components.transformer.blocks[0].register_forward_hook(lambda *a: None)
+    try:
+        padded = run(components, request())
+    finally:
+        handle.remove()
+    assert {s[1] for s in seen} == {family.TEXT_LEN}
+    torch.testing.assert_close(padded.latents, ours.latents, rtol=0, atol=1e-5)
+
+
+def test_drop_common_padding_cuts_only_what_every_sample_pads():
+    from vidport.runtime.pipeline import drop_common_padding
+
+    def cond(*valid, length=6):
+        mask = torch.zeros(len(valid), length, dtype=torch.bool)
+        for i, n in enumerate(valid):
+            mask[i, :n] = True
+        return Conditioning({"text": torch.randn(len(valid), length, 3), "mask": mask})
+
+    a, b = cond(2), cond(4)
+    got_a, got_b = drop_common_padding([a, b], "text", "mask")
+    assert got_a.kwargs["text"].shape == (1, 4, 3) and got_a.kwargs["mask"].shape == (1, 4)
+    assert torch.equal(got_b.kwargs["text"], b.kwargs["text"][:, :4])
+    assert drop_common_padding([a, None], "text", "mask")[1] is None
+    assert drop_common_padding([a, None], "text", "mask")[0].kwargs["text"].shape[1] == 2
+    empty = cond(2, 0)  # a sample with no real token attends to every position: nothing may be cut
+    assert drop_common_padding([empty], "text", "mask")[0] is empty
+    full = cond(6)
+    assert drop_common_padding([full], "text", "mask")[0] is full

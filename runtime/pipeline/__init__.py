@@ -12,7 +12,7 @@ _WHERE = {
     **dict.fromkeys(("CFG_STRATEGIES", "BatchedCFG", "CFGStrategy", "SerialCFG", "get_cfg_strategy"), "guidance"),
     **dict.fromkeys(("Denoise", "PrepareLatents", "PrepareTimesteps", "Stage", "run_stages", "uint8_frames"),
                      "stages"),
-    **dict.fromkeys(("Conditioning", "GenerationRequest", "PipelineState"), "state"),
+    **dict.fromkeys(("Conditioning", "GenerationRequest", "PipelineState", "drop_common_padding"), "state"),
     **dict.fromkeys(("validate_output_path", "validate_request"), "validate"),
 }
 __all__ = sorted(_WHERE)

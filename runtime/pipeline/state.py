@@ -50,6 +50,35 @@ class Conditioning:
         return Conditioning({k: torch.cat([v, other.kwargs[k]]) for k, v in self.kwargs.items()})
 
 
+def drop_common_padding(conds: list[Conditioning | None], sequence: str, mask: str) -> list[Conditioning | None]:
+    """The conditionings without the trailing positions that are padding in every one of them: ``sequence``
+    [B, L, ...] and ``mask`` [B, L] (nonzero = a real position) cut to the last real position of any sample.
+
+    For a model that gives masked positions no weight (a cross-attention with a key mask) this changes nothing
+    but the summation order, and each attention then reads fewer keys (LTX-Video pads a 40-token prompt to 128).
+    Nothing is cut when some sample has no real position at all (such a sample attends to every position, as
+    LTX's reference -10000 bias makes it). A model whose intermediates someone observes (parity hooks) should
+    get the padded inputs, as the reference does. One host sync per call; None entries pass through."""
+    import torch
+
+    present = [c for c in conds if c is not None]
+    masks = torch.cat([c.kwargs[mask].reshape(-1, c.kwargs[mask].shape[-1]).bool() for c in present])
+    if not bool(masks.any(dim=-1).all()):
+        return list(conds)
+    real = masks.any(dim=0).nonzero()
+    keep = int(real.max()) + 1
+    if keep == masks.shape[-1]:
+        return list(conds)
+
+    def cut(c: Conditioning) -> Conditioning:
+        kwargs = dict(c.kwargs)
+        kwargs[sequence] = kwargs[sequence][:, :keep]
+        kwargs[mask] = kwargs[mask][..., :keep]
+        return Conditioning(kwargs)
+
+    return [None if c is None else cut(c) for c in conds]
+
+
 @dataclass
 class PipelineState:
     """Everything the stages produce, filled in order; a stage reads earlier fields and sets its own.

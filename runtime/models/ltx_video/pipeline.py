@@ -10,7 +10,9 @@ Parity target: diffusers' ``LTXPipeline`` (``pipelines/ltx/pipeline_ltx.py``). W
 ``decode_timestep`` / ``decode_noise_scale``, the latents and frames are LTXPipeline's; in particular:
 
 - text: tokenized to ``max_sequence_length`` 128 with padding; T5 runs on the ids *without* the attention mask (as
-  LTXPipeline calls it); the mask goes to the DiT's cross-attention, where padded tokens get no weight.
+  LTXPipeline calls it); the mask goes to the DiT's cross-attention, where padded tokens get no weight. The
+  denoising loop drops the trailing padding both branches share (``drop_common_padding``: the same values up to
+  summation order, 40 keys instead of 128 for a 40-token prompt) unless a hook observes the DiT (parity runs).
 - noise: ``randn`` of [1, C, f, h, w] on a CPU generator seeded with the seed, packed into tokens [1, f*h*w, C]
   (frame, height, width order); the decode noise is the next draw of the same generator.
 - timesteps: ``sigmas = linspace(1, 1/N, N)`` and ``mu = calculate_shift(f*h*w, base_image_seq_len,
@@ -59,10 +61,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from vidport.runtime.kernels import fused
 from vidport.runtime.models.ltx_video import family
 from vidport.runtime.models.ltx_video.config import PRESETS, LTXDiTConfig
 from vidport.runtime.models.ltx_video.model import pack_latents, unpack_tokens
-from vidport.runtime.pipeline import Conditioning, Denoise, PipelineState, PrepareLatents, Stage, uint8_frames
+from vidport.runtime.pipeline import (
+    Conditioning,
+    Denoise,
+    PipelineState,
+    PrepareLatents,
+    Stage,
+    drop_common_padding,
+    uint8_frames,
+)
 
 from vidport.errors import UserError
 
@@ -335,7 +346,15 @@ class DenoiseTokens:
         c, vae = self.c, self.c.vae
         grid = token_grid(c.dit_config, latent_size(vae, state.request))
         model = LTXDenoiser(c.transformer, grid, rope_interpolation_scale(vae, c.frame_rate))
-        return Denoise(model, c.scheduler, self.cfg, c.dtype, self.on_step)(state)
+        encoded = state.cond, state.uncond
+        if fused.unobserved(*c.transformer.modules()):  # parity hooks see the padded text, as LTXPipeline's DiT does
+            # the text padding every branch shares is dropped: the cross-attentions read 40 keys, not 128
+            state.cond, state.uncond = drop_common_padding(list(encoded), "encoder_hidden_states",
+                                                           "encoder_attention_mask")
+        try:
+            return Denoise(model, c.scheduler, self.cfg, c.dtype, self.on_step)(state)
+        finally:  # the state keeps the conditionings as encoded
+            state.cond, state.uncond = encoded
 
 
 class DecodeVideo:
