@@ -355,6 +355,19 @@ def bench_parts(args, out: dict) -> None:
         if name == "sdpa-cudnn":  # the one of these that takes a key mask (what auto picks for LTX's cross-attention)
             row(f"[{name}] cross, 128 keys, 40 real (mask)", lambda fn=fn: fn(q, tk, tv, mask), 4 * TOKENS * L * d)
             row(f"[{name}] cross, 128 keys, no mask", lambda fn=fn: fn(q, tk, tv), 4 * TOKENS * L * d)
+            # the same mask in other forms, straight to SDPA's cuDNN kernel (what the mask's cost depends on)
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            qh, kh, vh = (t.transpose(1, 2) for t in (q, tk, tv))
+            forms = {"bool [B,1,1,L]": mask[:, None, None, :],
+                     "additive [B,1,1,L]": torch.where(mask, 0.0, float("-inf")).to(DTYPE)[:, None, None, :],
+                     "additive [B,H,S,L] materialized": torch.where(mask, 0.0, float("-inf")).to(DTYPE)[
+                         :, None, None, :].expand(1, heads, TOKENS, L).contiguous()}
+            for form, m in forms.items():
+                def masked(m=m, qh=qh, kh=kh, vh=vh):
+                    with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+                        return torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, attn_mask=m)
+                row(f"[{name}] cross, 128 keys, mask {form}", masked, 4 * TOKENS * L * d)
         row(f"[{name}] cross, the 40 real keys only (no mask)",
             lambda fn=fn: fn(q, tk[:, :40], tv[:, :40]), 4 * TOKENS * 40 * d)
     out["parts"] = rows

@@ -27,7 +27,8 @@ def rel(a, b):
 def against_reference(fn, *args, **kwargs):
     """fn on the CUDA tensors (Triton) and on CPU copies (the function's PyTorch reference path)."""
     cpu = [a.cpu() if isinstance(a, torch.Tensor) else a for a in args]
-    got, want = fn(*args, **kwargs), fn(*cpu, **kwargs)
+    cpu_kwargs = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    got, want = fn(*args, **kwargs), fn(*cpu, **cpu_kwargs)
     if isinstance(got, tuple):
         return [rel(g.cpu(), w) for g, w in zip(got, want)]
     return rel(got.cpu(), want)
@@ -63,6 +64,7 @@ def main() -> None:
         "linear_gelu_tanh": against_reference(fused.linear_gelu_tanh, x, W, bias),
         # a projection's bias left to the residual kernel (as large as y, so a dropped bias fails the check)
         "gated_residual[bias]": against_reference(fused.gated_residual, x, y, add, y_bias),
+        "rms_norm[bias]": against_reference(fused.rms_norm, x, w, 1e-6, y_bias),
         **{f"residual_norm[gated={g}, bias, {part}]": err for g in (True, False) for part, err in
            zip(("stream", "normed"), against_reference(fused.residual_norm, x, y, add if g else None, mul, add, 1e-6,
                                                        rms=True, bias=y_bias))},

@@ -15,8 +15,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fused.rms_norm(x, self.weight, self.eps)
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``bias``: x is a projection's output without its bias, added (fp32) before the norm."""
+        return fused.rms_norm(x, self.weight, self.eps, bias)
 
 
 def set_block_attention(blocks, backend: str, cross_backend: str | None = None) -> None:

@@ -205,7 +205,8 @@ def test_hooks_see_the_projections_with_their_bias(pair, fused_branch):
     seen = {}
     block = model.blocks[0]
     watched = {"attn": block.attn, "attn.proj": block.attn.proj, "cross_attn.proj": block.cross_attn.proj,
-               "ffn": block.ffn, "ffn.fc2": block.ffn.fc2}
+               "cross_attn.q": block.cross_attn.q, "ffn": block.ffn, "ffn.fc2": block.ffn.fc2,
+               "block 1": model.blocks[1]}
     with torch.no_grad():
         plain = model(x, text, t, mask, **geometry)
         handles = [m.register_forward_hook(lambda m, a, out, name=name: seen.setdefault(name, out))
@@ -218,6 +219,7 @@ def test_hooks_see_the_projections_with_their_bias(pair, fused_branch):
     assert set(seen) == set(watched)  # every watched projection ran as a module
     assert torch.equal(seen["attn"], seen["attn.proj"])  # the attention's output is the proj's, bias included
     assert torch.equal(seen["ffn"], seen["ffn.fc2"])
+    assert isinstance(seen["block 1"], torch.Tensor)  # a watched block is not chained: it returns its stream only
     torch.testing.assert_close(hooked, plain, rtol=0, atol=ATOL)
 
 
@@ -234,6 +236,8 @@ def test_residual_kernels_add_the_bias_left_out_of_the_gemm():
         want = fused.residual_norm(x, y + bias, gated, mul, add, 1e-6, rms=True)
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b)
+    w = torch.rand(8, generator=g) + 0.5
+    torch.testing.assert_close(fused.rms_norm(y, w, 1e-6, bias), fused.rms_norm(y + bias, w, 1e-6))
     # a hook anywhere among the named modules turns the shortcut off; an unnamed module's does not
     outer, inner = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
     assert fused.unobserved(outer, inner)

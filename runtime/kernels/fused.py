@@ -265,21 +265,24 @@ def _(qkv, w_q, w_k, cos, sin, eps, num_heads, heads_first, segments, rope_dim=0
     return qkv.new_empty(_qkv_shape(qkv, num_heads, heads_first, segments))
 
 
-def rms_norm(t: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm with fp32 statistics over the last dim, output in t's dtype (one pass on CUDA)."""
+def rms_norm(t: torch.Tensor, weight: torch.Tensor, eps: float, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """RMSNorm with fp32 statistics over the last dim, output in t's dtype (one pass on CUDA). ``bias`` [C]: t is a
+    projection's output without its bias; the norm of (t + bias), added in fp32."""
     if not _use_triton(t):
-        return F.rms_norm(t.float(), (t.shape[-1],), weight.float(), eps).type_as(t)
-    return _launcher(_rms_norm_op, _rms_norm_launch)(t, weight, eps)
+        return F.rms_norm(_with_bias(t, bias), (t.shape[-1],), weight.float(), eps).type_as(t)
+    return _launcher(_rms_norm_op, _rms_norm_launch)(t, weight, eps, bias)
 
 
-def _rms_norm_launch(t: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def _rms_norm_launch(t: torch.Tensor, weight: torch.Tensor, eps: float,
+                     bias: torch.Tensor | None = None) -> torch.Tensor:
     C = t.shape[-1]
     t2 = t.reshape(-1, C)  # a view where the rows are evenly strided (k of a fused k/v projection: rows of 2C)
     if t2.stride(-1) != 1:
         t2 = t2.contiguous()
     out = torch.empty(t.shape, dtype=t.dtype, device=t.device)  # contiguous rows of C
-    _rms_norm_kernel[(t2.shape[0],)](t2, weight.contiguous(), out, C, t2.stride(0), eps,  # w read in its dtype
-                                     BLOCK=triton.next_power_of_2(C), num_warps=8)
+    w = weight.contiguous()  # read in its dtype
+    _rms_norm_kernel[(t2.shape[0],)](t2, w, w if bias is None else bias.contiguous(), out, C, t2.stride(0), eps,
+                                     HAS_BIAS=bias is not None, BLOCK=triton.next_power_of_2(C), num_warps=8)
     return out
 
 
@@ -287,7 +290,7 @@ _rms_norm_op = torch.library.custom_op("vidport::rms_norm", mutates_args=())(_rm
 
 
 @_rms_norm_op.register_fake
-def _(t, weight, eps):
+def _(t, weight, eps, bias=None):
     return torch.empty_like(t, memory_format=torch.contiguous_format)
 
 
@@ -424,11 +427,14 @@ if triton is not None:
         tl.store(dst, x.to(out_ptr.dtype.element_ty), mask=m)
 
     @triton.jit
-    def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, C, stride_x, eps, BLOCK: tl.constexpr):
+    def _rms_norm_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, C, stride_x, eps, HAS_BIAS: tl.constexpr,
+                         BLOCK: tl.constexpr):
         row = tl.program_id(0)
         cols = tl.arange(0, BLOCK)
         m = cols < C
         x = tl.load(x_ptr + row * stride_x + cols, mask=m, other=0.0).to(tl.float32)
+        if HAS_BIAS:  # the projection's bias, left out of its GEMM
+            x += tl.load(bias_ptr + cols, mask=m, other=0.0).to(tl.float32)
         r = tl.rsqrt(tl.sum(x * x, axis=0) / C + eps)
         w = tl.load(w_ptr + cols, mask=m, other=0.0).to(tl.float32)
         tl.store(out_ptr + row * C + cols, (x * r * w).to(out_ptr.dtype.element_ty), mask=m)

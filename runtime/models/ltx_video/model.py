@@ -24,11 +24,12 @@ dtype: everything computes in the model's dtype as diffusers does (no module is 
 and the RoPE rotation run in fp32 and are cast back, as in the reference). On CUDA in bf16/fp16 the elementwise work
 runs in the fused Triton kernels of ``runtime.kernels.fused`` (norm + modulation, gated residual, residual + next
 norm, q/k norm + RoPE): the same math with fp32 inside each kernel and one rounding at its end, where the reference
-rounds after every op. There, while no hook observes a block (``fused.unobserved``; parity captures hook every
-module), the three projections that feed a residual kernel (self-attention out, cross-attention out, FFN fc2) run
-as plain GEMMs and the residual kernel adds their bias in fp32: cuBLASLt's bias epilogue cost 2-8% of those GEMMs'
+rounds after every op. There, while no hook observes the modules involved (``fused.unobserved``; parity captures
+hook every module), the projections that feed a fused kernel (self-attention out, cross-attention q and out, FFN
+fc2) run as plain GEMMs and that kernel adds their bias in fp32: cuBLASLt's bias epilogue cost 2-8% of those GEMMs'
 time on an H200 (``benchmarks/bench_ltx.py parts``), and the projection's output is rounded before its bias rather
-than after.
+than after; and each block's last residual add also makes the next block's first normalized input
+(``LTXDiT.run_blocks``).
 
 Layout differences from the Diffusers checkpoint (resolved by the name map ``maps/diffusers_to_native.map``, not
 here): self-attention q/k/v is one fused projection ``attn.qkv`` and cross-attention k/v one fused
@@ -210,7 +211,9 @@ class LTXCrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, key_mask: torch.Tensor | None,
                 bias: bool = True) -> torch.Tensor:
-        q = self.norm_q(self.q(x))
+        # on the fused path q's bias is added by its norm's kernel while nothing watches them (module docstring)
+        late = fused.enabled_for(x) and fused.unobserved(self.q, self.norm_q)
+        q = self.norm_q(project(self.q, x, not late), bias=self.q.bias if late else None)
         k, v = self.kv(text).chunk(2, dim=-1)
         k = self.norm_k(k)
         q, k, v = (t.unflatten(-1, (self.num_heads, -1)) for t in (q, k, v))
@@ -241,8 +244,11 @@ class LTXBlock(nn.Module):
         """The fused path's modulation table [B, 6, dim] fp32 (``modulation_table``)."""
         return modulation_table(self.modulation, mod)
 
-    def forward(self, x, mod, text, rope, text_mask=None, key_mask=None, ada=None):
-        # x [B, S, dim]; mod [B, 6, dim] the projected time embedding; each modulation row -> [B, 1, dim]
+    def forward(self, x, mod, text, rope, text_mask=None, key_mask=None, ada=None, h=None, next_ada=None):
+        """x [B, S, dim] -> x; mod [B, 6, dim] the projected time embedding. Fused path only: ``ada`` this block's
+        table made beforehand, ``h`` its first normalized input made by the previous block's last kernel, and with
+        ``next_ada`` (the next block's table) the last residual add also makes the next block's ``h``: then the
+        block returns (x, h). ``LTXDiT.run_blocks`` chains them so."""
         if fused.enabled_for(x):  # the same math in five passes over the tokens (fp32 inside each, one rounding)
             # one fp32 table [B, 6, dim] with 1 added to the scale rows; the kernels read its rows in place.
             # ``ada``: this table made beforehand (LTXDiT.block_tables makes every block's in one pass)
@@ -253,11 +259,16 @@ class LTXBlock(nn.Module):
                                     self.ffn.fc2)
             b_attn, b_cross, b_ffn = ((self.attn.proj.bias, self.cross_attn.proj.bias, self.ffn.fc2.bias) if late
                                       else (None, None, None))
-            h = fused.norm_modulate(x, scale1p, shift1, self.eps, rms=True)
+            if h is None:
+                h = fused.norm_modulate(x, scale1p, shift1, self.eps, rms=True)
             x = fused.gated_residual(x, self.attn(h, rope, key_mask, bias=not late), gate1, b_attn)
             x, h = fused.residual_norm(x, self.cross_attn(x, text, text_mask, bias=not late), None, scale2p, shift2,
                                        self.eps, rms=True, bias=b_cross)
-            return fused.gated_residual(x, self.ffn(h, bias=not late), gate2, b_ffn)
+            if next_ada is None:
+                return fused.gated_residual(x, self.ffn(h, bias=not late), gate2, b_ffn)
+            # the next block's (shift, 1 + scale) rows: its first norm in this residual add's pass
+            return fused.residual_norm(x, self.ffn(h, bias=not late), gate2, next_ada[:, 1:2], next_ada[:, 0:1],
+                                       self.eps, rms=True, bias=b_ffn)
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation + mod).unsqueeze(2).unbind(1)
 
         # 1. self-attention on the modulated, RMS-normalized tokens; gated residual
@@ -353,6 +364,21 @@ class LTXDiT(nn.Module):
         tables = torch.stack([b.modulation for b in self.blocks])  # [n, 6, dim]
         return list(modulation_table(tables[:, None], mod[None]).unbind(0))
 
+    def run_blocks(self, x: torch.Tensor, mod: torch.Tensor, text: torch.Tensor, rope, text_mask=None,
+                   key_mask=None) -> torch.Tensor:
+        """Every block in order (``forward``'s loop, and the sequence-parallel plan's on a shard). On the fused path,
+        while no hook watches the blocks, each block's last residual add also makes the next block's normalized
+        input (one pass over the tokens fewer a block; the same kernel math)."""
+        tables = self.block_tables(mod)
+        chain = tables[0] is not None and fused.unobserved(*self.blocks)
+        h = None
+        for i, (block, ada) in enumerate(zip(self.blocks, tables)):
+            if chain and i + 1 < len(self.blocks):
+                x, h = block(x, mod, text, rope, text_mask, key_mask, ada=ada, h=h, next_ada=tables[i + 1])
+            else:
+                x = block(x, mod, text, rope, text_mask, key_mask, ada=ada, h=h)
+        return x
+
     @staticmethod
     def text_key_mask(encoder_attention_mask: torch.Tensor | None) -> torch.Tensor | None:
         """[B, L] (nonzero = a real token) -> the attention's boolean key mask. A sample with no real token
@@ -377,6 +403,4 @@ class LTXDiT(nn.Module):
         temb, mod = self.embed_time(timestep)
         text = self.embed_text(encoder_hidden_states)
         text_mask = self.text_key_mask(encoder_attention_mask)
-        for block, ada in zip(self.blocks, self.block_tables(mod)):
-            x = block(x, mod, text, rope, text_mask, ada=ada)
-        return self.head(x, temb)
+        return self.head(self.run_blocks(x, mod, text, rope, text_mask), temb)

@@ -41,9 +41,7 @@ class SequenceParallelLTXDiT(SequenceParallelModel):
         temb, mod = dit.embed_time(timestep)
         text = dit.embed_text(encoder_hidden_states)
         text_mask = dit.text_key_mask(encoder_attention_mask)
-        for block, ada in zip(dit.blocks, dit.block_tables(mod)):
-            x = block(x, mod, text, rope, text_mask, key_mask, ada=ada)
-        out = dit.head(x, temb).contiguous()
+        out = dit.head(dit.run_blocks(x, mod, text, rope, text_mask, key_mask), temb).contiguous()
 
         # 3. gather the shards in rank (= sequence) order and drop the padding
         shards = [torch.empty_like(out) for _ in range(world)]
