@@ -159,6 +159,17 @@ def bench_dit(args, out: dict) -> None:
         del ref32
         out["parity_native_bf16_vs_fp32"] = compare(y_nat, y32)
         out["parity_diffusers_bf16_vs_fp32"] = compare(y_ref, y32)
+        if DEV == "cuda":  # the text k/v made ahead on a side stream (run_blocks) vs inside each block: same kernels
+            from vidport.runtime.models.ltx_video import model as ltx_model
+
+            ahead, ltx_model.text_kv_ahead = ltx_model.text_kv_ahead, lambda blocks, text: None
+            try:
+                inline = run_native().float()
+            finally:
+                ltx_model.text_kv_ahead = ahead
+            out["text_kv_ahead_vs_inline_max_abs"] = (inline - y_nat).abs().max().item()
+            print(f"text k/v ahead on a side stream vs inside each block: max_abs "
+                  f"{out['text_kv_ahead_vs_inline_max_abs']:.3e}", flush=True)
     cuda_sync()
     for k, v in out.items():
         if k.startswith("parity"):
