@@ -69,9 +69,9 @@ class PrepareLatents:
         shape = (1, *self.latent_shape(state.request))
         where = state.device if self.on_device else torch.device("cpu")
         generator = torch.Generator(where).manual_seed(state.request.seed)
-        noise = torch.randn(shape, generator=generator, dtype=torch.float32, device=where).to(state.device)
-        state.initial_noise = noise
-        state.latents = noise
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32, device=where)
+        state.initial_noise = noise.cpu()  # kept on the host: no device memory for a copy nobody computes with
+        state.latents = noise.to(state.device)
         return state
 
 

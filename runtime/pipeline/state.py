@@ -92,7 +92,7 @@ class PipelineState:
     cond: Conditioning | None = None  # the prompt's conditioning (batch 1)
     uncond: Conditioning | None = None  # the negative prompt's; None when guidance is off
     timesteps: torch.Tensor | None = None  # [steps] on device, as the scheduler sets them
-    initial_noise: torch.Tensor | None = None  # [1, C, f, h, w] fp32, the seed's noise (kept for checks)
+    initial_noise: torch.Tensor | None = None  # [1, C, f, h, w] fp32 on the CPU, the seed's noise (kept for checks)
     latents: torch.Tensor | None = None  # [1, C, f, h, w] fp32
     frames: np.ndarray | None = None  # uint8 [F, H, W, 3]
     timings: dict[str, float] = field(default_factory=dict)  # stage name -> seconds

@@ -160,30 +160,40 @@ def unpack_tokens(tokens: torch.Tensor, cfg: LTXDiTConfig, grid: Grid) -> torch.
 _SIDE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
 
 
-def text_kv_ahead(blocks, text: torch.Tensor):
-    """Every block's cross-attention keys/values (``text_kv``: they depend on the caption only) launched up front on
-    a side CUDA stream, so that they run beside the first blocks' work instead of between it (also inside a CUDA
-    graph: the side stream becomes a parallel branch). Returns ``ready(i)``: block i's (k, v), once the main stream
-    waits for them. None off CUDA, or while a hook watches a projection it would call early (parity captures)."""
-    if not text.is_cuda or not fused.unobserved(*(m for b in blocks for m in (b.cross_attn.kv, b.cross_attn.norm_k))):
-        return None
-    main = torch.cuda.current_stream(text.device)
-    side = _SIDE_STREAMS.setdefault(text.device, torch.cuda.Stream(text.device))
-    side.wait_stream(main)  # the text embedding is made on the main stream
-    kvs, events = [], []
-    with torch.cuda.stream(side):
-        for block in blocks:
-            kvs.append(block.cross_attn.text_kv(text))
-            events.append(torch.cuda.Event())
-            events[-1].record(side)
+class TextKVAhead:
+    """Every block's cross-attention keys/values (``text_kv``: they depend on the caption only), each made on a side
+    CUDA stream while the block before it runs, instead of between that block's kernels (inside a CUDA graph the
+    side stream is a parallel branch). ``ahead(i)``: block i's (k, v), once the main stream waits for them; it also
+    starts block i+1's. At most two blocks' k/v are alive at a time."""
 
-    def ready(i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        main.wait_event(events[i])
-        for t in kvs[i]:  # made on the side stream, read on the main one: the allocator must know
-            t.record_stream(main)
-        return kvs[i]
+    def __init__(self, blocks, text: torch.Tensor):
+        self.blocks, self.text = blocks, text
+        self.main = torch.cuda.current_stream(text.device)
+        self.side = _SIDE_STREAMS.setdefault(text.device, torch.cuda.Stream(text.device))
+        self.side.wait_stream(self.main)  # the text embedding is made on the main stream
+        self.pending: dict[int, tuple[tuple[torch.Tensor, torch.Tensor], torch.cuda.Event]] = {}
+        self._start(0)
 
-    return ready
+    @staticmethod
+    def wanted(blocks, text: torch.Tensor) -> bool:
+        """On CUDA, while no hook watches a projection it would call early (parity captures the call order)."""
+        return text.is_cuda and fused.unobserved(*(m for b in blocks for m in (b.cross_attn.kv, b.cross_attn.norm_k)))
+
+    def _start(self, i: int) -> None:
+        if i < len(self.blocks):
+            with torch.cuda.stream(self.side):
+                kv = self.blocks[i].cross_attn.text_kv(self.text)
+                done = torch.cuda.Event()
+                done.record(self.side)
+            self.pending[i] = kv, done
+
+    def __call__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self._start(i + 1)
+        kv, done = self.pending.pop(i)
+        self.main.wait_event(done)
+        for t in kv:  # made on the side stream, read on the main one: the allocator must know
+            t.record_stream(self.main)
+        return kv
 
 
 def project(linear: nn.Linear, x: torch.Tensor, bias: bool) -> torch.Tensor:
@@ -408,7 +418,7 @@ class LTXDiT(nn.Module):
         input (one pass over the tokens fewer a block; the same kernel math)."""
         tables = self.block_tables(mod)
         chain = tables[0] is not None and fused.unobserved(*self.blocks)
-        ready = text_kv_ahead(self.blocks, text) if chain else None
+        ready = TextKVAhead(self.blocks, text) if chain and TextKVAhead.wanted(self.blocks, text) else None
         h = None
         for i, (block, ada) in enumerate(zip(self.blocks, tables)):
             kv = None if ready is None else ready(i)
