@@ -232,8 +232,9 @@ class VideoGenerator:
         for key in ("vae_tiles", "vae_split"):  # what the decode did: its tiles, or the ranks that split its rows
             if key in state.info:
                 settings[key] = state.info[key]
+        extra = {"peak_gib_after": state.info["peak_gib_after"]} if "peak_gib_after" in state.info else {}
         self.last_report = GenerationReport(settings=settings, timings=timings, step_seconds=state.step_seconds,
-                                            output_path=None if out is None else str(out))
+                                            output_path=None if out is None else str(out), extra=extra)
         self.last_state = state
         return state.frames
 

@@ -23,11 +23,16 @@ class Stage(Protocol):
 
 
 def run_stages(stages: Sequence[Stage], state: PipelineState) -> PipelineState:
-    """Run the stages in order, recording each one's wall time in ``state.timings[stage.name]``."""
+    """Run the stages in order, recording each one's wall time in ``state.timings[stage.name]`` and, on CUDA, the
+    device's allocated-memory high-water mark after it (``state.info["peak_gib_after"]``; torch's running peak,
+    which the stage that raised it reached)."""
     for stage in stages:
         start = now(state.device)
         state = stage(state)
         state.timings[stage.name] = now(state.device) - start
+        if state.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(state.device) / 2**30
+            state.info.setdefault("peak_gib_after", {})[stage.name] = round(peak, 3)
     return state
 
 
