@@ -21,7 +21,6 @@ breakdown, peak GPU memory of each, and how far the two videos are apart.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import tempfile
@@ -109,19 +108,6 @@ def dit_inputs(dtype=None):
     return x, text, t, mask
 
 
-@contextlib.contextmanager
-def text_kv_inline():
-    """Within: the native DiT makes each block's text k/v inside the block (no side stream, ``TextKVAhead``)."""
-    from vidport.runtime.models.ltx_video.model import TextKVAhead
-
-    wanted = TextKVAhead.wanted
-    TextKVAhead.wanted = staticmethod(lambda blocks, text: False)
-    try:
-        yield
-    finally:
-        TextKVAhead.wanted = wanted
-
-
 def print_profile(title: str, fn, rows: int = 25) -> None:
     """One forward under torch.profiler: the kernels by total time, their count and sum (the GPU time)."""
     from torch.profiler import ProfilerActivity, profile
@@ -173,12 +159,6 @@ def bench_dit(args, out: dict) -> None:
         del ref32
         out["parity_native_bf16_vs_fp32"] = compare(y_nat, y32)
         out["parity_diffusers_bf16_vs_fp32"] = compare(y_ref, y32)
-        if DEV == "cuda":  # the text k/v made ahead on a side stream (run_blocks) vs inside each block: same kernels
-            with text_kv_inline():
-                inline = run_native().float()
-            out["text_kv_ahead_vs_inline_max_abs"] = (inline - y_nat).abs().max().item()
-            print(f"text k/v ahead on a side stream vs inside each block: max_abs "
-                  f"{out['text_kv_ahead_vs_inline_max_abs']:.3e}", flush=True)
     cuda_sync()
     for k, v in out.items():
         if k.startswith("parity"):
@@ -239,7 +219,7 @@ def bench_dit(args, out: dict) -> None:
     if args.compile:
         from vidport.runtime.kernels import fused
 
-        # every block variant the bench compiles (kernels as ops or traced, chained or not, text k/v given or not)
+        # every block variant the bench compiles (kernels as ops or traced; first, middle and last of the chain)
         dyn = torch._dynamo.config
         limit = "recompile_limit" if hasattr(dyn, "recompile_limit") else "cache_size_limit"
         setattr(dyn, limit, max(getattr(dyn, limit), 32))
@@ -281,13 +261,6 @@ def bench_dit(args, out: dict) -> None:
                         p = compare(graphed(x, text[:, :cut], t, mask[:, :cut], **kw).float(), y_ref)
                     print(f"{trimmed}: rel_l2 vs diffusers bf16 eager (padded text) {p['rel_l2']:.3e}", flush=True)
                     measure(trimmed, lambda g=graphed, n=cut: g(x, text[:, :n], t, mask[:, :n], **kw))
-                    # A/B: the same graph with each block's text k/v made inside the block (no side stream)
-                    with text_kv_inline():
-                        inline_graph = CUDAGraphed(native)
-                        with torch.no_grad():
-                            inline_graph(x, text, t, mask, **kw)
-                    second_round.append((f"{label} + CUDA graph, text k/v inline (A/B)",
-                                         lambda g=inline_graph: g(x, text, t, mask, **kw)))
                 else:
                     del graphed
                 cuda_sync()
@@ -305,8 +278,7 @@ def bench_dit(args, out: dict) -> None:
         out["ratio_eager_cuda_graph"] = graph_ms / eager
         print(f"ratio vidport + CUDA graph / diffusers eager: {graph_ms / eager:.3f}", flush=True)
     if args.compile:
-        best_c = min(v["ms"] for k, v in times.items() if k.startswith("vidport compiled") and "text cut" not in k
-                     and "(A/B)" not in k)
+        best_c = min(v["ms"] for k, v in times.items() if k.startswith("vidport compiled") and "text cut" not in k)
         out["ratio_compiled"] = best_c / times["diffusers compiled"]["ms"]
         print(f"ratio vidport/diffusers compiled: {out['ratio_compiled']:.3f}", flush=True)
 

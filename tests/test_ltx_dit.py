@@ -244,16 +244,3 @@ def test_residual_kernels_add_the_bias_left_out_of_the_gemm():
     handle = inner.register_forward_pre_hook(lambda m, a: None)
     assert not fused.unobserved(outer, inner) and fused.unobserved(outer)
     handle.remove()
-
-
-def test_cross_attention_takes_its_text_kv_made_beforehand(pair):
-    """``run_blocks`` makes every block's text k/v ahead (a side CUDA stream); the block then uses them as given."""
-    _, model = pair
-    attn = model.blocks[0].cross_attn
-    g = torch.Generator().manual_seed(3)
-    x, text = torch.randn(2, 5, preset("tiny").dim, generator=g), torch.randn(2, 4, preset("tiny").dim, generator=g)
-    mask = torch.tensor([[True, True, False, False], [True, True, True, False]])
-    with torch.no_grad():
-        assert torch.equal(attn(x, text, mask, kv=attn.text_kv(text)), attn(x, text, mask))
-        other = attn.text_kv(text + 1.0)
-        assert not torch.allclose(attn(x, text, mask, kv=other), attn(x, text, mask))

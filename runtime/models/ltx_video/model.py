@@ -157,45 +157,6 @@ def unpack_tokens(tokens: torch.Tensor, cfg: LTXDiTConfig, grid: Grid) -> torch.
     return x.reshape(tokens.shape[0], -1, f * pt, h * p, w * p)
 
 
-_SIDE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
-
-
-class TextKVAhead:
-    """Every block's cross-attention keys/values (``text_kv``: they depend on the caption only), each made on a side
-    CUDA stream while the block before it runs, instead of between that block's kernels (inside a CUDA graph the
-    side stream is a parallel branch). ``ahead(i)``: block i's (k, v), once the main stream waits for them; it also
-    starts block i+1's. At most two blocks' k/v are alive at a time."""
-
-    def __init__(self, blocks, text: torch.Tensor):
-        self.blocks, self.text = blocks, text
-        self.main = torch.cuda.current_stream(text.device)
-        self.side = _SIDE_STREAMS.setdefault(text.device, torch.cuda.Stream(text.device))
-        self.side.wait_stream(self.main)  # the text embedding is made on the main stream
-        self.pending: dict[int, tuple[tuple[torch.Tensor, torch.Tensor], torch.cuda.Event]] = {}
-        self._start(0)
-
-    @staticmethod
-    def wanted(blocks, text: torch.Tensor) -> bool:
-        """On CUDA, while no hook watches a projection it would call early (parity captures the call order)."""
-        return text.is_cuda and fused.unobserved(*(m for b in blocks for m in (b.cross_attn.kv, b.cross_attn.norm_k)))
-
-    def _start(self, i: int) -> None:
-        if i < len(self.blocks):
-            with torch.cuda.stream(self.side):
-                kv = self.blocks[i].cross_attn.text_kv(self.text)
-                done = torch.cuda.Event()
-                done.record(self.side)
-            self.pending[i] = kv, done
-
-    def __call__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        self._start(i + 1)
-        kv, done = self.pending.pop(i)
-        self.main.wait_event(done)
-        for t in kv:  # made on the side stream, read on the main one: the allocator must know
-            t.record_stream(self.main)
-        return kv
-
-
 def project(linear: nn.Linear, x: torch.Tensor, bias: bool) -> torch.Tensor:
     """``linear(x)``, or with ``bias=False`` the GEMM alone (the caller's fused kernel adds ``linear.bias``)."""
     return linear(x) if bias else F.linear(x, linear.weight)
@@ -248,20 +209,15 @@ class LTXCrossAttention(nn.Module):
         self.norm_k = RMSNorm(cfg.dim, QK_NORM_EPS)
         self.attn_op = AttentionOp()
 
-    def text_kv(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The caption's keys (normalized) and values, each [B, L, heads, head_dim]: they depend on the text only."""
-        k, v = self.kv(text).chunk(2, dim=-1)
-        return self.norm_k(k).unflatten(-1, (self.num_heads, -1)), v.unflatten(-1, (self.num_heads, -1))
-
     def forward(self, x: torch.Tensor, text: torch.Tensor, key_mask: torch.Tensor | None,
-                bias: bool = True, kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """``kv``: ``text_kv(text)`` made beforehand (``LTXDiT.run_blocks``)."""
+                bias: bool = True) -> torch.Tensor:
         # on the fused path q's bias is added by its norm's kernel while nothing watches them (module docstring)
         late = fused.enabled_for(x) and fused.unobserved(self.q, self.norm_q)
         q = self.norm_q(project(self.q, x, not late), bias=self.q.bias if late else None)
-        k, v = self.text_kv(text) if kv is None else kv
-        return project(self.proj, self.attn_op(q.unflatten(-1, (self.num_heads, -1)), k, v, key_mask).flatten(2),
-                       bias)
+        k, v = self.kv(text).chunk(2, dim=-1)
+        k = self.norm_k(k)
+        q, k, v = (t.unflatten(-1, (self.num_heads, -1)) for t in (q, k, v))
+        return project(self.proj, self.attn_op(q, k, v, key_mask).flatten(2), bias)
 
 
 class LTXFeedForward(nn.Module):
@@ -288,13 +244,11 @@ class LTXBlock(nn.Module):
         """The fused path's modulation table [B, 6, dim] fp32 (``modulation_table``)."""
         return modulation_table(self.modulation, mod)
 
-    def forward(self, x, mod, text, rope, text_mask=None, key_mask=None, ada=None, h=None, next_ada=None,
-                text_kv=None):
-        """x [B, S, dim] -> x; mod [B, 6, dim] the projected time embedding. ``text_kv``: the cross-attention's
-        ``text_kv(text)`` made beforehand. Fused path only: ``ada`` this block's table made beforehand, ``h`` its
-        first normalized input made by the previous block's last kernel, and with ``next_ada`` (the next block's
-        table) the last residual add also makes the next block's ``h``: then the block returns (x, h), (x, None)
-        off the fused path. ``LTXDiT.run_blocks`` chains them so."""
+    def forward(self, x, mod, text, rope, text_mask=None, key_mask=None, ada=None, h=None, next_ada=None):
+        """x [B, S, dim] -> x; mod [B, 6, dim] the projected time embedding. Fused path only: ``ada`` this block's
+        table made beforehand, ``h`` its first normalized input made by the previous block's last kernel, and with
+        ``next_ada`` (the next block's table) the last residual add also makes the next block's ``h``: then the
+        block returns (x, h), (x, None) off the fused path. ``LTXDiT.run_blocks`` chains them so."""
         if fused.enabled_for(x):  # the same math in five passes over the tokens (fp32 inside each, one rounding)
             # one fp32 table [B, 6, dim] with 1 added to the scale rows; the kernels read its rows in place.
             # ``ada``: this table made beforehand (LTXDiT.block_tables makes every block's in one pass)
@@ -308,7 +262,7 @@ class LTXBlock(nn.Module):
             if h is None:
                 h = fused.norm_modulate(x, scale1p, shift1, self.eps, rms=True)
             x = fused.gated_residual(x, self.attn(h, rope, key_mask, bias=not late), gate1, b_attn)
-            x, h = fused.residual_norm(x, self.cross_attn(x, text, text_mask, bias=not late, kv=text_kv), None,
+            x, h = fused.residual_norm(x, self.cross_attn(x, text, text_mask, bias=not late), None,
                                        scale2p, shift2, self.eps, rms=True, bias=b_cross)
             if next_ada is None:
                 return fused.gated_residual(x, self.ffn(h, bias=not late), gate2, b_ffn)
@@ -321,7 +275,7 @@ class LTXBlock(nn.Module):
         x = x + self.attn(rms_norm(x, self.eps) * (1 + scale1) + shift1, rope, key_mask) * gate1
 
         # 2. cross-attention to the caption, from the residual stream itself (LTX has no norm here); plain residual
-        x = x + self.cross_attn(x, text, text_mask, kv=text_kv)
+        x = x + self.cross_attn(x, text, text_mask)
 
         # 3. feed-forward on the modulated, RMS-normalized tokens; gated residual
         x = x + self.ffn(rms_norm(x, self.eps) * (1 + scale2) + shift2) * gate2
@@ -418,15 +372,12 @@ class LTXDiT(nn.Module):
         input (one pass over the tokens fewer a block; the same kernel math)."""
         tables = self.block_tables(mod)
         chain = tables[0] is not None and fused.unobserved(*self.blocks)
-        ready = TextKVAhead(self.blocks, text) if chain and TextKVAhead.wanted(self.blocks, text) else None
         h = None
         for i, (block, ada) in enumerate(zip(self.blocks, tables)):
-            kv = None if ready is None else ready(i)
             if chain and i + 1 < len(self.blocks):
-                x, h = block(x, mod, text, rope, text_mask, key_mask, ada=ada, h=h, next_ada=tables[i + 1],
-                             text_kv=kv)
+                x, h = block(x, mod, text, rope, text_mask, key_mask, ada=ada, h=h, next_ada=tables[i + 1])
             else:
-                x = block(x, mod, text, rope, text_mask, key_mask, ada=ada, h=h, text_kv=kv)
+                x = block(x, mod, text, rope, text_mask, key_mask, ada=ada, h=h)
         return x
 
     @staticmethod
