@@ -228,7 +228,9 @@ def _qkv_norm_rope_launch(qkv: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tenso
         qkv = qkv.contiguous()
     out = torch.empty(_qkv_shape(qkv, num_heads, heads_first, segments), dtype=qkv.dtype, device=qkv.device)
     # q's and k's norm weights are read in their own dtype by the kernel (no host-side casts or stacking)
-    _qkv_norm_rope_kernel[(B * S, segments)](
+    # one program a token for q and k (their RoPE row read once: LTX's rotates the full dim, 8 KB of fp32 a token),
+    # and with v one more that copies it
+    _qkv_norm_rope_kernel[(B * S, segments - 1)](
         qkv, qkv.stride(0), qkv.stride(1), w_q.contiguous(), w_k.contiguous(), cos.contiguous(), sin.contiguous(), out,
         B, S, C, D, rope_dim or D, eps,
         HEADS_FIRST=heads_first, BLOCK=triton.next_power_of_2(C), num_warps=8)
@@ -397,34 +399,38 @@ if triton is not None:
     def _qkv_norm_rope_kernel(t_ptr, stride_b, stride_s, wq_ptr, wk_ptr, cos_ptr, sin_ptr, out_ptr, B, S, C, D, R, eps,
                               HEADS_FIRST: tl.constexpr, BLOCK: tl.constexpr):
         row = tl.program_id(0)
-        seg = tl.program_id(1)  # 0: q, 1: k, 2: v
+        part = tl.program_id(1)  # 0: q and k (the token's RoPE row read once for both), 1: v
         b = row // S
         s = row % S
         cols = tl.arange(0, BLOCK)
         m = cols < C
-        x = tl.load(t_ptr + b * stride_b + s * stride_s + seg * C + cols, mask=m, other=0.0).to(tl.float32)
-        if seg < 2:
-            r = tl.rsqrt(tl.sum(x * x, axis=0) / C + eps)
-            if seg == 0:
-                w = tl.load(wq_ptr + cols, mask=m, other=0.0).to(tl.float32)
-            else:
-                w = tl.load(wk_ptr + cols, mask=m, other=0.0).to(tl.float32)
-            # round to the tensor dtype after the norm, as the reference path does
-            x = (x * r * w).to(out_ptr.dtype.element_ty).to(tl.float32)
-            x1, x2 = tl.split(tl.reshape(x, (BLOCK // 2, 2)))  # interleaved pairs
+        src = t_ptr + b * stride_b + s * stride_s + cols
+        H = C // D
+        if HEADS_FIRST:  # element c of the row is head c // D, channel c % D
+            dst = out_ptr + ((b * H + cols // D) * S + s) * D + cols % D
+        else:
+            dst = out_ptr + row * C + cols
+        if part == 0:
             i = tl.arange(0, BLOCK // 2)
             p = i % (R // 2)  # R: the channels one table row rotates (D per head, or C across heads)
             pm = i < C // 2
             c = tl.load(cos_ptr + s * (R // 2) + p, mask=pm, other=0.0)
             sn = tl.load(sin_ptr + s * (R // 2) + p, mask=pm, other=0.0)
-            x = tl.reshape(tl.join(x1 * c - x2 * sn, x1 * sn + x2 * c), (BLOCK,))
-        H = C // D
-        base = out_ptr + seg * B * S * C
-        if HEADS_FIRST:  # element c of the row is head c // D, channel c % D
-            dst = base + ((b * H + cols // D) * S + s) * D + cols % D
+            for seg in tl.static_range(2):  # q, then k
+                x = tl.load(src + seg * C, mask=m, other=0.0).to(tl.float32)
+                r = tl.rsqrt(tl.sum(x * x, axis=0) / C + eps)
+                if seg == 0:
+                    w = tl.load(wq_ptr + cols, mask=m, other=0.0).to(tl.float32)
+                else:
+                    w = tl.load(wk_ptr + cols, mask=m, other=0.0).to(tl.float32)
+                # round to the tensor dtype after the norm, as the reference path does
+                x = (x * r * w).to(out_ptr.dtype.element_ty).to(tl.float32)
+                x1, x2 = tl.split(tl.reshape(x, (BLOCK // 2, 2)))  # interleaved pairs
+                y = tl.reshape(tl.join(x1 * c - x2 * sn, x1 * sn + x2 * c), (BLOCK,))
+                tl.store(dst + seg * B * S * C, y.to(out_ptr.dtype.element_ty), mask=m)
         else:
-            dst = base + row * C + cols
-        tl.store(dst, x.to(out_ptr.dtype.element_ty), mask=m)
+            v = tl.load(src + 2 * C, mask=m, other=0.0)
+            tl.store(dst + 2 * B * S * C, v.to(out_ptr.dtype.element_ty), mask=m)
 
     @triton.jit
     def _rms_norm_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, C, stride_x, eps, HAS_BIAS: tl.constexpr,
