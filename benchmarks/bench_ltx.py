@@ -164,7 +164,7 @@ def bench_dit(args, out: dict) -> None:
         if k.startswith("parity"):
             print(f"{k}: max_abs {v['max_abs']:.3e} rel_l2 {v['rel_l2']:.3e} cosine {v['cosine']:.6f}", flush=True)
 
-    times = {}
+    times, rounds = {}, {}  # the faster median of each row; every median of each row, in order
 
     def measure(label, fn):
         """Time ``fn``; a row measured again keeps its faster median."""
@@ -172,6 +172,7 @@ def bench_dit(args, out: dict) -> None:
         with torch.no_grad():
             ms = median_ms(fn, warmup=2, repeats=args.repeats, device=DEV)
         print(f"{label}: {ms:.2f} ms, peak {cuda_peak_gib():.1f} GiB", flush=True)
+        rounds.setdefault(label, []).append(ms)
         if label not in times or ms < times[label]["ms"]:
             times[label] = {"ms": ms, "peak_gib": cuda_peak_gib()}
 
@@ -253,14 +254,16 @@ def bench_dit(args, out: dict) -> None:
                     print_profile(f"{label} + CUDA graph (replay)", lambda g=graphed: g(x, text, t, mask, **kw))
                 if ops:
                     second_round.append((f"{label} + CUDA graph", lambda g=graphed: g(x, text, t, mask, **kw)))
-                    # what the runtime's pipeline feeds it: the text cut after its last real token
-                    # (drop_common_padding); not the like-for-like row, diffusers gets the padded text
+                    # what the runtime's pipeline feeds one branch (serial CFG): the text cut after its last real
+                    # token, no mask left (drop_common_padding); not the like-for-like row, diffusers gets the padded
+                    # text and its mask
                     cut = int(mask.sum())
-                    trimmed = f"{label} + CUDA graph, text cut to its {cut} real tokens (the runtime's pipeline)"
+                    trimmed = (f"{label} + CUDA graph, text cut to its {cut} real tokens, no mask "
+                               f"(the runtime's pipeline, one branch)")
                     with torch.no_grad():
-                        p = compare(graphed(x, text[:, :cut], t, mask[:, :cut], **kw).float(), y_ref)
+                        p = compare(graphed(x, text[:, :cut], t, None, **kw).float(), y_ref)
                     print(f"{trimmed}: rel_l2 vs diffusers bf16 eager (padded text) {p['rel_l2']:.3e}", flush=True)
-                    measure(trimmed, lambda g=graphed, n=cut: g(x, text[:, :n], t, mask[:, :n], **kw))
+                    measure(trimmed, lambda g=graphed, n=cut: g(x, text[:, :n], t, None, **kw))
                 else:
                     del graphed
                 cuda_sync()
@@ -281,6 +284,12 @@ def bench_dit(args, out: dict) -> None:
         best_c = min(v["ms"] for k, v in times.items() if k.startswith("vidport compiled") and "text cut" not in k)
         out["ratio_compiled"] = best_c / times["diffusers compiled"]["ms"]
         print(f"ratio vidport/diffusers compiled: {out['ratio_compiled']:.3f}", flush=True)
+        runtime = "vidport compiled (kernels as custom ops)" + (" + CUDA graph" if args.cuda_graph else "")
+        paired = [a / b for a, b in zip(rounds.get(runtime, []), rounds["diffusers compiled"])]
+        out["ratio_compiled_by_round"] = paired
+        print("ratio vidport/diffusers compiled, round by round (the runtime's compile=True"
+              + (", cuda_graph=True" if args.cuda_graph else "") + "): "
+              + ", ".join(f"{r:.3f}" for r in paired), flush=True)
 
 
 def graph_ms(fn, repeats: int = 20) -> float:

@@ -290,29 +290,35 @@ def test_video_generator_runs_the_family_on_the_repo(repo, ours):
             gen.generate_video(PROMPT, num_frames=10, seed=SEED)
 
 
-def test_denoising_drops_the_text_padding_both_branches_share(components, ours, monkeypatch):
-    """The DiT reads the text up to the last real token of either branch (same values up to summation order);
-    with a hook on the DiT (parity captures) it reads the padded text, as LTXPipeline's does."""
+def test_denoising_drops_the_text_padding(components, ours, monkeypatch):
+    """The DiT reads the text up to its last real token (same values up to summation order): each branch's own length
+    and no mask with serial CFG, the longer branch's with the mask when batched CFG joins them; with a hook on the
+    DiT (parity captures) it reads the padded text, as LTXPipeline's does."""
     seen = []
     forward = ltx.LTXDenoiser.__call__
 
     def spy(self, x, timestep, encoder_hidden_states, encoder_attention_mask=None):
-        seen.append(tuple(encoder_hidden_states.shape))
+        seen.append((encoder_hidden_states.shape[:2], encoder_attention_mask is None))
         return forward(self, x, timestep, encoder_hidden_states, encoder_attention_mask)
 
     monkeypatch.setattr(ltx.LTXDenoiser, "__call__", spy)
-    trimmed = run(components, request())
-    real = max(int(c.kwargs["encoder_attention_mask"].sum()) for c in (ours.cond, ours.uncond))
-    assert {s[1] for s in seen} == {real} and real < family.TEXT_LEN
-    assert trimmed.cond.kwargs["encoder_hidden_states"].shape[1] == family.TEXT_LEN  # the state keeps them as encoded
-    torch.testing.assert_close(trimmed.latents, ours.latents, rtol=0, atol=1e-5)
+    lengths = [int(c.kwargs["encoder_attention_mask"].sum()) for c in (ours.cond, ours.uncond)]
+    assert max(lengths) < family.TEXT_LEN and lengths[0] != lengths[1]
+    serial = run(components, request())
+    assert set(seen) == {((1, lengths[0]), True), ((1, lengths[1]), True)}
+    assert serial.cond.kwargs["encoder_hidden_states"].shape[1] == family.TEXT_LEN  # the state keeps them as encoded
+    torch.testing.assert_close(serial.latents, ours.latents, rtol=0, atol=1e-5)
+    seen.clear()
+    batched = run(components, request(), cfg="batched")
+    assert set(seen) == {((2, max(lengths)), False)}
+    torch.testing.assert_close(batched.latents, ours.latents, rtol=0, atol=1e-5)
     seen.clear()
     handle = components.transformer.blocks[0].register_forward_hook(lambda *a: None)
     try:
         padded = run(components, request())
     finally:
         handle.remove()
-    assert {s[1] for s in seen} == {family.TEXT_LEN}
+    assert {s[0][1] for s in seen} == {family.TEXT_LEN}
     torch.testing.assert_close(padded.latents, ours.latents, rtol=0, atol=1e-5)
 
 
@@ -328,10 +334,14 @@ def test_drop_common_padding_cuts_only_what_every_sample_pads():
     a, b = cond(2), cond(4)
     got_a, got_b = drop_common_padding([a, b], "text", "mask")
     assert got_a.kwargs["text"].shape == (1, 4, 3) and got_a.kwargs["mask"].shape == (1, 4)
+    assert torch.equal(got_a.kwargs["mask"], a.kwargs["mask"][:, :4])
     assert torch.equal(got_b.kwargs["text"], b.kwargs["text"][:, :4])
-    assert drop_common_padding([a, None], "text", "mask")[1] is None
-    assert drop_common_padding([a, None], "text", "mask")[0].kwargs["text"].shape[1] == 2
+    assert drop_common_padding([b, None], "text", "mask")[1] is None
     empty = cond(2, 0)  # a sample with no real token attends to every position: nothing may be cut
     assert drop_common_padding([empty], "text", "mask")[0] is empty
-    full = cond(6)
-    assert drop_common_padding([full], "text", "mask")[0] is full
+    # no padding left in any of them: the mask goes too (the attention runs unmasked)
+    alone = drop_common_padding([a], "text", "mask")[0]
+    assert set(alone.kwargs) == {"text"} and torch.equal(alone.kwargs["text"], a.kwargs["text"][:, :2])
+    full = drop_common_padding([cond(6)], "text", "mask")[0]
+    assert set(full.kwargs) == {"text"} and full.kwargs["text"].shape == (1, 6, 3)
+    assert set(drop_common_padding([a, cond(2)], "text", "mask")[1].kwargs) == {"text"}

@@ -43,6 +43,7 @@ class ParallelCFG:
     """A CFG strategy (see ``runtime.pipeline.guidance``): each rank runs its branch, pairs exchange."""
 
     name = "parallel"
+    joins_branches = False  # each rank runs one branch
 
     def __init__(self, split: CFGSplit):
         self.split = split

@@ -27,6 +27,9 @@ Denoiser = Callable[..., torch.Tensor]  # model(x, timestep, **cond.kwargs) -> n
 
 class CFGStrategy(Protocol):
     name: str
+    # True when the two branches' conditionings run as one batch (so they need one text length); a strategy
+    # without the attribute counts as joining them
+    joins_branches: bool
 
     def __call__(self, model: Denoiser, x: torch.Tensor, timestep: torch.Tensor, cond: Conditioning,
                  uncond: Conditioning | None, guidance_scale: float) -> torch.Tensor: ...
@@ -42,6 +45,7 @@ class SerialCFG:
     """Two forward calls per step, conditional first (the order diffusers and the official code use)."""
 
     name = "serial"
+    joins_branches = False
 
     def __call__(self, model, x, timestep, cond, uncond, guidance_scale):
         pred = model(x, timestep, **cond.kwargs)
@@ -55,6 +59,7 @@ class BatchedCFG:
     ``uncond_first``: the batch as [uncond, cond] (a reference pipeline's order, for layer-by-layer parity)."""
 
     name = "batched"
+    joins_branches = True
     uncond_first = False
 
     def __call__(self, model, x, timestep, cond, uncond, guidance_scale):

@@ -56,24 +56,30 @@ def drop_common_padding(conds: list[Conditioning | None], sequence: str, mask: s
 
     For a model that gives masked positions no weight (a cross-attention with a key mask) this changes nothing
     but the summation order, and each attention then reads fewer keys (LTX-Video pads a 40-token prompt to 128).
-    Nothing is cut when some sample has no real position at all (such a sample attends to every position, as
-    LTX's reference -10000 bias makes it). A model whose intermediates someone observes (parity hooks) should
-    get the padded inputs, as the reference does. One host sync per call; None entries pass through."""
+    When no padding is left in any of them (one branch, or prompts of one length) the mask itself is dropped: the
+    attention then runs unmasked, which cuDNN does in 60% of the masked time at LTX's cross-attention
+    (BENCHMARKS.md). Nothing is cut when some sample has no real position at all (such a sample attends to every
+    position, as LTX's reference -10000 bias makes it). A model whose intermediates someone observes (parity hooks)
+    should get the padded inputs, as the reference does. One host sync per call; None entries pass through."""
     import torch
 
     present = [c for c in conds if c is not None]
+    if not present:
+        return list(conds)
     masks = torch.cat([c.kwargs[mask].reshape(-1, c.kwargs[mask].shape[-1]).bool() for c in present])
     if not bool(masks.any(dim=-1).all()):
         return list(conds)
-    real = masks.any(dim=0).nonzero()
-    keep = int(real.max()) + 1
-    if keep == masks.shape[-1]:
+    keep = int(masks.any(dim=0).nonzero().max()) + 1
+    unmasked = bool(masks[:, :keep].all())
+    if keep == masks.shape[-1] and not unmasked:
         return list(conds)
 
     def cut(c: Conditioning) -> Conditioning:
         kwargs = dict(c.kwargs)
         kwargs[sequence] = kwargs[sequence][:, :keep]
         kwargs[mask] = kwargs[mask][..., :keep]
+        if unmasked:
+            del kwargs[mask]
         return Conditioning(kwargs)
 
     return [None if c is None else cut(c) for c in conds]

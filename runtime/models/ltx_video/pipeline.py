@@ -11,8 +11,9 @@ Parity target: diffusers' ``LTXPipeline`` (``pipelines/ltx/pipeline_ltx.py``). W
 
 - text: tokenized to ``max_sequence_length`` 128 with padding; T5 runs on the ids *without* the attention mask (as
   LTXPipeline calls it); the mask goes to the DiT's cross-attention, where padded tokens get no weight. The
-  denoising loop drops the trailing padding both branches share (``drop_common_padding``: the same values up to
-  summation order, 40 keys instead of 128 for a 40-token prompt) unless a hook observes the DiT (parity runs).
+  denoising loop drops the trailing padding (``drop_common_padding``: the same values up to summation order, 40 keys
+  instead of 128 for a 40-token prompt; shared by the branches of batched CFG, each branch's own otherwise, and then
+  without a mask) unless a hook observes the DiT (parity runs).
 - noise: ``randn`` of [1, C, f, h, w] on a CPU generator seeded with the seed, packed into tokens [1, f*h*w, C]
   (frame, height, width order); the decode noise is the next draw of the same generator.
 - timesteps: ``sigmas = linspace(1, 1/N, N)`` and ``mu = calculate_shift(f*h*w, base_image_seq_len,
@@ -348,9 +349,13 @@ class DenoiseTokens:
         model = LTXDenoiser(c.transformer, grid, rope_interpolation_scale(vae, c.frame_rate))
         encoded = state.cond, state.uncond
         if fused.unobserved(*c.transformer.modules()):  # parity hooks see the padded text, as LTXPipeline's DiT does
-            # the text padding every branch shares is dropped: the cross-attentions read 40 keys, not 128
-            state.cond, state.uncond = drop_common_padding(list(encoded), "encoder_hidden_states",
-                                                           "encoder_attention_mask")
+            # the text padding is dropped (40 keys, not 128, for a 40-token prompt): together for branches that
+            # run as one batch, each alone otherwise (then no mask is left to pass)
+            keys = "encoder_hidden_states", "encoder_attention_mask"
+            if getattr(self.cfg, "joins_branches", True):
+                state.cond, state.uncond = drop_common_padding(list(encoded), *keys)
+            else:
+                state.cond, state.uncond = (drop_common_padding([c], *keys)[0] for c in encoded)
         try:
             return Denoise(model, c.scheduler, self.cfg, c.dtype, self.on_step)(state)
         finally:  # the state keeps the conditionings as encoded
