@@ -193,7 +193,7 @@ class LTXSelfAttention(nn.Module):
         q = rope_across_heads(self.norm_q(q), rope).unflatten(-1, (self.num_heads, -1))
         k = rope_across_heads(self.norm_k(k), rope).unflatten(-1, (self.num_heads, -1))
         v = v.unflatten(-1, (self.num_heads, -1))
-        return self.proj(self.attn_op(q, k, v, key_mask).flatten(2))
+        return project(self.proj, self.attn_op(q, k, v, key_mask).flatten(2), bias)
 
 
 class LTXCrossAttention(nn.Module):
@@ -371,7 +371,7 @@ class LTXDiT(nn.Module):
         while no hook watches the blocks, each block's last residual add also makes the next block's normalized
         input (one pass over the tokens fewer a block; the same kernel math)."""
         tables = self.block_tables(mod)
-        chain = tables[0] is not None and fused.unobserved(*self.blocks)
+        chain = bool(tables) and tables[0] is not None and fused.unobserved(*self.blocks)
         h = None
         for i, (block, ada) in enumerate(zip(self.blocks, tables)):
             if chain and i + 1 < len(self.blocks):
