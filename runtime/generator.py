@@ -335,12 +335,12 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 def transformer_setting(folder, key: str) -> int | None:
     """An integer setting of the repo's ``transformer/config.json`` (Diffusers layout: ``num_attention_heads``,
-    ``attention_head_dim``), or None when the file or the key is not there."""
-    import json
+    ``attention_head_dim``), or None when the file or the key is not there (the loader then says what is wrong)."""
+    from vidport.runtime.loading import read_diffusers_config
 
     try:
-        return int(json.loads((Path(folder) / "transformer" / "config.json").read_text())[key])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(read_diffusers_config(Path(folder) / "transformer")[key])
+    except (UserError, KeyError, TypeError, ValueError):
         return None
 
 
