@@ -323,7 +323,7 @@ def test_denoising_drops_the_text_padding(components, ours, monkeypatch):
 
 
 def test_drop_common_padding_cuts_only_what_every_sample_pads():
-    from vidport.runtime.pipeline import drop_common_padding
+    from vidport.runtime.pipeline import drop_common_padding, without_padding
 
     def cond(*valid, length=6):
         mask = torch.zeros(len(valid), length, dtype=torch.bool)
@@ -345,3 +345,9 @@ def test_drop_common_padding_cuts_only_what_every_sample_pads():
     full = drop_common_padding([cond(6)], "text", "mask")[0]
     assert set(full.kwargs) == {"text"} and full.kwargs["text"].shape == (1, 6, 3)
     assert set(drop_common_padding([a, cond(2)], "text", "mask")[1].kwargs) == {"text"}
+    # per CFG strategy: branches run as one batch share a length; run apart, each has its own and no mask
+    joined = without_padding(get_cfg_strategy("batched"), a, b, "text", "mask")
+    assert [c.kwargs["text"].shape[1] for c in joined] == [4, 4] and all("mask" in c.kwargs for c in joined)
+    apart = without_padding(get_cfg_strategy("serial"), a, b, "text", "mask")
+    assert [c.kwargs["text"].shape[1] for c in apart] == [2, 4] and not any("mask" in c.kwargs for c in apart)
+    assert without_padding(get_cfg_strategy("serial"), a, None, "text", "mask")[1] is None

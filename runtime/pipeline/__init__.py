@@ -9,7 +9,8 @@ from __future__ import annotations
 import importlib
 
 _WHERE = {
-    **dict.fromkeys(("CFG_STRATEGIES", "BatchedCFG", "CFGStrategy", "SerialCFG", "get_cfg_strategy"), "guidance"),
+    **dict.fromkeys(("CFG_STRATEGIES", "BatchedCFG", "CFGStrategy", "SerialCFG", "get_cfg_strategy",
+                     "without_padding"), "guidance"),
     **dict.fromkeys(("Denoise", "PrepareLatents", "PrepareTimesteps", "Stage", "run_stages", "uint8_frames"),
                      "stages"),
     **dict.fromkeys(("Conditioning", "GenerationRequest", "PipelineState", "drop_common_padding"), "state"),

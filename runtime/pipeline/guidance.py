@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 import torch
-from vidport.runtime.pipeline.state import Conditioning
+from vidport.runtime.pipeline.state import Conditioning, drop_common_padding
 
 from vidport.errors import UserError
 
@@ -70,6 +70,16 @@ class BatchedCFG:
                                         **first.cat(second).kwargs).chunk(2)
         pred_cond, pred_uncond = (pred_second, pred_first) if self.uncond_first else (pred_first, pred_second)
         return combine(pred_cond, pred_uncond, guidance_scale)
+
+
+def without_padding(cfg: CFGStrategy, cond: Conditioning, uncond: Conditioning | None, sequence: str,
+                    mask: str) -> tuple[Conditioning, Conditioning | None]:
+    """(cond, uncond) without their text padding (``drop_common_padding``): cut together when ``cfg`` runs the
+    branches as one batch (``joins_branches``: both keep the longer one's length, and a mask where one is shorter),
+    each to its own real length otherwise (then no mask is left)."""
+    if getattr(cfg, "joins_branches", True):
+        return tuple(drop_common_padding([cond, uncond], sequence, mask))
+    return tuple(drop_common_padding([c], sequence, mask)[0] for c in (cond, uncond))
 
 
 CFG_STRATEGIES: dict[str, type] = {"serial": SerialCFG, "batched": BatchedCFG}

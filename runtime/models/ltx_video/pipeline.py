@@ -72,8 +72,8 @@ from vidport.runtime.pipeline import (
     PipelineState,
     PrepareLatents,
     Stage,
-    drop_common_padding,
     uint8_frames,
+    without_padding,
 )
 
 from vidport.errors import UserError
@@ -349,13 +349,9 @@ class DenoiseTokens:
         model = LTXDenoiser(c.transformer, grid, rope_interpolation_scale(vae, c.frame_rate))
         encoded = state.cond, state.uncond
         if fused.unobserved(*c.transformer.modules()):  # parity hooks see the padded text, as LTXPipeline's DiT does
-            # the text padding is dropped (40 keys, not 128, for a 40-token prompt): together for branches that
-            # run as one batch, each alone otherwise (then no mask is left to pass)
-            keys = "encoder_hidden_states", "encoder_attention_mask"
-            if getattr(self.cfg, "joins_branches", True):
-                state.cond, state.uncond = drop_common_padding(list(encoded), *keys)
-            else:
-                state.cond, state.uncond = (drop_common_padding([c], *keys)[0] for c in encoded)
+            # the text padding is dropped: 40 cross-attention keys, not 128, for a 40-token prompt
+            state.cond, state.uncond = without_padding(self.cfg, *encoded, "encoder_hidden_states",
+                                                       "encoder_attention_mask")
         try:
             return Denoise(model, c.scheduler, self.cfg, c.dtype, self.on_step)(state)
         finally:  # the state keeps the conditionings as encoded
