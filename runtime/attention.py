@@ -275,10 +275,10 @@ _HALF = (torch.bfloat16, torch.float16)
 # First matching rule whose backend is available wins; no match means "sdpa" (PyTorch's own choice).
 AUTO_RULES: tuple[AutoRule, ...] = (
     AutoRule(9, _HALF, "flash-attn-4",
-             "H100, Wan 1.3B self-attention (1x32760 tokens, 12 heads, head_dim 128, bf16): FlashAttention-4 "
+             "H100, self-attention of 1x32760 tokens, 12 heads, head_dim 128, bf16: FlashAttention-4 "
              "9.70 ms (680 TFLOP/s; 9.28 ms with FA4_SM90_LONG_TILE), cuDNN 11.53 ms (572), SDPA flash 18.38, "
-             "efficient 37.00. H200 (2026-11-28): 9.44 ms (699) vs cuDNN 11.67 (565). Not at head_dim 64 (LTX-Video "
-             "2B, 1x5280 tokens, 32 heads, H200): FlashAttention-4 0.74 ms, cuDNN 0.72, SDPA's own choice 0.68",
+             "efficient 37.00. H200 (2026-11-28): 9.44 ms (699) vs cuDNN 11.67 (565). Not at head_dim 64 "
+             "(1x5280 tokens, 32 heads, H200): FlashAttention-4 0.74 ms, cuDNN 0.72, SDPA's own choice 0.68",
              kinds=("self",), head_dims=(128,)),
     AutoRule(9, _HALF, "sdpa-cudnn",
              "H100, same shape: cuDNN 572 TFLOP/s when FlashAttention-4 is not installed; cross-attention "

@@ -10,7 +10,7 @@ absent, and a Triton path for bf16/fp16 CUDA tensors that does the same math in 
   both the new residual stream and the normalized tokens, and saves a read of the stream.
   Both residual kernels take an optional ``bias`` of the projection that made ``y`` (``y + bias`` in fp32): a
   model may run that projection as a plain GEMM and leave its bias to them (``unobserved``): cuBLASLt's bias
-  epilogue cost 2-8% of the GEMM's time at LTX-Video's shapes on an H200 (``bench_ltx.py parts``).
+  epilogue cost 2-8% of the GEMM's time at a 2B DiT's shapes (5280 x 2048 tokens) on an H200 (BENCHMARKS.md).
 - ``qkv_norm_rope``: split the fused projection; RMSNorm across heads + RoPE for q and k; one launch.
 - ``rms_norm``: RMSNorm in one pass (the cross-attention's q/k norms).
 - ``linear_gelu_tanh``: the FFN's first projection with GELU(tanh) in the GEMM epilogue (cuBLASLt).
@@ -44,7 +44,7 @@ def enabled_for(x: torch.Tensor, dtype: torch.dtype | None = None) -> bool:
 def _launcher(op, launch):
     """The custom op under torch.compile (which calls it as it is), the plain Triton launch in eager mode: the
     op's dispatch costs more host time than its kernel takes on a GPU at a few thousand tokens, and a DiT forward
-    makes ~150 such calls (LTX-Video 2B at 5280 tokens went host-bound: 93 ms of wall for 46 ms of kernels)."""
+    makes ~150 such calls (a 2B DiT at 5280 tokens went host-bound: 93 ms of wall for 46 ms of kernels)."""
     return op if torch.compiler.is_compiling() else launch
 
 
@@ -138,7 +138,7 @@ def qkv_norm_rope(qkv: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor, cos: 
     With ``v_view`` the kernel writes only q and k, and v is a strided view of the projection (saves a
     copy of v; sequence-first only). ``rope_dim``: the channels one RoPE table row rotates: the head dim D
     (default: cos/sin [S, D/2], each head rotated alike) or the full dim C (cos/sin [S, C/2]: RoPE across
-    heads, as LTX-Video applies it before splitting them).
+    heads, as a model that rotates before splitting the heads applies it).
     """
     if v_view and heads_first:
         raise ValueError("qkv_norm_rope: v_view returns v as a view of the projection, which is sequence-first; "
@@ -228,7 +228,8 @@ def _qkv_norm_rope_launch(qkv: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tenso
         qkv = qkv.contiguous()
     out = torch.empty(_qkv_shape(qkv, num_heads, heads_first, segments), dtype=qkv.dtype, device=qkv.device)
     # q's and k's norm weights are read in their own dtype by the kernel (no host-side casts or stacking)
-    # one program a token for q and k (their RoPE row read once: LTX's rotates the full dim, 8 KB of fp32 a token),
+    # one program a token for q and k (their RoPE row read once: across heads it spans the full dim, 8 KB of fp32
+    # a token at dim 2048),
     # and with v one more that copies it
     _qkv_norm_rope_kernel[(B * S, segments - 1)](
         qkv, qkv.stride(0), qkv.stride(1), w_q.contiguous(), w_k.contiguous(), cos.contiguous(), sin.contiguous(), out,

@@ -89,10 +89,10 @@ def pipeline_chunks(local_heads: int, backend: str = "sdpa") -> int:
     """How many head groups ``DistributedAttention`` exchanges one after another by default: 2 (else 3) equal
     groups of at least 2 heads each, else 1 (no pipelining); 1 also for a backend whose kernel holds every SM
     (``runtime.attention.leaves_sms``: flash-attn-4), beside which the next group's all-to-all cannot run.
-    Measured on H200s, Wan 1.3B (BENCHMARKS.md): with cuDNN, 2-3 heads a group beat the plain exchange (2 GPUs:
-    273.9-274.6 vs 279.1 ms a forward) and single-head groups lost to it (4 GPUs, 3 heads a rank: 146.9 vs 143.2
-    ms); with flash-attn-4 pipelining lost on 2 GPUs (250.8 and 246.5 vs 242.8 and 243.5 ms; 14B at 720p 5222 vs
-    5131 ms)."""
+    Measured on H200s, a 1.3B DiT at 32760 tokens (BENCHMARKS.md): with cuDNN, 2-3 heads a group beat the plain
+    exchange (2 GPUs: 273.9-274.6 vs 279.1 ms a forward) and single-head groups lost to it (4 GPUs, 3 heads a rank:
+    146.9 vs 143.2 ms); with flash-attn-4 pipelining lost on 2 GPUs (250.8 and 246.5 vs 242.8 and 243.5 ms; 14B at
+    720p 5222 vs 5131 ms)."""
     from vidport.runtime.attention import leaves_sms
 
     if not leaves_sms(backend):

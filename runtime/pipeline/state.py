@@ -55,12 +55,13 @@ def drop_common_padding(conds: list[Conditioning | None], sequence: str, mask: s
     [B, L, ...] and ``mask`` [B, L] (nonzero = a real position) cut to the last real position of any sample.
 
     For a model that gives masked positions no weight (a cross-attention with a key mask) this changes nothing
-    but the summation order, and each attention then reads fewer keys (LTX-Video pads a 40-token prompt to 128).
+    but the summation order, and each attention then reads fewer keys (a 40-token prompt padded to 128: 40).
     When no padding is left in any of them (one branch, or prompts of one length) the mask itself is dropped: the
-    attention then runs unmasked, which cuDNN does in 60% of the masked time at LTX's cross-attention
+    attention then runs unmasked, which cuDNN does in 60% of the masked time at a 2B DiT's cross-attention
     (BENCHMARKS.md). Nothing is cut when some sample has no real position at all (such a sample attends to every
-    position, as LTX's reference -10000 bias makes it). A model whose intermediates someone observes (parity hooks)
-    should get the padded inputs, as the reference does. One host sync per call; None entries pass through."""
+    position, as a reference's large negative bias on masked keys makes it). A model whose intermediates someone
+    observes (parity hooks) should get the padded inputs, as the reference does. One host sync per call; None
+    entries pass through."""
     import torch
 
     present = [c for c in conds if c is not None]
